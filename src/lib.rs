@@ -1,14 +1,24 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! chatgw: a real-time chat gateway.
+//!
+//! The components, from the edge inwards:
+//! - [`config`]: the typed configuration, read once from the environment.
+//! - [`startup`]: [`startup::Application`] builds, binds and runs everything.
+//! - [`api`]: the REST layer under `/api/v1` and its middleware.
+//! - [`auth`]: access tokens, passwords, refresh tokens, tickets, [`auth::AuthUser`].
+//! - [`db`]: the [`db::Store`] over PostgreSQL or SQLite, with its migrations.
+//! - [`limits`]: rate limits (governor).
+//! - [`metrics`]: Prometheus metrics on their own listener.
+//! - [`error`]: [`error::ApiError`], the one error shape clients see.
+//! - [`state`], [`shutdown`], [`telemetry`]: the plumbing.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

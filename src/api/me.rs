@@ -1,0 +1,107 @@
+//! `/me`: the caller's profile, export and erasure; `/users/{id}`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::ApiJson;
+use super::validate;
+use crate::auth::AuthUser;
+use crate::db::{Export, User};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/me", get(get_me).patch(patch_me).delete(delete_me))
+        .route("/me/export", get(export_me))
+        .route("/users/{id}", get(get_user))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchMe {
+    pub display_name: Option<String>,
+    /// Changing the password requires `current_password`.
+    pub password: Option<String>,
+    pub current_password: Option<String>,
+}
+
+/// What anyone signed in may see of another user.
+#[derive(Serialize, ToSchema)]
+pub struct PublicUser {
+    pub id: String,
+    pub display_name: String,
+    pub created_at: i64,
+    /// True for an erased account.
+    pub deleted: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/me", tag = "me", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, body = ErrorBody)))]
+pub async fn get_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<User>> {
+    Ok(Json(state.store.get_user(&user.user_id).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/me", tag = "me", security(("bearer" = [])), request_body = PatchMe,
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn patch_me(State(state): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<PatchMe>) -> ApiResult<Json<User>> {
+    let name = req.display_name.as_deref().map(validate::display_name).transpose()?;
+    let hash = match req.password {
+        None => None,
+        Some(new) => {
+            validate::password(&new)?;
+            let current = req
+                .current_password
+                .ok_or_else(|| ApiError::bad_request("current_password: required to change the password"))?;
+            let stored = state.store.password_hash(&user.user_id).await?;
+            if !state.passwords.verify(current, Some(stored)).await? {
+                return Err(ApiError::Forbidden("current_password is wrong"));
+            }
+            Some(state.passwords.hash(new).await?)
+        }
+    };
+    if name.is_none() && hash.is_none() {
+        return Err(ApiError::bad_request("nothing to update"));
+    }
+    Ok(Json(state.store.update_user(&user.user_id, name.as_deref(), hash.as_deref()).await?))
+}
+
+/// Erases the account: credentials and sessions deleted, profile anonymised,
+/// messages turned into tombstones (empty body, seq kept), owned rooms handed
+/// to the longest-standing member or deleted when empty.
+#[utoipa::path(delete, path = "/api/v1/me", tag = "me", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+pub async fn delete_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+    state.store.erase_user(&user.user_id).await?;
+    tracing::info!(user_id = %user.user_id, "account erased");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// All the caller's data: profile, rooms with roles and read markers,
+/// every message they sent, their sessions.
+#[utoipa::path(get, path = "/api/v1/me/export", tag = "me", security(("bearer" = [])),
+    responses((status = 200, body = Export), (status = 401, body = ErrorBody)))]
+pub async fn export_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Export>> {
+    Ok(Json(state.store.export_user(&user.user_id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = PublicUser), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_user(State(state): State<AppState>, _caller: AuthUser, Path(id): Path<String>) -> ApiResult<Json<PublicUser>> {
+    validate::id("id", &id)?;
+    let u = state.store.get_user(&id).await.map_err(|e| match e {
+        crate::db::DbError::NotFound => ApiError::NotFound("user"),
+        e => e.into(),
+    })?;
+    Ok(Json(PublicUser {
+        deleted: u.deleted_at.is_some(),
+        id: u.id,
+        display_name: u.display_name,
+        created_at: u.created_at,
+    }))
+}

@@ -1,0 +1,364 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every name here is part of the public contract (see README.md). Values are
+//! validated before anything binds: a bad value stops the process with one
+//! line naming the variable. Handlers never read the environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// A configuration value that cannot be used; `Display` is the one line the
+/// process prints before exiting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it, never its (possibly secret) value.
+    pub reason: String,
+}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// Whether the process runs for a developer (lenient, generates a secret) or
+/// in production (refuses weak secrets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// How access tokens are signed. Keys are read from files so they never sit in
+/// the environment of every child process.
+#[derive(Clone)]
+pub enum JwtKeyConfig {
+    /// HS256 with a shared secret (the default).
+    Hmac { secret: SecretString },
+    /// RS256, ES256 or EdDSA with PEM key files.
+    Asymmetric {
+        algorithm: jsonwebtoken::Algorithm,
+        private_pem: SecretString,
+        public_pem: String,
+    },
+}
+
+/// A verify-only key kept during a key rotation so tokens signed before the
+/// rotation stay valid until they expire.
+#[derive(Clone)]
+pub struct PreviousKey {
+    pub kid: String,
+    pub key: JwtKeyConfig,
+}
+
+/// Everything the gateway needs to start. Built by [`Config::from_env`].
+#[derive(Clone)]
+pub struct Config {
+    pub environment: Environment,
+    /// Where the API and WebSocket listener binds; port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// A separate listener for `/metrics`, so it is never exposed by accident
+    /// on the public port. `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `sqlite://…` (embedded) or `postgres://…` (cluster).
+    pub database_url: SecretString,
+    pub db_max_connections: u32,
+    /// `None` means the in-process bus.
+    pub redis_url: Option<SecretString>,
+    pub jwt_key: JwtKeyConfig,
+    /// The `kid` header of tokens signed by `jwt_key`.
+    pub jwt_kid: String,
+    pub jwt_previous: Option<PreviousKey>,
+    /// Browser origins allowed for CORS and the WebSocket handshake. Empty
+    /// means no browser origin is allowed (native clients send none).
+    pub allowed_origins: Vec<String>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub ws_ticket_ttl: Duration,
+    pub request_timeout: Duration,
+    /// Largest accepted REST request body.
+    pub max_body_bytes: usize,
+    /// Login attempts allowed per account per minute (and, times four, per IP).
+    pub login_attempts_per_minute: u32,
+    /// How long shutdown waits for in-flight work before giving up.
+    pub shutdown_timeout: Duration,
+}
+
+/// Secrets that appear in tutorials and sample configs; refusing them catches
+/// copy-pasted deployments.
+const WELL_KNOWN_SECRETS: &[&str] = &[
+    "secret",
+    "changeme",
+    "change-me",
+    "password",
+    "jwt_secret",
+    "your-256-bit-secret",
+    "your_jwt_secret",
+    "supersecret",
+    "development-secret-do-not-use-in-production",
+];
+
+/// Minimum length of an HS256 secret outside development.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first variable that is missing or invalid.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// Builds the configuration from a map of variables; the seam tests use.
+    ///
+    /// # Errors
+    /// The first variable that is missing or invalid.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let environment = match get("APP_ENV") {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(_) => return Err(err("APP_ENV", "must be `development` or `production`")),
+        };
+        let dev = environment == Environment::Development;
+
+        let listen_addr = parse_addr(get("LISTEN_ADDR").unwrap_or("127.0.0.1:8080"), "LISTEN_ADDR")?;
+        let metrics_addr = match get("METRICS_ADDR") {
+            None => None,
+            Some("off") => None,
+            Some(v) => Some(parse_addr(v, "METRICS_ADDR")?),
+        };
+
+        let database_url = get("DATABASE_URL").unwrap_or("sqlite://./data/chatgw.db").to_owned();
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(err("DATABASE_URL", "must start with sqlite:, postgres:// or postgresql://"));
+        }
+        let redis_url = match get("REDIS_URL") {
+            None => None,
+            Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") || v.starts_with("redis-cluster://") => {
+                Some(SecretString::from(v.to_owned()))
+            }
+            Some(_) => return Err(err("REDIS_URL", "must start with redis://, rediss:// or redis-cluster://")),
+        };
+
+        let (jwt_key, default_kid) = jwt_key_from(vars, "", dev)?;
+        let jwt_kid = get("JWT_KID").map(str::to_owned).unwrap_or(default_kid);
+        let jwt_previous = match get("JWT_PREVIOUS_KID") {
+            None => None,
+            Some(kid) => {
+                let (key, _) = jwt_key_from(vars, "PREVIOUS_", false)?;
+                if kid == jwt_kid {
+                    return Err(err("JWT_PREVIOUS_KID", "must differ from JWT_KID"));
+                }
+                Some(PreviousKey { kid: kid.to_owned(), key })
+            }
+        };
+
+        let allowed_origins = match get("ALLOWED_ORIGINS") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| validate_origin(o).map(|o| o.trim_end_matches('/').to_owned()))
+                .collect::<Result<_, _>>()?,
+        };
+
+        let secs = |k: &'static str, default: u64, min: u64, max: u64| -> Result<Duration, ConfigError> {
+            let n = parse_num(get(k), k, default)?;
+            if n < min || n > max {
+                return Err(err(k, format!("must be between {min} and {max}")));
+            }
+            Ok(Duration::from_secs(n))
+        };
+
+        Ok(Config {
+            environment,
+            listen_addr,
+            metrics_addr,
+            database_url: SecretString::from(database_url),
+            db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", 16)?.clamp(1, 1000) as u32,
+            redis_url,
+            jwt_key,
+            jwt_kid,
+            jwt_previous,
+            allowed_origins,
+            access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 10, 86_400)?,
+            refresh_token_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 86_400, 60, 365 * 86_400)?,
+            ws_ticket_ttl: secs("WS_TICKET_TTL_SECS", 30, 1, 600)?,
+            request_timeout: secs("REQUEST_TIMEOUT_SECS", 15, 1, 600)?,
+            max_body_bytes: parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?.clamp(1024, 16 << 20) as usize,
+            login_attempts_per_minute: parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?.clamp(1, 100_000) as u32,
+            shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?,
+        })
+    }
+
+    /// True when the database is the embedded SQLite file.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose_secret().starts_with("sqlite:")
+    }
+}
+
+fn parse_addr(v: &str, var: &'static str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| err(var, "must be an IP:port socket address, e.g. 127.0.0.1:8080"))
+}
+
+fn parse_num(v: Option<&str>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| err(var, "must be a non-negative integer")),
+    }
+}
+
+fn validate_origin(o: &str) -> Result<&str, ConfigError> {
+    let ok = o == "*"
+        || ((o.starts_with("http://") || o.starts_with("https://"))
+            && !o["https://".len().min(o.len())..].contains('/')
+            && o.is_ascii());
+    if ok {
+        Ok(o)
+    } else {
+        Err(err("ALLOWED_ORIGINS", "each origin must be `*` or scheme://host[:port], comma-separated"))
+    }
+}
+
+/// Reads `JWT_{prefix}SECRET` or `JWT_{prefix}ALGORITHM` + key files, and
+/// returns the key with a default `kid` derived from the public material.
+fn jwt_key_from(
+    vars: &HashMap<String, String>,
+    prefix: &str,
+    dev: bool,
+) -> Result<(JwtKeyConfig, String), ConfigError> {
+    use jsonwebtoken::Algorithm;
+    let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    // Variable names must be 'static for the error; the two prefixes are known.
+    let (v_secret, v_alg, v_priv, v_pub) = if prefix.is_empty() {
+        ("JWT_SECRET", "JWT_ALGORITHM", "JWT_PRIVATE_KEY_FILE", "JWT_PUBLIC_KEY_FILE")
+    } else {
+        ("JWT_PREVIOUS_SECRET", "JWT_PREVIOUS_ALGORITHM", "JWT_PREVIOUS_PRIVATE_KEY_FILE", "JWT_PREVIOUS_PUBLIC_KEY_FILE")
+    };
+
+    let algorithm = match get(v_alg).unwrap_or("HS256") {
+        "HS256" => Algorithm::HS256,
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return Err(err(v_alg, "must be one of HS256, RS256, ES256, EdDSA")),
+    };
+
+    if algorithm == Algorithm::HS256 {
+        let secret = match get(v_secret) {
+            Some(s) => s.to_owned(),
+            None if dev => {
+                // A fresh random secret per start: tokens do not survive a
+                // restart in development, which is the safe surprise.
+                use rand::RngCore;
+                let mut b = [0u8; 48];
+                rand::thread_rng().fill_bytes(&mut b);
+                hex_string(&b)
+            }
+            None => return Err(err(v_secret, "is required outside development (at least 32 bytes, random)")),
+        };
+        if !dev {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(err(v_secret, format!("is shorter than {MIN_SECRET_BYTES} bytes")));
+            }
+            let lower = secret.to_ascii_lowercase();
+            let one_char = secret.chars().all(|c| Some(c) == secret.chars().next());
+            if WELL_KNOWN_SECRETS.iter().any(|w| lower.contains(w)) || one_char {
+                return Err(err(v_secret, "is a well-known or trivially guessable value"));
+            }
+        }
+        let kid = short_fingerprint(secret.as_bytes());
+        return Ok((JwtKeyConfig::Hmac { secret: SecretString::from(secret) }, kid));
+    }
+
+    let read = |var: &'static str| -> Result<String, ConfigError> {
+        let path = get(var).ok_or_else(|| err(var, format!("is required when {v_alg} is not HS256")))?;
+        std::fs::read_to_string(PathBuf::from(path)).map_err(|e| err(var, format!("cannot be read: {}", e.kind())))
+    };
+    let public_pem = read(v_pub)?;
+    // A previous key only verifies; its private half is not needed.
+    let private_pem = if prefix.is_empty() { read(v_priv)? } else { String::new() };
+    let kid = short_fingerprint(public_pem.as_bytes());
+    let cfg = JwtKeyConfig::Asymmetric {
+        algorithm,
+        private_pem: SecretString::from(private_pem),
+        public_pem,
+    };
+    // Parse now so a bad PEM fails at start-up, not on the first login.
+    crate::auth::jwt::JwtKeys::validate(&cfg).map_err(|reason| err(if prefix.is_empty() { v_priv } else { v_pub }, reason))?;
+    Ok((cfg, kid))
+}
+
+/// A `kid` that names the key without revealing it.
+fn short_fingerprint(material: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex_string(&Sha256::digest(material)[..8])
+}
+
+pub(crate) fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn development_defaults_start_without_any_variable() {
+        let c = Config::from_vars(&vars(&[])).expect("defaults are valid");
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
+        assert!(c.is_sqlite());
+    }
+
+    #[test]
+    fn production_refuses_missing_short_and_well_known_secrets() {
+        let prod = |s: Option<&str>| {
+            let mut v = vars(&[("APP_ENV", "production")]);
+            if let Some(s) = s {
+                v.insert("JWT_SECRET".into(), s.into());
+            }
+            Config::from_vars(&v)
+        };
+        assert_eq!(prod(None).err().unwrap().var, "JWT_SECRET");
+        assert_eq!(prod(Some("tooshort")).err().unwrap().var, "JWT_SECRET");
+        assert_eq!(prod(Some("your-256-bit-secret-your-256-bit-secret")).err().unwrap().var, "JWT_SECRET");
+        assert_eq!(prod(Some(&"a".repeat(40))).err().unwrap().var, "JWT_SECRET");
+        assert!(prod(Some("q8Jm2vXr7pL0sT4wZ9yB3nC6dF1gH5kA")).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (k, v) in [
+            ("LISTEN_ADDR", "nope"),
+            ("METRICS_ADDR", "1.2.3"),
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "http://x"),
+            ("ALLOWED_ORIGINS", "example.com"),
+            ("ACCESS_TOKEN_TTL_SECS", "-1"),
+            ("ACCESS_TOKEN_TTL_SECS", "1"),
+            ("JWT_ALGORITHM", "none"),
+            ("APP_ENV", "staging"),
+        ] {
+            let e = Config::from_vars(&vars(&[(k, v)])).err().unwrap_or_else(|| panic!("{k}={v} accepted"));
+            assert_eq!(e.var, k);
+            assert!(!e.to_string().contains(v) || v.len() < 3, "error echoes the value");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Storage: one [`Store`] over PostgreSQL (cluster) or SQLite (embedded).
+//!
+//! Both backends run the same SQL through sqlx's `Any` driver: times are
+//! Unix milliseconds, ids are TEXT, placeholders are `$n` (SQLite accepts
+//! them too), and conflicts use `ON CONFLICT`, which both speak. Only the
+//! schema files differ (`migrations/postgres`, `migrations/sqlite`). That keeps
+//! one implementation to test instead of two that drift apart.
+//!
+//! SQLite allows one writer at a time; rather than retrying `SQLITE_BUSY`,
+//! the store gives SQLite a separate single-connection write pool, so writers
+//! queue in the pool and readers keep going (WAL). On PostgreSQL both pools
+//! are the same pool.
+
+mod idempotency;
+mod messages;
+mod rooms;
+mod sessions;
+mod users;
+
+pub use idempotency::IdempotencyRecord;
+pub use messages::{AppendOutcome, HistoryPage, NewMessage, StoredMessage};
+pub use rooms::{Member, Role, Room, RoomForUser};
+pub use sessions::{RefreshOutcome, SessionIdentity};
+pub use users::{Export, User};
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+/// Storage failures, sorted by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was violated; the string names which.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database cannot be reached (pool timeout, I/O).
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    #[error("database error: {0}")]
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => DbError::NotFound,
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => DbError::Unavailable(e),
+            other => DbError::Other(other),
+        }
+    }
+}
+
+/// Maps a unique-constraint violation to [`DbError::Conflict`].
+pub(crate) trait ResultExt<T> {
+    fn on_unique(self, what: &'static str) -> Result<T, DbError>;
+}
+
+impl<T> ResultExt<T> for Result<T, sqlx::Error> {
+    fn on_unique(self, what: &'static str) -> Result<T, DbError> {
+        self.map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => DbError::Conflict(what),
+            _ => e.into(),
+        })
+    }
+}
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+}
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Connects (creating the SQLite file and its directory if needed).
+    ///
+    /// # Errors
+    /// The URL is invalid or the database cannot be reached.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        match backend {
+            Backend::Postgres => {
+                let opts = AnyConnectOptions::from_str(url)?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Store { read: pool.clone(), write: pool, backend })
+            }
+            Backend::Sqlite => {
+                let url = sqlite_url_with_create(url);
+                if let Some(dir) = sqlite_dir(&url) {
+                    std::fs::create_dir_all(dir).map_err(|e| DbError::Unavailable(sqlx::Error::Io(e)))?;
+                }
+                let opts = AnyConnectOptions::from_str(&url)?;
+                let pool = |n: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(n)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                conn.execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                                )
+                                .await?;
+                                Ok(())
+                            })
+                        })
+                        .connect_with(opts.clone())
+                };
+                let write = pool(1).await?;
+                let read = pool(max_connections.max(2)).await?;
+                Ok(Store { read, write, backend })
+            }
+        }
+    }
+
+    /// Applies the embedded migrations for this backend.
+    ///
+    /// # Errors
+    /// A migration failed or was changed after being applied.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self.backend {
+            Backend::Postgres => PG_MIGRATOR.run(&self.write).await,
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.write).await,
+        }
+    }
+
+    /// A real round trip, for `/readyz`.
+    ///
+    /// # Errors
+    /// The database did not answer.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Waits for checked-out connections to return, then closes the pools.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+/// Ensures `mode=rwc` so a fresh machine gets its database file created.
+fn sqlite_url_with_create(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(Into::into)
+}
+
+/// Milliseconds since the Unix epoch: the one time format of the schema.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A fresh opaque id (UUIDv7: time-ordered, so indexes stay compact).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// `$start, $start+1, …` placeholders for a dynamically sized statement.
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}

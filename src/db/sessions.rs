@@ -1,0 +1,234 @@
+//! Login sessions, rotating refresh tokens and single-use WebSocket tickets.
+//!
+//! Tokens are stored as SHA-256 hashes only: a database leak does not leak
+//! usable tokens. A session is the family of refresh tokens rotated from one
+//! login; revoking it also invalidates the access tokens that name it.
+
+use sqlx::Row;
+
+use super::{DbError, Store, new_id, now_ms};
+
+/// Who a valid credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionIdentity {
+    pub user_id: String,
+    pub session_id: String,
+}
+
+/// The result of presenting a refresh token.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// The token was valid; it is now spent and `new_hash` replaces it.
+    Rotated(SessionIdentity),
+    /// Unknown, expired or revoked token.
+    Invalid,
+    /// A spent token was presented again: the whole family is now revoked.
+    Reused,
+}
+
+impl Store {
+    /// Starts a session with its first refresh token.
+    pub async fn create_session(&self, user_id: &str, token_hash: &str, expires_at: i64) -> Result<String, DbError> {
+        let session = new_id();
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(&session)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, token_hash, family_id, parent_id, user_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, NULL, $4, $5, $6)",
+        )
+        .bind(new_id())
+        .bind(token_hash)
+        .bind(&session)
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    /// Spends `old_hash` and issues `new_hash` in the same family.
+    ///
+    /// Spending is a conditional update (`used_at IS NULL`), so two racing
+    /// refreshes with one token cannot both win: the loser is treated as reuse.
+    pub async fn rotate_refresh_token(&self, old_hash: &str, new_hash: &str, expires_at: i64) -> Result<RefreshOutcome, DbError> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(
+            "SELECT t.id, t.family_id, t.user_id, t.expires_at, t.used_at, t.revoked_at, \
+                    s.revoked_at AS session_revoked, u.deleted_at, u.banned_at \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.family_id JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1",
+        )
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let id: String = row.try_get("id")?;
+        let family: String = row.try_get("family_id")?;
+        let user: String = row.try_get("user_id")?;
+        let expires: i64 = row.try_get("expires_at")?;
+        let used: Option<i64> = row.try_get("used_at")?;
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        let session_revoked: Option<i64> = row.try_get("session_revoked")?;
+        let deleted: Option<i64> = row.try_get("deleted_at")?;
+        let banned: Option<i64> = row.try_get("banned_at")?;
+
+        if revoked.is_some() || session_revoked.is_some() || deleted.is_some() || banned.is_some() || expires <= now {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let spent = used.is_some()
+            || sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 0;
+        if spent {
+            // Reuse of a spent token means it leaked: revoke the family.
+            revoke_family(&mut tx, &family, now).await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, token_hash, family_id, parent_id, user_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new_id())
+        .bind(new_hash)
+        .bind(&family)
+        .bind(&id)
+        .bind(&user)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(SessionIdentity {
+            user_id: user,
+            session_id: family,
+        }))
+    }
+
+    /// Revokes one session of a user (logout).
+    pub async fn revoke_session(&self, user_id: &str, session_id: &str) -> Result<(), DbError> {
+        let mut tx = self.write.begin().await?;
+        let owner: Option<String> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if owner.as_deref() != Some(user_id) {
+            return Err(DbError::NotFound);
+        }
+        revoke_family(&mut tx, session_id, now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The session a refresh token belongs to, if it is the caller's.
+    pub async fn session_of_refresh_token(&self, token_hash: &str) -> Result<Option<SessionIdentity>, DbError> {
+        let row = sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(SessionIdentity {
+                session_id: r.try_get("family_id")?,
+                user_id: r.try_get("user_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Whether an access token's session is live and its user may act.
+    /// One indexed query per authenticated request: the price of logout and
+    /// bans taking effect before access tokens expire.
+    pub async fn session_active(&self, user_id: &str, session_id: &str) -> Result<bool, DbError> {
+        let row = sqlx::query(
+            "SELECT s.revoked_at, u.deleted_at, u.banned_at FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = $1 AND s.user_id = $2",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        let a: Option<i64> = row.try_get("revoked_at")?;
+        let b: Option<i64> = row.try_get("deleted_at")?;
+        let c: Option<i64> = row.try_get("banned_at")?;
+        Ok(a.is_none() && b.is_none() && c.is_none())
+    }
+
+    /// Stores a WebSocket ticket (hashed).
+    pub async fn create_ws_ticket(&self, who: &SessionIdentity, ticket_hash: &str, expires_at: i64) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO ws_tickets (ticket_hash, user_id, session_id, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(ticket_hash)
+            .bind(&who.user_id)
+            .bind(&who.session_id)
+            .bind(expires_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Spends a ticket: one atomic conditional update, so it works once even
+    /// when two handshakes race with it.
+    pub async fn consume_ws_ticket(&self, ticket_hash: &str) -> Result<Option<SessionIdentity>, DbError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE ws_tickets SET used_at = $2 WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+             RETURNING user_id, session_id",
+        )
+        .bind(ticket_hash)
+        .bind(now)
+        .fetch_optional(&self.write)
+        .await?;
+        row.map(|r| {
+            Ok(SessionIdentity {
+                user_id: r.try_get("user_id")?,
+                session_id: r.try_get("session_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes expired tickets and refresh tokens; run periodically.
+    pub async fn purge_expired(&self) -> Result<u64, DbError> {
+        let now = now_ms();
+        let a = sqlx::query("DELETE FROM ws_tickets WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        let b = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        Ok(a + b)
+    }
+}
+
+async fn revoke_family(tx: &mut sqlx::Transaction<'_, sqlx::Any>, family: &str, now: i64) -> Result<(), DbError> {
+    sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(family)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
+        .bind(family)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Users, credentials, erasure and export.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{DbError, ResultExt, RoomForUser, Store, StoredMessage, new_id, now_ms};
+
+/// A user as the API shows it to its owner.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: String,
+    /// `null` once the account is erased.
+    pub email: Option<String>,
+    pub display_name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Set when the account has been erased (anonymised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
+    #[serde(skip)]
+    pub banned_at: Option<i64>,
+}
+
+impl User {
+    pub fn is_active(&self) -> bool {
+        self.deleted_at.is_none() && self.banned_at.is_none()
+    }
+}
+
+/// All the data the gateway holds about one user (`GET /me/export`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Export {
+    pub profile: User,
+    pub rooms: Vec<RoomForUser>,
+    pub messages: Vec<StoredMessage>,
+    /// Unix milliseconds of each login session still known.
+    pub sessions: Vec<ExportSession>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExportSession {
+    pub id: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Shown instead of an erased user's name.
+pub const ERASED_NAME: &str = "Deleted user";
+
+const USER_COLS: &str = "id, email, display_name, created_at, deleted_at, banned_at";
+
+fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        display_name: row.try_get("display_name")?,
+        created_at: row.try_get("created_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+        banned_at: row.try_get("banned_at")?,
+    })
+}
+
+impl Store {
+    /// Creates a user with its password hash in one transaction.
+    ///
+    /// # Errors
+    /// [`DbError::Conflict`] when the email (case-insensitively) is taken.
+    pub async fn create_user(&self, email: &str, display_name: &str, password_hash: &str) -> Result<User, DbError> {
+        let id = new_id();
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, email_lower, display_name, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(&id)
+        .bind(email)
+        .bind(email.to_lowercase())
+        .bind(display_name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .on_unique("email already registered")?;
+        sqlx::query("INSERT INTO credentials (user_id, password_hash, updated_at) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(password_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(User {
+            id,
+            email: Some(email.to_owned()),
+            display_name: display_name.to_owned(),
+            created_at: now,
+            deleted_at: None,
+            banned_at: None,
+        })
+    }
+
+    /// The active user with this email (any case) and their password hash.
+    pub async fn find_login(&self, email: &str) -> Result<Option<(User, String)>, DbError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLS}, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id \
+             WHERE u.email_lower = $1"
+        ))
+        .bind(email.to_lowercase())
+        .fetch_optional(&self.read)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((user_from(&r)?, r.try_get("password_hash")?))),
+        }
+    }
+
+    /// The password hash of a user, for password changes.
+    pub async fn password_hash(&self, user_id: &str) -> Result<String, DbError> {
+        Ok(sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&self.read)
+            .await?)
+    }
+
+    /// # Errors
+    /// [`DbError::NotFound`] for an unknown id (erased users are still found).
+    pub async fn get_user(&self, id: &str) -> Result<User, DbError> {
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(user_from(&row)?)
+    }
+
+    /// Which of these ids name active users.
+    pub async fn active_user_ids(&self, ids: &[String]) -> Result<Vec<String>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id FROM users WHERE deleted_at IS NULL AND banned_at IS NULL AND id IN ({})",
+            super::placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query_scalar(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        Ok(q.fetch_all(&self.read).await?)
+    }
+
+    /// Updates the profile fields that are given.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        display_name: Option<&str>,
+        password_hash: Option<&str>,
+    ) -> Result<User, DbError> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        if let Some(name) = display_name {
+            sqlx::query("UPDATE users SET display_name = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(hash) = password_hash {
+            sqlx::query("UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1")
+                .bind(id)
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.get_user(id).await
+    }
+
+    /// Bans (or unbans) a user; a banned user can neither log in nor use
+    /// existing tokens.
+    pub async fn set_banned(&self, id: &str, banned: bool) -> Result<(), DbError> {
+        let r = sqlx::query("UPDATE users SET banned_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(banned.then(now_ms))
+            .execute(&self.write)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Erases an account (GDPR art. 17) in one transaction.
+    ///
+    /// Credentials, sessions, tokens, tickets, read markers and memberships
+    /// are deleted; the profile row stays, anonymised, so other people's
+    /// history still resolves the sender id. The user's messages become
+    /// tombstones: body emptied and `deleted_at` set, but their `seq` kept, so
+    /// every room's sequence stays gap-free for clients that sync by seq.
+    /// Rooms the user owned pass to their longest-standing member, or are
+    /// deleted when nobody else is in them.
+    pub async fn erase_user(&self, id: &str) -> Result<(), DbError> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let owned: Vec<String> = sqlx::query_scalar("SELECT room_id FROM memberships WHERE user_id = $1 AND role = 'owner'")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for room in &owned {
+            let heir: Option<String> = sqlx::query_scalar(
+                "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2 \
+                 ORDER BY joined_at, user_id LIMIT 1",
+            )
+            .bind(room)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match heir {
+                Some(heir) => {
+                    sqlx::query("UPDATE memberships SET role = 'owner' WHERE room_id = $1 AND user_id = $2")
+                        .bind(room)
+                        .bind(&heir)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE rooms SET owner_id = $2 WHERE id = $1")
+                        .bind(room)
+                        .bind(&heir)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM rooms WHERE id = $1").bind(room).execute(&mut *tx).await?;
+                }
+            }
+        }
+        for sql in [
+            "DELETE FROM credentials WHERE user_id = $1",
+            "DELETE FROM ws_tickets WHERE user_id = $1",
+            "DELETE FROM refresh_tokens WHERE user_id = $1",
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM read_markers WHERE user_id = $1",
+            "DELETE FROM memberships WHERE user_id = $1",
+            "DELETE FROM idempotency_keys WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE messages SET body = '', deleted_at = $2 WHERE sender_id = $1 AND deleted_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE users SET email = NULL, email_lower = NULL, display_name = $2, \
+             deleted_at = $3, updated_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ERASED_NAME)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Everything stored about a user.
+    pub async fn export_user(&self, id: &str) -> Result<Export, DbError> {
+        let profile = self.get_user(id).await?;
+        let rooms = self.rooms_for_user(id).await?;
+        let messages = self.messages_by_sender(id).await?;
+        let sessions = sqlx::query("SELECT id, created_at, revoked_at FROM sessions WHERE user_id = $1 ORDER BY created_at")
+            .bind(id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ExportSession {
+                    id: r.try_get("id")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Export {
+            profile,
+            rooms,
+            messages,
+            sessions,
+        })
+    }
+}

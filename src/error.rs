@@ -1,0 +1,151 @@
+//! The one error type of the HTTP edge and its JSON shape.
+//!
+//! Every failure a client can see is an [`ApiError`]; each variant has one
+//! status and one stable `code` (the same codes the WebSocket protocol uses).
+//! Internal causes are logged here and never returned.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::db::DbError;
+
+/// A client-visible failure.
+#[derive(thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid input; the message says which field and why.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing, invalid or expired credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Unknown resource, or one the caller may not know exists.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request conflicts with existing state.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The body exceeds the configured limit.
+    #[error("request body is too large")]
+    TooLarge,
+    /// The body is not `application/json`.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// Too many attempts; retry after the given number of milliseconds.
+    #[error("too many requests")]
+    RateLimited { retry_after_ms: u64 },
+    /// The request did not finish within the request timeout.
+    #[error("the request timed out")]
+    Timeout,
+    /// A dependency is down or the process is draining.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else; the cause is logged, never returned.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl std::fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        if let ApiError::Internal(e) = self {
+            write!(f, ": {e:#}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The body of every error response: `{"error": {"code", "message"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// Machine-readable `code` plus a human-readable `message`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable identifier: bad_request, unauthorized, forbidden, not_found,
+    /// conflict, too_large, unsupported_media_type, rate_limited, timeout,
+    /// unavailable, internal.
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    /// The status and stable code, in one place.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError::BadRequest(msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = format!("{e:#}"), "internal error");
+        }
+        let retry_after_ms = match &self {
+            ApiError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                retry_after_ms,
+            },
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(ms) = retry_after_ms {
+            let secs = ms.div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound => ApiError::NotFound("resource"),
+            DbError::Conflict(what) => ApiError::Conflict(what),
+            DbError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("the database is unavailable".into())
+            }
+            DbError::Other(e) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::Internal(e)
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,83 @@
+//! Rate limits (governor): login and registration throttles today, the
+//! per-connection event budgets of the hub build on the same helpers.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Keyed limiters shared by all requests of the process.
+pub struct Limits {
+    login_per_account: DefaultKeyedRateLimiter<String>,
+    login_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    register_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+}
+
+/// Time to wait before retrying, in milliseconds.
+pub type RetryAfterMs = u64;
+
+fn per_minute(n: u32) -> Quota {
+    // `max(1)` makes the NonZero conversion infallible.
+    Quota::per_minute(NonZeroU32::new(n.max(1)).expect("n.max(1) is non-zero"))
+}
+
+impl Limits {
+    /// `login_per_minute` attempts per account; four times that per source IP
+    /// (several people may share a NAT).
+    pub fn new(login_per_minute: u32) -> Self {
+        Limits {
+            login_per_account: RateLimiter::keyed(per_minute(login_per_minute)),
+            login_per_ip: RateLimiter::keyed(per_minute(login_per_minute.saturating_mul(4))),
+            register_per_ip: RateLimiter::keyed(per_minute(login_per_minute)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Checks both login budgets. The account key is the lower-cased email,
+    /// whether or not such an account exists, so throttling reveals nothing.
+    ///
+    /// # Errors
+    /// How long to wait when either budget is spent.
+    pub fn check_login(&self, email_lower: &str, ip: IpAddr) -> Result<(), RetryAfterMs> {
+        self.check(&self.login_per_ip, &ip)?;
+        self.check(&self.login_per_account, &email_lower.to_owned())
+    }
+
+    /// # Errors
+    /// How long to wait when the IP's registration budget is spent.
+    pub fn check_register(&self, ip: IpAddr) -> Result<(), RetryAfterMs> {
+        self.check(&self.register_per_ip, &ip)
+    }
+
+    fn check<K: std::hash::Hash + Eq + Clone>(&self, limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), RetryAfterMs> {
+        limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()).as_millis().max(1) as u64)
+    }
+
+    /// Forgets keys whose budget is full again; called periodically so the
+    /// maps do not grow with every address ever seen.
+    pub fn shrink(&self) {
+        self.login_per_account.retain_recent();
+        self.login_per_ip.retain_recent();
+        self.register_per_ip.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_budget_is_per_account_and_reports_a_wait() {
+        let l = Limits::new(2);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(l.check_login("a@x.io", ip).is_ok());
+        assert!(l.check_login("a@x.io", ip).is_ok());
+        let wait = l.check_login("a@x.io", ip).unwrap_err();
+        assert!(wait > 0);
+        assert!(l.check_login("b@x.io", ip).is_ok(), "another account has its own budget");
+    }
+}

@@ -1,0 +1,148 @@
+//! Building and running the application: the seam tests and `main` share.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{JwtKeys, Passwords};
+use crate::config::Config;
+use crate::db::Store;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::state::{AppState, Readiness};
+
+/// A built, bound, migrated gateway, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects and migrates the database, then binds the listeners (port 0
+    /// picks a free one; see [`Application::local_addr`]).
+    ///
+    /// # Errors
+    /// The database is unreachable, a migration fails, or a port is taken.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        store.migrate().await.context("applying database migrations")?;
+        let keys = JwtKeys::from_config(&config).context("loading JWT keys")?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding METRICS_ADDR {addr}"))?),
+            None => None,
+        };
+        let state = AppState {
+            limits: Arc::new(Limits::new(config.login_attempts_per_minute)),
+            config: Arc::new(config),
+            store,
+            keys: Arc::new(keys),
+            passwords: Passwords::new(),
+            metrics: Metrics::new(),
+            readiness: Readiness::default(),
+        };
+        Ok(Application {
+            listener,
+            metrics_listener,
+            state,
+        })
+    }
+
+    /// The address the API listens on.
+    ///
+    /// # Panics
+    /// Never for a bound TCP listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state (tests use its store directly).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in order: readiness
+    /// goes false, the listener stops accepting, in-flight requests finish
+    /// (bounded by `SHUTDOWN_TIMEOUT_SECS`), background tasks stop, and the
+    /// database pool closes.
+    ///
+    /// # Errors
+    /// The server failed (not on a clean shutdown).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            metrics_listener,
+            state,
+        } = self;
+        let stop = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+
+        tasks.spawn(housekeeping(state.clone(), stop.clone()));
+        if let Some(l) = metrics_listener {
+            let metrics = state.metrics.clone();
+            let app = Router::new().route("/metrics", get(move || async move { metrics.render() }));
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let _ = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            });
+        }
+
+        let app = crate::api::router(state.clone(), Router::new());
+        let drain = {
+            let (state, stop) = (state.clone(), stop.clone());
+            async move {
+                shutdown.await;
+                tracing::info!("shutdown requested: draining");
+                state.readiness.set_draining();
+                stop.cancel();
+            }
+        };
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(drain);
+        let mut server = std::pin::pin!(server.into_future());
+        let timeout = state.config.shutdown_timeout;
+        tokio::select! {
+            r = &mut server => r.context("serving HTTP")?,
+            () = async { stop.cancelled().await; tokio::time::sleep(timeout).await } => {
+                tracing::warn!(timeout_secs = timeout.as_secs(), "in-flight requests did not finish in time");
+            }
+        }
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Periodic upkeep: shrink rate-limiter maps, purge expired tokens.
+async fn housekeeping(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                state.limits.shrink();
+                if let Err(e) = state.store.purge_expired().await {
+                    tracing::warn!(error = %e, "purging expired tokens failed");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
