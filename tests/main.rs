@@ -1,1 +1,12 @@
+//! One integration-test binary: a module per feature, all sharing
+//! `helpers` (the real app on port 0, a fresh database per test).
 
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod binary;
+mod me;
+mod openapi;
+mod rooms;
+mod storage;

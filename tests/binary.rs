@@ -1,0 +1,72 @@
+//! The real binary: it starts with no variables at all, and refuses weak
+//! configuration with one line naming the variable.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn gateway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chatgw"));
+    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+#[test]
+fn production_refuses_weak_or_missing_secrets() {
+    for secret in [None, Some("tiny1"), Some("changeme-changeme-changeme-changeme"), Some("your-256-bit-secret")] {
+        let mut c = gateway();
+        c.env("APP_ENV", "production").env("LISTEN_ADDR", "127.0.0.1:0");
+        if let Some(s) = secret {
+            c.env("JWT_SECRET", s);
+        }
+        let out = c.output().expect("run gateway");
+        assert!(!out.status.success(), "started with {secret:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        if let Some(s) = secret {
+            assert!(!err.contains(s), "the secret is not echoed");
+        }
+    }
+    let out = gateway().env("LISTEN_ADDR", "not-an-address").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LISTEN_ADDR"));
+}
+
+/// `cargo run` with nothing set: development mode, SQLite under ./data, the
+/// URL printed, and the API answering on it.
+#[test]
+fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = gateway()
+        .current_dir(dir.path())
+        // The default port may be busy on a test machine; everything else
+        // is the default.
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gateway");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("chatgw listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(60)).expect("gateway printed its URL");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async { reqwest::get(format!("{url}/readyz")).await.map(|r| r.status()) });
+    // SIGTERM: a clean, prompt exit.
+    unsafe_kill_term(child.id());
+    let exit = child.wait().unwrap();
+    assert_eq!(status.unwrap(), reqwest::StatusCode::OK);
+    assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
+    assert!(dir.path().join("data/chatgw.db").exists(), "SQLite file under ./data");
+}
+
+fn unsafe_kill_term(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
