@@ -51,10 +51,17 @@ impl Limits {
         self.check(&self.register_per_ip, &ip)
     }
 
-    fn check<K: std::hash::Hash + Eq + Clone>(&self, limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), RetryAfterMs> {
-        limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()).as_millis().max(1) as u64)
+    fn check<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+    ) -> Result<(), RetryAfterMs> {
+        limiter.check_key(key).map_err(|not_until| {
+            not_until
+                .wait_time_from(self.clock.now())
+                .as_millis()
+                .max(1) as u64
+        })
     }
 
     /// Forgets keys whose budget is full again; called periodically so the
@@ -78,6 +85,9 @@ mod tests {
         assert!(l.check_login("a@x.io", ip).is_ok());
         let wait = l.check_login("a@x.io", ip).unwrap_err();
         assert!(wait > 0);
-        assert!(l.check_login("b@x.io", ip).is_ok(), "another account has its own budget");
+        assert!(
+            l.check_login("b@x.io", ip).is_ok(),
+            "another account has its own budget"
+        );
     }
 }

@@ -27,9 +27,17 @@ impl Metrics {
             &["method", "route", "status"],
         )
         .expect("valid metric");
-        let db_up = IntGauge::new(DB_UP, "Whether the database answered the last readiness check").expect("valid metric");
-        registry.register(Box::new(http_requests.clone())).expect("registered once");
-        registry.register(Box::new(db_up.clone())).expect("registered once");
+        let db_up = IntGauge::new(
+            DB_UP,
+            "Whether the database answered the last readiness check",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(db_up.clone()))
+            .expect("registered once");
         Metrics {
             registry,
             http_requests,

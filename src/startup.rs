@@ -33,16 +33,26 @@ impl Application {
     /// # Errors
     /// The database is unreachable, a migration fails, or a port is taken.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections)
+        let store = Store::connect(
+            config.database_url.expose_secret(),
+            config.db_max_connections,
+        )
+        .await
+        .context("connecting to DATABASE_URL")?;
+        store
+            .migrate()
             .await
-            .context("connecting to DATABASE_URL")?;
-        store.migrate().await.context("applying database migrations")?;
+            .context("applying database migrations")?;
         let keys = JwtKeys::from_config(&config).context("loading JWT keys")?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
         let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding METRICS_ADDR {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding METRICS_ADDR {addr}"))?,
+            ),
             None => None,
         };
         let state = AppState {
@@ -66,11 +76,15 @@ impl Application {
     /// # Panics
     /// Never for a bound TCP listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state (tests use its store directly).
@@ -85,7 +99,10 @@ impl Application {
     ///
     /// # Errors
     /// The server failed (not on a clean shutdown).
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application {
             listener,
             metrics_listener,
@@ -100,7 +117,9 @@ impl Application {
             let app = Router::new().route("/metrics", get(move || async move { metrics.render() }));
             let stop = stop.clone();
             tasks.spawn(async move {
-                let _ = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
             });
         }
 
@@ -114,7 +133,11 @@ impl Application {
                 stop.cancel();
             }
         };
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(drain);
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(drain);
         let mut server = std::pin::pin!(server.into_future());
         let timeout = state.config.shutdown_timeout;
         tokio::select! {

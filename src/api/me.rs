@@ -48,15 +48,23 @@ pub async fn get_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<
 
 #[utoipa::path(patch, path = "/api/v1/me", tag = "me", security(("bearer" = [])), request_body = PatchMe,
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn patch_me(State(state): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<PatchMe>) -> ApiResult<Json<User>> {
-    let name = req.display_name.as_deref().map(validate::display_name).transpose()?;
+pub async fn patch_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<PatchMe>,
+) -> ApiResult<Json<User>> {
+    let name = req
+        .display_name
+        .as_deref()
+        .map(validate::display_name)
+        .transpose()?;
     let hash = match req.password {
         None => None,
         Some(new) => {
             validate::password(&new)?;
-            let current = req
-                .current_password
-                .ok_or_else(|| ApiError::bad_request("current_password: required to change the password"))?;
+            let current = req.current_password.ok_or_else(|| {
+                ApiError::bad_request("current_password: required to change the password")
+            })?;
             let stored = state.store.password_hash(&user.user_id).await?;
             if !state.passwords.verify(current, Some(stored)).await? {
                 return Err(ApiError::Forbidden("current_password is wrong"));
@@ -67,7 +75,12 @@ pub async fn patch_me(State(state): State<AppState>, user: AuthUser, ApiJson(req
     if name.is_none() && hash.is_none() {
         return Err(ApiError::bad_request("nothing to update"));
     }
-    Ok(Json(state.store.update_user(&user.user_id, name.as_deref(), hash.as_deref()).await?))
+    Ok(Json(
+        state
+            .store
+            .update_user(&user.user_id, name.as_deref(), hash.as_deref())
+            .await?,
+    ))
 }
 
 /// Erases the account: credentials and sessions deleted, profile anonymised,
@@ -92,7 +105,11 @@ pub async fn export_me(State(state): State<AppState>, user: AuthUser) -> ApiResu
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "User id")),
     responses((status = 200, body = PublicUser), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_user(State(state): State<AppState>, _caller: AuthUser, Path(id): Path<String>) -> ApiResult<Json<PublicUser>> {
+pub async fn get_user(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PublicUser>> {
     validate::id("id", &id)?;
     let u = state.store.get_user(&id).await.map_err(|e| match e {
         crate::db::DbError::NotFound => ApiError::NotFound("user"),

@@ -22,7 +22,10 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/rooms", get(list_rooms))
-        .route("/rooms/{id}", get(get_room).patch(patch_room).delete(delete_room))
+        .route(
+            "/rooms/{id}",
+            get(get_room).patch(patch_room).delete(delete_room),
+        )
         .route("/rooms/{id}/members/{user_id}", delete(remove_member))
         .route("/rooms/{id}/messages", get(history))
 }
@@ -93,7 +96,11 @@ pub struct HistoryParams {
 /// The caller's role in `room`; 404 when not a member (or no such room).
 async fn role_of(state: &AppState, room: &str, user: &AuthUser) -> ApiResult<Role> {
     validate::id("room id", room)?;
-    state.store.role_in(room, &user.user_id).await?.ok_or(ApiError::NotFound("room"))
+    state
+        .store
+        .role_in(room, &user.user_id)
+        .await?
+        .ok_or(ApiError::NotFound("room"))
 }
 
 async fn require_owner(state: &AppState, room: &str, user: &AuthUser) -> ApiResult<()> {
@@ -106,10 +113,17 @@ async fn require_owner(state: &AppState, room: &str, user: &AuthUser) -> ApiResu
 #[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoom,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request")),
     responses((status = 201, body = RoomForUser), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_room(State(state): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<CreateRoom>) -> ApiResult<(StatusCode, Json<RoomForUser>)> {
+pub async fn create_room(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<CreateRoom>,
+) -> ApiResult<(StatusCode, Json<RoomForUser>)> {
     let name = validate::room_name(&req.name)?;
     if req.members.len() > validate::MAX_INITIAL_MEMBERS {
-        return Err(ApiError::bad_request(format!("members: at most {} users", validate::MAX_INITIAL_MEMBERS)));
+        return Err(ApiError::bad_request(format!(
+            "members: at most {} users",
+            validate::MAX_INITIAL_MEMBERS
+        )));
     }
     let mut members = req.members;
     for m in &members {
@@ -121,13 +135,19 @@ pub async fn create_room(State(state): State<AppState>, user: AuthUser, ApiJson(
     if active.len() != members.len() {
         return Err(ApiError::bad_request("members: unknown user id"));
     }
-    let room = state.store.create_room(&user.user_id, &name, &members).await?;
+    let room = state
+        .store
+        .create_room(&user.user_id, &name, &members)
+        .await?;
     Ok((StatusCode::CREATED, Json(room)))
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])),
     responses((status = 200, body = RoomList), (status = 401, body = ErrorBody)))]
-pub async fn list_rooms(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<RoomList>> {
+pub async fn list_rooms(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<Json<RoomList>> {
     Ok(Json(RoomList {
         rooms: state.store.rooms_for_user(&user.user_id).await?,
     }))
@@ -135,16 +155,29 @@ pub async fn list_rooms(State(state): State<AppState>, user: AuthUser) -> ApiRes
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 200, body = RoomDetail), (status = 404, body = ErrorBody)))]
-pub async fn get_room(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<RoomDetail>> {
+pub async fn get_room(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RoomDetail>> {
     validate::id("room id", &id)?;
-    let room = state.store.room_for_member(&id, &user.user_id).await.map_err(|_| ApiError::NotFound("room"))?;
+    let room = state
+        .store
+        .room_for_member(&id, &user.user_id)
+        .await
+        .map_err(|_| ApiError::NotFound("room"))?;
     let members = state.store.members(&id).await?;
     Ok(Json(RoomDetail { room, members }))
 }
 
 #[utoipa::path(patch, path = "/api/v1/rooms/{id}", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path)), request_body = PatchRoom,
     responses((status = 200, body = RoomForUser), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn patch_room(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<PatchRoom>) -> ApiResult<Json<RoomForUser>> {
+pub async fn patch_room(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PatchRoom>,
+) -> ApiResult<Json<RoomForUser>> {
     require_owner(&state, &id, &user).await?;
     let name = validate::room_name(&req.name)?;
     state.store.rename_room(&id, &name).await?;
@@ -153,7 +186,11 @@ pub async fn patch_room(State(state): State<AppState>, user: AuthUser, Path(id):
 
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_room(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_room(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     require_owner(&state, &id, &user).await?;
     state.store.delete_room(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -163,16 +200,41 @@ pub async fn delete_room(State(state): State<AppState>, user: AuthUser, Path(id)
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path),
     ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request")), request_body = AddMember,
     responses((status = 201, body = Membership), (status = 200, body = Membership), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn add_member(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<AddMember>) -> ApiResult<(StatusCode, Json<Membership>)> {
+pub async fn add_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AddMember>,
+) -> ApiResult<(StatusCode, Json<Membership>)> {
     require_owner(&state, &id, &user).await?;
     validate::id("user_id", &req.user_id)?;
-    if state.store.active_user_ids(std::slice::from_ref(&req.user_id)).await?.is_empty() {
+    if state
+        .store
+        .active_user_ids(std::slice::from_ref(&req.user_id))
+        .await?
+        .is_empty()
+    {
         return Err(ApiError::NotFound("user"));
     }
     let added = state.store.add_member(&id, &req.user_id).await?;
-    let role = state.store.role_in(&id, &req.user_id).await?.unwrap_or(Role::Member);
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(Membership { room_id: id, user_id: req.user_id, role })))
+    let role = state
+        .store
+        .role_in(&id, &req.user_id)
+        .await?
+        .unwrap_or(Role::Member);
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(Membership {
+            room_id: id,
+            user_id: req.user_id,
+            role,
+        }),
+    ))
 }
 
 /// Removes a member. The owner may remove anyone but themselves (delete the
@@ -180,13 +242,25 @@ pub async fn add_member(State(state): State<AppState>, user: AuthUser, Path(id):
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "rooms", security(("bearer" = [])),
     params(("id" = String, Path), ("user_id" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn remove_member(State(state): State<AppState>, user: AuthUser, Path((id, member)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn remove_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((id, member)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let role = role_of(&state, &id, &user).await?;
     validate::id("user_id", &member)?;
     let is_self = member == user.user_id;
     match (role, is_self) {
-        (Role::Owner, true) => return Err(ApiError::Conflict("the owner cannot leave; delete the room instead")),
-        (Role::Member, false) => return Err(ApiError::Forbidden("only the room owner may remove other members")),
+        (Role::Owner, true) => {
+            return Err(ApiError::Conflict(
+                "the owner cannot leave; delete the room instead",
+            ));
+        }
+        (Role::Member, false) => {
+            return Err(ApiError::Forbidden(
+                "only the room owner may remove other members",
+            ));
+        }
         _ => {}
     }
     if !state.store.remove_member(&id, &member).await? {
@@ -199,14 +273,28 @@ pub async fn remove_member(State(state): State<AppState>, user: AuthUser, Path((
 #[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "rooms", security(("bearer" = [])),
     params(("id" = String, Path), HistoryParams),
     responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn history(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiQuery(p): ApiQuery<HistoryParams>) -> ApiResult<Json<HistoryPage>> {
+pub async fn history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiQuery(p): ApiQuery<HistoryParams>,
+) -> ApiResult<Json<HistoryPage>> {
     role_of(&state, &id, &user).await?;
     let limit = p.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
     if !(1..=HISTORY_MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit: must be between 1 and {HISTORY_MAX_LIMIT}")));
+        return Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and {HISTORY_MAX_LIMIT}"
+        )));
     }
     if p.after_seq.is_some_and(|s| s < 0) || p.before_seq.is_some_and(|s| s < 1) {
-        return Err(ApiError::bad_request("after_seq must be >= 0 and before_seq >= 1"));
+        return Err(ApiError::bad_request(
+            "after_seq must be >= 0 and before_seq >= 1",
+        ));
     }
-    Ok(Json(state.store.history(&id, p.after_seq, p.before_seq, limit).await?))
+    Ok(Json(
+        state
+            .store
+            .history(&id, p.after_seq, p.before_seq, limit)
+            .await?,
+    ))
 }

@@ -10,7 +10,11 @@ pub enum IdempotencyRecord {
     /// The first request with this key is still running.
     InFlight { fingerprint: String },
     /// The first request finished with this response.
-    Done { fingerprint: String, status: u16, body: String },
+    Done {
+        fingerprint: String,
+        status: u16,
+        body: String,
+    },
 }
 
 /// Keys older than this are forgotten (a day covers any client retry).
@@ -19,7 +23,12 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 impl Store {
     /// Claims `key` for a request; `Ok(None)` when the claim succeeded (first
     /// use), otherwise what the earlier request left.
-    pub async fn claim_idempotency_key(&self, user: &str, key: &str, fingerprint: &str) -> Result<Option<IdempotencyRecord>, DbError> {
+    pub async fn claim_idempotency_key(
+        &self,
+        user: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<IdempotencyRecord>, DbError> {
         let now = now_ms();
         // Forget stale keys for this user first, so a day-old key is reusable.
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND created_at < $2")
@@ -61,7 +70,13 @@ impl Store {
     }
 
     /// Records the response of the request that claimed `key`.
-    pub async fn complete_idempotency_key(&self, user: &str, key: &str, status: u16, body: &str) -> Result<(), DbError> {
+    pub async fn complete_idempotency_key(
+        &self,
+        user: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), DbError> {
         sqlx::query("UPDATE idempotency_keys SET status = $3, body = $4 WHERE user_id = $1 AND idem_key = $2")
             .bind(user)
             .bind(key)

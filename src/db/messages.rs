@@ -84,7 +84,10 @@ impl Store {
     /// `(room, sender, client_msg_id)` already exists, in the table or earlier
     /// in the batch, come back as [`AppendOutcome::Duplicate`] with the
     /// original seq. Outcomes are in the order of `batch`.
-    pub async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<AppendOutcome>, DbError> {
+    pub async fn append_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<AppendOutcome>, DbError> {
         let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, m) in batch.iter().enumerate() {
             by_room.entry(&m.room_id).or_default().push(i);
@@ -92,10 +95,12 @@ impl Store {
         let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
         let mut tx = self.write.begin().await?;
         for (room, idxs) in by_room {
-            let last: Option<i64> = sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq WHERE id = $1 RETURNING last_seq")
-                .bind(room)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let last: Option<i64> = sqlx::query_scalar(
+                "UPDATE rooms SET last_seq = last_seq WHERE id = $1 RETURNING last_seq",
+            )
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
             let Some(mut last) = last else {
                 for i in idxs {
                     out[i] = Some(AppendOutcome::NoSuchRoom);
@@ -110,7 +115,9 @@ impl Store {
                     .map(|k| format!("(${}, ${})", 2 + 2 * k, 3 + 2 * k))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let sql = format!("SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND (sender_id, client_msg_id) IN ({pairs})");
+                let sql = format!(
+                    "SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND (sender_id, client_msg_id) IN ({pairs})"
+                );
                 let mut q = sqlx::query(&sql).bind(room);
                 for &i in chunk {
                     q = q.bind(&batch[i].sender_id).bind(&batch[i].client_msg_id);
@@ -154,7 +161,13 @@ impl Store {
                 );
                 let mut q = sqlx::query(&sql);
                 for m in chunk {
-                    q = q.bind(&m.room).bind(m.seq).bind(&m.sender).bind(&m.body).bind(&m.client_msg_id).bind(m.sent_at);
+                    q = q
+                        .bind(&m.room)
+                        .bind(m.seq)
+                        .bind(&m.sender)
+                        .bind(&m.body)
+                        .bind(&m.client_msg_id)
+                        .bind(m.sent_at);
                 }
                 q.execute(&mut *tx).await?;
             }
@@ -169,14 +182,23 @@ impl Store {
         tx.commit().await?;
         // Every index was filled: each belongs to exactly one room group and
         // each group assigns an outcome to all of its indices.
-        Ok(out.into_iter().map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom)).collect())
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom))
+            .collect())
     }
 
     /// One page of a room's history, ascending by seq.
     ///
     /// With `after_seq`, the `limit` messages following it; otherwise the
     /// `limit` messages before `before_seq` (or the newest ones).
-    pub async fn history(&self, room: &str, after_seq: Option<i64>, before_seq: Option<i64>, limit: i64) -> Result<HistoryPage, DbError> {
+    pub async fn history(
+        &self,
+        room: &str,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<HistoryPage, DbError> {
         let fetch = limit + 1;
         let mut messages = if let Some(after) = after_seq {
             let upper = before_seq.unwrap_or(i64::MAX);
@@ -200,16 +222,20 @@ impl Store {
 
     /// Every message a user sent (for export).
     pub async fn messages_by_sender(&self, sender: &str) -> Result<Vec<StoredMessage>, DbError> {
-        let sql = format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 ORDER BY sent_at, room_id, seq");
+        let sql = format!(
+            "SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 ORDER BY sent_at, room_id, seq"
+        );
         let rows = sqlx::query(&sql).bind(sender).fetch_all(&self.read).await?;
         Ok(rows.iter().map(message_from).collect::<Result<_, _>>()?)
     }
 
     /// The highest seq of a room, `None` for an unknown room.
     pub async fn last_seq(&self, room: &str) -> Result<Option<i64>, DbError> {
-        Ok(sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1")
-            .bind(room)
-            .fetch_optional(&self.read)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1")
+                .bind(room)
+                .fetch_optional(&self.read)
+                .await?,
+        )
     }
 }

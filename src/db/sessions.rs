@@ -28,7 +28,12 @@ pub enum RefreshOutcome {
 
 impl Store {
     /// Starts a session with its first refresh token.
-    pub async fn create_session(&self, user_id: &str, token_hash: &str, expires_at: i64) -> Result<String, DbError> {
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<String, DbError> {
         let session = new_id();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -58,7 +63,12 @@ impl Store {
     ///
     /// Spending is a conditional update (`used_at IS NULL`), so two racing
     /// refreshes with one token cannot both win: the loser is treated as reuse.
-    pub async fn rotate_refresh_token(&self, old_hash: &str, new_hash: &str, expires_at: i64) -> Result<RefreshOutcome, DbError> {
+    pub async fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        expires_at: i64,
+    ) -> Result<RefreshOutcome, DbError> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
@@ -83,16 +93,23 @@ impl Store {
         let deleted: Option<i64> = row.try_get("deleted_at")?;
         let banned: Option<i64> = row.try_get("banned_at")?;
 
-        if revoked.is_some() || session_revoked.is_some() || deleted.is_some() || banned.is_some() || expires <= now {
+        if revoked.is_some()
+            || session_revoked.is_some()
+            || deleted.is_some()
+            || banned.is_some()
+            || expires <= now
+        {
             return Ok(RefreshOutcome::Invalid);
         }
         let spent = used.is_some()
-            || sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
-                .bind(&id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+            || sqlx::query(
+                "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+            )
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
                 == 0;
         if spent {
             // Reuse of a spent token means it leaked: revoke the family.
@@ -123,10 +140,11 @@ impl Store {
     /// Revokes one session of a user (logout).
     pub async fn revoke_session(&self, user_id: &str, session_id: &str) -> Result<(), DbError> {
         let mut tx = self.write.begin().await?;
-        let owner: Option<String> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
-            .bind(session_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
+                .bind(session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         if owner.as_deref() != Some(user_id) {
             return Err(DbError::NotFound);
         }
@@ -136,11 +154,15 @@ impl Store {
     }
 
     /// The session a refresh token belongs to, if it is the caller's.
-    pub async fn session_of_refresh_token(&self, token_hash: &str) -> Result<Option<SessionIdentity>, DbError> {
-        let row = sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.read)
-            .await?;
+    pub async fn session_of_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<SessionIdentity>, DbError> {
+        let row =
+            sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.read)
+                .await?;
         row.map(|r| {
             Ok(SessionIdentity {
                 session_id: r.try_get("family_id")?,
@@ -170,7 +192,12 @@ impl Store {
     }
 
     /// Stores a WebSocket ticket (hashed).
-    pub async fn create_ws_ticket(&self, who: &SessionIdentity, ticket_hash: &str, expires_at: i64) -> Result<(), DbError> {
+    pub async fn create_ws_ticket(
+        &self,
+        who: &SessionIdentity,
+        ticket_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), DbError> {
         sqlx::query("INSERT INTO ws_tickets (ticket_hash, user_id, session_id, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(ticket_hash)
             .bind(&who.user_id)
@@ -183,7 +210,10 @@ impl Store {
 
     /// Spends a ticket: one atomic conditional update, so it works once even
     /// when two handshakes race with it.
-    pub async fn consume_ws_ticket(&self, ticket_hash: &str) -> Result<Option<SessionIdentity>, DbError> {
+    pub async fn consume_ws_ticket(
+        &self,
+        ticket_hash: &str,
+    ) -> Result<Option<SessionIdentity>, DbError> {
         let now = now_ms();
         let row = sqlx::query(
             "UPDATE ws_tickets SET used_at = $2 WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2 \
@@ -219,16 +249,22 @@ impl Store {
     }
 }
 
-async fn revoke_family(tx: &mut sqlx::Transaction<'_, sqlx::Any>, family: &str, now: i64) -> Result<(), DbError> {
+async fn revoke_family(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    family: &str,
+    now: i64,
+) -> Result<(), DbError> {
     sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(family)
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
-        .bind(family)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

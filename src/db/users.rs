@@ -66,7 +66,12 @@ impl Store {
     ///
     /// # Errors
     /// [`DbError::Conflict`] when the email (case-insensitively) is taken.
-    pub async fn create_user(&self, email: &str, display_name: &str, password_hash: &str) -> Result<User, DbError> {
+    pub async fn create_user(
+        &self,
+        email: &str,
+        display_name: &str,
+        password_hash: &str,
+    ) -> Result<User, DbError> {
         let id = new_id();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -82,12 +87,14 @@ impl Store {
         .execute(&mut *tx)
         .await
         .on_unique("email already registered")?;
-        sqlx::query("INSERT INTO credentials (user_id, password_hash, updated_at) VALUES ($1, $2, $3)")
-            .bind(&id)
-            .bind(password_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO credentials (user_id, password_hash, updated_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&id)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(User {
             id,
@@ -116,10 +123,12 @@ impl Store {
 
     /// The password hash of a user, for password changes.
     pub async fn password_hash(&self, user_id: &str) -> Result<String, DbError> {
-        Ok(sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&self.read)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&self.read)
+                .await?,
+        )
     }
 
     /// # Errors
@@ -166,12 +175,14 @@ impl Store {
                 .await?;
         }
         if let Some(hash) = password_hash {
-            sqlx::query("UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1")
-                .bind(id)
-                .bind(hash)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1",
+            )
+            .bind(id)
+            .bind(hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         self.get_user(id).await
@@ -203,10 +214,12 @@ impl Store {
     pub async fn erase_user(&self, id: &str) -> Result<(), DbError> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        let owned: Vec<String> = sqlx::query_scalar("SELECT room_id FROM memberships WHERE user_id = $1 AND role = 'owner'")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
+        let owned: Vec<String> = sqlx::query_scalar(
+            "SELECT room_id FROM memberships WHERE user_id = $1 AND role = 'owner'",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
         for room in &owned {
             let heir: Option<String> = sqlx::query_scalar(
                 "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2 \
@@ -218,11 +231,13 @@ impl Store {
             .await?;
             match heir {
                 Some(heir) => {
-                    sqlx::query("UPDATE memberships SET role = 'owner' WHERE room_id = $1 AND user_id = $2")
-                        .bind(room)
-                        .bind(&heir)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE memberships SET role = 'owner' WHERE room_id = $1 AND user_id = $2",
+                    )
+                    .bind(room)
+                    .bind(&heir)
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query("UPDATE rooms SET owner_id = $2 WHERE id = $1")
                         .bind(room)
                         .bind(&heir)
@@ -230,7 +245,10 @@ impl Store {
                         .await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM rooms WHERE id = $1").bind(room).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM rooms WHERE id = $1")
+                        .bind(room)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and runs it.
+#
+# - PostgreSQL and Redis come from apt when they are not installed.
+# - If TEST_DATABASE_URL is set it is used as is; otherwise a PostgreSQL that
+#   already answers on 127.0.0.1:5432 as user postgres without a password is
+#   used, and failing that a throwaway cluster is started on a free port and
+#   removed afterwards. Redis likewise (TEST_REDIS_URL, then :6379, then a
+#   throwaway redis-server).
+# - Then: cargo test for the whole workspace, with the lock file as committed.
+#
+# Tests never rely on state in these servers: each creates and drops its own
+# database, and tests that kill Redis start their own redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install Rust (>= 1.85) with rustup first: https://rustup.rs"
+    exit 1
+fi
+
+pg_bin() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+missing=()
+pg_bin >/dev/null || missing+=(postgresql postgresql-client)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} from apt"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cleanup_cmds=()
+cleanup() {
+    local c
+    for c in "${cleanup_cmds[@]}"; do eval "$c" || true; done
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+        || echo $((20000 + RANDOM % 20000))
+}
+
+# --- PostgreSQL -------------------------------------------------------------
+pg_answers() {
+    "$(pg_bin)/psql" "$1" -Atqc 'select 1' >/dev/null 2>&1
+}
+if [ -z "${TEST_DATABASE_URL:-}" ]; then
+    default_url="postgres://postgres@127.0.0.1:5432/postgres"
+    if [ -z "${FORCE_THROWAWAY:-}" ] && pg_answers "$default_url"; then
+        export TEST_DATABASE_URL="$default_url"
+        log "using PostgreSQL on 127.0.0.1:5432"
+    else
+        port=$(free_port)
+        dir=$(mktemp -d /tmp/chatgw-pg.XXXXXX)
+        run_as=()
+        if [ "$(id -u)" -eq 0 ]; then
+            # PostgreSQL refuses to run as root.
+            chown postgres: "$dir" 2>/dev/null || { id postgres >/dev/null 2>&1 || useradd -r postgres; chown postgres: "$dir"; }
+            run_as=(runuser -u postgres --)
+        fi
+        log "starting a throwaway PostgreSQL on 127.0.0.1:$port"
+        "${run_as[@]}" "$(pg_bin)/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
+        "${run_as[@]}" "$(pg_bin)/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+        cleanup_cmds+=("${run_as[*]} $(pg_bin)/pg_ctl -D $dir/data -m immediate stop >/dev/null; rm -rf $dir")
+        export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    fi
+fi
+
+# --- Redis --------------------------------------------------------------------
+if [ -z "${TEST_REDIS_URL:-}" ]; then
+    if [ -z "${FORCE_THROWAWAY:-}" ] && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+        export TEST_REDIS_URL="redis://127.0.0.1:6379"
+        log "using Redis on 127.0.0.1:6379"
+    else
+        port=$(free_port)
+        log "starting a throwaway Redis on 127.0.0.1:$port"
+        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+            --pidfile "/tmp/chatgw-redis-$port.pid" --logfile "/tmp/chatgw-redis-$port.log" >/dev/null
+        cleanup_cmds+=("kill \$(cat /tmp/chatgw-redis-$port.pid) 2>/dev/null; rm -f /tmp/chatgw-redis-$port.*")
+        export TEST_REDIS_URL="redis://127.0.0.1:$port"
+    fi
+fi
+
+log "running the test suite"
+cargo test --workspace --locked "$@"
