@@ -23,10 +23,7 @@ pub struct ConfigError {
 }
 
 fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        reason: reason.into(),
-    }
+    ConfigError { var, reason: reason.into() }
 }
 
 /// Whether the process runs for a developer (lenient, generates a secret) or
@@ -44,11 +41,7 @@ pub enum JwtKeyConfig {
     /// HS256 with a shared secret (the default).
     Hmac { secret: SecretString },
     /// RS256, ES256 or EdDSA with PEM key files.
-    Asymmetric {
-        algorithm: jsonwebtoken::Algorithm,
-        private_pem: SecretString,
-        public_pem: String,
-    },
+    Asymmetric { algorithm: jsonwebtoken::Algorithm, private_pem: SecretString, public_pem: String },
 }
 
 /// A verify-only key kept during a key rotation so tokens signed before the
@@ -90,6 +83,29 @@ pub struct Config {
     pub login_attempts_per_minute: u32,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
+    /// Socket settings (`WS_*`, `MAX_CONNECTIONS`).
+    pub ws: WsConfig,
+    /// Bearer token for the operator endpoints under `/api/v1/admin`;
+    /// `None` disables them.
+    pub admin_token: Option<SecretString>,
+}
+
+/// WebSocket limits and timers.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub max_frame_bytes: usize,
+    pub max_body_bytes: usize,
+    pub send_per_sec: u32,
+    pub send_burst: u32,
+    pub events_per_sec: u32,
+    pub events_burst: u32,
+    pub heartbeat: Duration,
+    pub idle_timeout: Duration,
+    pub outbound_queue: usize,
+    pub abuse_strikes: u32,
+    pub max_connections: usize,
+    pub handshakes_per_ip_per_sec: u32,
+    pub drain_reconnect_max_ms: u64,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -132,42 +148,27 @@ impl Config {
         };
         let dev = environment == Environment::Development;
 
-        let listen_addr = parse_addr(
-            get("LISTEN_ADDR").unwrap_or("127.0.0.1:8080"),
-            "LISTEN_ADDR",
-        )?;
+        let listen_addr = parse_addr(get("LISTEN_ADDR").unwrap_or("127.0.0.1:8080"), "LISTEN_ADDR")?;
         let metrics_addr = match get("METRICS_ADDR") {
             None => None,
             Some("off") => None,
             Some(v) => Some(parse_addr(v, "METRICS_ADDR")?),
         };
 
-        let database_url = get("DATABASE_URL")
-            .unwrap_or("sqlite://./data/chatgw.db")
-            .to_owned();
+        let database_url = get("DATABASE_URL").unwrap_or("sqlite://./data/chatgw.db").to_owned();
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
         {
-            return Err(err(
-                "DATABASE_URL",
-                "must start with sqlite:, postgres:// or postgresql://",
-            ));
+            return Err(err("DATABASE_URL", "must start with sqlite:, postgres:// or postgresql://"));
         }
         let redis_url = match get("REDIS_URL") {
             None => None,
-            Some(v)
-                if v.starts_with("redis://")
-                    || v.starts_with("rediss://")
-                    || v.starts_with("redis-cluster://") =>
-            {
+            Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") || v.starts_with("redis-cluster://") => {
                 Some(SecretString::from(v.to_owned()))
             }
             Some(_) => {
-                return Err(err(
-                    "REDIS_URL",
-                    "must start with redis://, rediss:// or redis-cluster://",
-                ));
+                return Err(err("REDIS_URL", "must start with redis://, rediss:// or redis-cluster://"));
             }
         };
 
@@ -180,10 +181,7 @@ impl Config {
                 if kid == jwt_kid {
                     return Err(err("JWT_PREVIOUS_KID", "must differ from JWT_KID"));
                 }
-                Some(PreviousKey {
-                    kid: kid.to_owned(),
-                    key,
-                })
+                Some(PreviousKey { kid: kid.to_owned(), key })
             }
         };
 
@@ -197,40 +195,47 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         };
 
-        let secs =
-            |k: &'static str, default: u64, min: u64, max: u64| -> Result<Duration, ConfigError> {
-                let n = parse_num(get(k), k, default)?;
-                if n < min || n > max {
-                    return Err(err(k, format!("must be between {min} and {max}")));
-                }
-                Ok(Duration::from_secs(n))
-            };
+        let num = |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            let n = parse_num(get(k), k, default)?;
+            if n < min || n > max {
+                return Err(err(k, format!("must be between {min} and {max}")));
+            }
+            Ok(n)
+        };
+        let secs = |k: &'static str, default: u64, min: u64, max: u64| -> Result<Duration, ConfigError> {
+            let n = parse_num(get(k), k, default)?;
+            if n < min || n > max {
+                return Err(err(k, format!("must be between {min} and {max}")));
+            }
+            Ok(Duration::from_secs(n))
+        };
 
         Ok(Config {
             environment,
             listen_addr,
             metrics_addr,
             database_url: SecretString::from(database_url),
-            db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", 16)?
-                .clamp(1, 1000) as u32,
+            db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", 16)?.clamp(1, 1000) as u32,
             redis_url,
             jwt_key,
             jwt_kid,
             jwt_previous,
             allowed_origins,
-            access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 10, 86_400)?,
+            access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 2, 86_400)?,
             refresh_token_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 86_400, 60, 365 * 86_400)?,
             ws_ticket_ttl: secs("WS_TICKET_TTL_SECS", 30, 1, 600)?,
             request_timeout: secs("REQUEST_TIMEOUT_SECS", 15, 1, 600)?,
-            max_body_bytes: parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?
-                .clamp(1024, 16 << 20) as usize,
-            login_attempts_per_minute: parse_num(
-                get("LOGIN_ATTEMPTS_PER_MINUTE"),
-                "LOGIN_ATTEMPTS_PER_MINUTE",
-                10,
-            )?
-            .clamp(1, 100_000) as u32,
+            max_body_bytes: parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?.clamp(1024, 16 << 20)
+                as usize,
+            login_attempts_per_minute: parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?
+                .clamp(1, 100_000) as u32,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?,
+            ws: ws_config(&num)?,
+            admin_token: match get("ADMIN_TOKEN") {
+                None => None,
+                Some(t) if t.len() >= MIN_SECRET_BYTES => Some(SecretString::from(t.to_owned())),
+                Some(_) => return Err(err("ADMIN_TOKEN", format!("is shorter than {MIN_SECRET_BYTES} bytes"))),
+            },
         })
     }
 
@@ -240,21 +245,44 @@ impl Config {
     }
 }
 
-fn parse_addr(v: &str, var: &'static str) -> Result<SocketAddr, ConfigError> {
-    v.parse().map_err(|_| {
-        err(
-            var,
-            "must be an IP:port socket address, e.g. 127.0.0.1:8080",
-        )
+type NumFn<'a> = dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError> + 'a;
+
+fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
+    let max_frame_bytes = num("WS_MAX_FRAME_BYTES", 64 * 1024, 1024, 16 << 20)? as usize;
+    let max_body_bytes = num("WS_MAX_BODY_BYTES", 4096, 1, 16 << 20)? as usize;
+    if max_body_bytes + 512 > max_frame_bytes {
+        return Err(err("WS_MAX_BODY_BYTES", "must be at least 512 bytes below WS_MAX_FRAME_BYTES"));
+    }
+    let heartbeat = Duration::from_millis(num("WS_HEARTBEAT_MS", 25_000, 100, 600_000)?);
+    let idle_timeout = Duration::from_millis(num("WS_IDLE_TIMEOUT_MS", 60_000, 200, 3_600_000)?);
+    if idle_timeout <= heartbeat {
+        return Err(err("WS_IDLE_TIMEOUT_MS", "must be longer than WS_HEARTBEAT_MS"));
+    }
+    Ok(WsConfig {
+        max_frame_bytes,
+        max_body_bytes,
+        send_per_sec: num("WS_SEND_PER_SEC", 20, 1, 1_000_000)? as u32,
+        send_burst: num("WS_SEND_BURST", 40, 1, 1_000_000)? as u32,
+        events_per_sec: num("WS_EVENTS_PER_SEC", 50, 1, 1_000_000)? as u32,
+        events_burst: num("WS_EVENTS_BURST", 100, 1, 1_000_000)? as u32,
+        heartbeat,
+        idle_timeout,
+        outbound_queue: num("WS_OUTBOUND_QUEUE", 1024, 8, 1_000_000)? as usize,
+        abuse_strikes: num("WS_ABUSE_STRIKES", 50, 1, 1_000_000)? as u32,
+        max_connections: num("MAX_CONNECTIONS", 200_000, 1, 10_000_000)? as usize,
+        handshakes_per_ip_per_sec: num("WS_HANDSHAKES_PER_IP_PER_SEC", 100, 1, 1_000_000)? as u32,
+        drain_reconnect_max_ms: num("DRAIN_RECONNECT_MAX_MS", 10_000, 1, 600_000)?,
     })
+}
+
+fn parse_addr(v: &str, var: &'static str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| err(var, "must be an IP:port socket address, e.g. 127.0.0.1:8080"))
 }
 
 fn parse_num(v: Option<&str>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     match v {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| err(var, "must be a non-negative integer")),
+        Some(v) => v.parse().map_err(|_| err(var, "must be a non-negative integer")),
     }
 }
 
@@ -266,10 +294,7 @@ fn validate_origin(o: &str) -> Result<&str, ConfigError> {
     if ok {
         Ok(o)
     } else {
-        Err(err(
-            "ALLOWED_ORIGINS",
-            "each origin must be `*` or scheme://host[:port], comma-separated",
-        ))
+        Err(err("ALLOWED_ORIGINS", "each origin must be `*` or scheme://host[:port], comma-separated"))
     }
 }
 
@@ -284,12 +309,7 @@ fn jwt_key_from(
     let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     // Variable names must be 'static for the error; the two prefixes are known.
     let (v_secret, v_alg, v_priv, v_pub) = if prefix.is_empty() {
-        (
-            "JWT_SECRET",
-            "JWT_ALGORITHM",
-            "JWT_PRIVATE_KEY_FILE",
-            "JWT_PUBLIC_KEY_FILE",
-        )
+        ("JWT_SECRET", "JWT_ALGORITHM", "JWT_PRIVATE_KEY_FILE", "JWT_PUBLIC_KEY_FILE")
     } else {
         (
             "JWT_PREVIOUS_SECRET",
@@ -319,56 +339,32 @@ fn jwt_key_from(
                 hex_string(&b)
             }
             None => {
-                return Err(err(
-                    v_secret,
-                    "is required outside development (at least 32 bytes, random)",
-                ));
+                return Err(err(v_secret, "is required outside development (at least 32 bytes, random)"));
             }
         };
         if !dev {
             if secret.len() < MIN_SECRET_BYTES {
-                return Err(err(
-                    v_secret,
-                    format!("is shorter than {MIN_SECRET_BYTES} bytes"),
-                ));
+                return Err(err(v_secret, format!("is shorter than {MIN_SECRET_BYTES} bytes")));
             }
             let lower = secret.to_ascii_lowercase();
             let one_char = secret.chars().all(|c| secret.starts_with(c));
             if WELL_KNOWN_SECRETS.iter().any(|w| lower.contains(w)) || one_char {
-                return Err(err(
-                    v_secret,
-                    "is a well-known or trivially guessable value",
-                ));
+                return Err(err(v_secret, "is a well-known or trivially guessable value"));
             }
         }
         let kid = short_fingerprint(secret.as_bytes());
-        return Ok((
-            JwtKeyConfig::Hmac {
-                secret: SecretString::from(secret),
-            },
-            kid,
-        ));
+        return Ok((JwtKeyConfig::Hmac { secret: SecretString::from(secret) }, kid));
     }
 
     let read = |var: &'static str| -> Result<String, ConfigError> {
-        let path =
-            get(var).ok_or_else(|| err(var, format!("is required when {v_alg} is not HS256")))?;
-        std::fs::read_to_string(PathBuf::from(path))
-            .map_err(|e| err(var, format!("cannot be read: {}", e.kind())))
+        let path = get(var).ok_or_else(|| err(var, format!("is required when {v_alg} is not HS256")))?;
+        std::fs::read_to_string(PathBuf::from(path)).map_err(|e| err(var, format!("cannot be read: {}", e.kind())))
     };
     let public_pem = read(v_pub)?;
     // A previous key only verifies; its private half is not needed.
-    let private_pem = if prefix.is_empty() {
-        read(v_priv)?
-    } else {
-        String::new()
-    };
+    let private_pem = if prefix.is_empty() { read(v_priv)? } else { String::new() };
     let kid = short_fingerprint(public_pem.as_bytes());
-    let cfg = JwtKeyConfig::Asymmetric {
-        algorithm,
-        private_pem: SecretString::from(private_pem),
-        public_pem,
-    };
+    let cfg = JwtKeyConfig::Asymmetric { algorithm, private_pem: SecretString::from(private_pem), public_pem };
     // Parse now so a bad PEM fails at start-up, not on the first login.
     crate::auth::jwt::JwtKeys::validate(&cfg)
         .map_err(|reason| err(if prefix.is_empty() { v_priv } else { v_pub }, reason))?;
@@ -390,10 +386,7 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -415,13 +408,7 @@ mod tests {
         };
         assert_eq!(prod(None).err().unwrap().var, "JWT_SECRET");
         assert_eq!(prod(Some("tooshort")).err().unwrap().var, "JWT_SECRET");
-        assert_eq!(
-            prod(Some("your-256-bit-secret-your-256-bit-secret"))
-                .err()
-                .unwrap()
-                .var,
-            "JWT_SECRET"
-        );
+        assert_eq!(prod(Some("your-256-bit-secret-your-256-bit-secret")).err().unwrap().var, "JWT_SECRET");
         assert_eq!(prod(Some(&"a".repeat(40))).err().unwrap().var, "JWT_SECRET");
         assert!(prod(Some("q8Jm2vXr7pL0sT4wZ9yB3nC6dF1gH5kA")).is_ok());
     }
@@ -439,14 +426,9 @@ mod tests {
             ("JWT_ALGORITHM", "none"),
             ("APP_ENV", "staging"),
         ] {
-            let e = Config::from_vars(&vars(&[(k, v)]))
-                .err()
-                .unwrap_or_else(|| panic!("{k}={v} accepted"));
+            let e = Config::from_vars(&vars(&[(k, v)])).err().unwrap_or_else(|| panic!("{k}={v} accepted"));
             assert_eq!(e.var, k);
-            assert!(
-                !e.to_string().contains(v) || v.len() < 3,
-                "error echoes the value"
-            );
+            assert!(!e.to_string().contains(v) || v.len() < 3, "error echoes the value");
         }
     }
 }

@@ -86,9 +86,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -111,13 +109,7 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
             _ => None,
         };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: self.to_string(),
-                retry_after_ms,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retry_after_ms } };
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(ms) = retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);

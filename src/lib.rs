@@ -3,6 +3,8 @@
 //! The components, from the edge inwards:
 //! - [`config`]: the typed configuration, read once from the environment.
 //! - [`startup`]: [`startup::Application`] builds, binds and runs everything.
+//! - [`hub`]: the WebSocket hub: sockets, rooms, group commit, ordered fan-out.
+//! - [`bus`]: the seam between instances ([`bus::Bus`]; in-process by default).
 //! - [`api`]: the REST layer under `/api/v1` and its middleware.
 //! - [`auth`]: access tokens, passwords, refresh tokens, tickets, [`auth::AuthUser`].
 //! - [`db`]: the [`db::Store`] over PostgreSQL or SQLite, with its migrations.
@@ -13,9 +15,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod shutdown;

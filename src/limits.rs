@@ -12,6 +12,7 @@ pub struct Limits {
     login_per_account: DefaultKeyedRateLimiter<String>,
     login_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     register_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    handshake_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
 
@@ -26,11 +27,14 @@ fn per_minute(n: u32) -> Quota {
 impl Limits {
     /// `login_per_minute` attempts per account; four times that per source IP
     /// (several people may share a NAT).
-    pub fn new(login_per_minute: u32) -> Self {
+    pub fn new(login_per_minute: u32, handshakes_per_ip_per_sec: u32) -> Self {
         Limits {
             login_per_account: RateLimiter::keyed(per_minute(login_per_minute)),
             login_per_ip: RateLimiter::keyed(per_minute(login_per_minute.saturating_mul(4))),
             register_per_ip: RateLimiter::keyed(per_minute(login_per_minute)),
+            handshake_per_ip: RateLimiter::keyed(Quota::per_second(
+                NonZeroU32::new(handshakes_per_ip_per_sec.max(1)).expect("max(1) is non-zero"),
+            )),
             clock: DefaultClock::default(),
         }
     }
@@ -51,17 +55,20 @@ impl Limits {
         self.check(&self.register_per_ip, &ip)
     }
 
+    /// WebSocket handshakes per source IP.
+    ///
+    /// # Errors
+    /// How long to wait when the budget is spent.
+    pub fn check_handshake(&self, ip: IpAddr) -> Result<(), RetryAfterMs> {
+        self.check(&self.handshake_per_ip, &ip)
+    }
+
     fn check<K: std::hash::Hash + Eq + Clone>(
         &self,
         limiter: &DefaultKeyedRateLimiter<K>,
         key: &K,
     ) -> Result<(), RetryAfterMs> {
-        limiter.check_key(key).map_err(|not_until| {
-            not_until
-                .wait_time_from(self.clock.now())
-                .as_millis()
-                .max(1) as u64
-        })
+        limiter.check_key(key).map_err(|not_until| not_until.wait_time_from(self.clock.now()).as_millis().max(1) as u64)
     }
 
     /// Forgets keys whose budget is full again; called periodically so the
@@ -70,6 +77,7 @@ impl Limits {
         self.login_per_account.retain_recent();
         self.login_per_ip.retain_recent();
         self.register_per_ip.retain_recent();
+        self.handshake_per_ip.retain_recent();
     }
 }
 
@@ -79,15 +87,12 @@ mod tests {
 
     #[test]
     fn login_budget_is_per_account_and_reports_a_wait() {
-        let l = Limits::new(2);
+        let l = Limits::new(2, 10);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(l.check_login("a@x.io", ip).is_ok());
         assert!(l.check_login("a@x.io", ip).is_ok());
         let wait = l.check_login("a@x.io", ip).unwrap_err();
         assert!(wait > 0);
-        assert!(
-            l.check_login("b@x.io", ip).is_ok(),
-            "another account has its own budget"
-        );
+        assert!(l.check_login("b@x.io", ip).is_ok(), "another account has its own budget");
     }
 }

@@ -13,8 +13,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtKeys, Passwords};
+use crate::bus::SharedBus;
+use crate::bus::local::LocalBus;
 use crate::config::Config;
 use crate::db::Store;
+use crate::hub::{Hub, HubSettings, frames};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Readiness};
@@ -24,6 +27,8 @@ pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    stop: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Application {
@@ -33,42 +38,62 @@ impl Application {
     /// # Errors
     /// The database is unreachable, a migration fails, or a port is taken.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(
-            config.database_url.expose_secret(),
-            config.db_max_connections,
-        )
-        .await
-        .context("connecting to DATABASE_URL")?;
-        store
-            .migrate()
+        if config.redis_url.is_some() {
+            anyhow::bail!("REDIS_URL: the Redis bus is not implemented yet; unset it to run with the in-process bus");
+        }
+        Self::build_with_bus(config, Arc::new(LocalBus::new())).await
+    }
+
+    /// Like [`Application::build`] with a given bus; tests link several
+    /// instances in one process through one [`LocalBus`].
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with_bus(config: Config, bus: SharedBus) -> anyhow::Result<Self> {
+        let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections)
             .await
-            .context("applying database migrations")?;
+            .context("connecting to DATABASE_URL")?;
+        store.migrate().await.context("applying database migrations")?;
         let keys = JwtKeys::from_config(&config).context("loading JWT keys")?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
         let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding METRICS_ADDR {addr}"))?,
-            ),
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding METRICS_ADDR {addr}"))?),
             None => None,
         };
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let ws = &config.ws;
+        let settings = HubSettings {
+            limits: frames::Limits {
+                max_frame_bytes: ws.max_frame_bytes,
+                max_body_bytes: ws.max_body_bytes,
+                send_per_sec: ws.send_per_sec,
+                send_burst: ws.send_burst,
+                events_per_sec: ws.events_per_sec,
+                events_burst: ws.events_burst,
+            },
+            heartbeat: ws.heartbeat,
+            idle_timeout: ws.idle_timeout,
+            outbound_queue: ws.outbound_queue,
+            abuse_strikes: ws.abuse_strikes,
+            max_connections: ws.max_connections,
+            drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
+        };
+        let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);
         let state = AppState {
-            limits: Arc::new(Limits::new(config.login_attempts_per_minute)),
+            limits: Arc::new(Limits::new(config.login_attempts_per_minute, config.ws.handshakes_per_ip_per_sec)),
+            hub,
             config: Arc::new(config),
             store,
             keys: Arc::new(keys),
             passwords: Passwords::new(),
-            metrics: Metrics::new(),
+            metrics,
             readiness: Readiness::default(),
         };
-        Ok(Application {
-            listener,
-            metrics_listener,
-            state,
-        })
+        Ok(Application { listener, metrics_listener, state, stop, tasks })
     }
 
     /// The address the API listens on.
@@ -76,15 +101,11 @@ impl Application {
     /// # Panics
     /// Never for a bound TCP listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state (tests use its store directly).
@@ -99,17 +120,8 @@ impl Application {
     ///
     /// # Errors
     /// The server failed (not on a clean shutdown).
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Application {
-            listener,
-            metrics_listener,
-            state,
-        } = self;
-        let stop = CancellationToken::new();
-        let tasks = tokio_util::task::TaskTracker::new();
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, metrics_listener, state, stop, tasks } = self;
 
         tasks.spawn(housekeeping(state.clone(), stop.clone()));
         if let Some(l) = metrics_listener {
@@ -117,27 +129,26 @@ impl Application {
             let app = Router::new().route("/metrics", get(move || async move { metrics.render() }));
             let stop = stop.clone();
             tasks.spawn(async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
+                let _ = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
             });
         }
 
-        let app = crate::api::router(state.clone(), Router::new());
+        let ws = Router::new().route("/ws", get(crate::hub::ws::handler));
+        let app = crate::api::router(state.clone(), ws);
         let drain = {
             let (state, stop) = (state.clone(), stop.clone());
             async move {
                 shutdown.await;
                 tracing::info!("shutdown requested: draining");
+                // Readiness first, so load balancers stop routing here; then
+                // sockets (the HTTP drain does not see upgraded ones).
                 state.readiness.set_draining();
+                state.hub.drain(state.config.shutdown_timeout).await;
                 stop.cancel();
             }
         };
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(drain);
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(drain);
         let mut server = std::pin::pin!(server.into_future());
         let timeout = state.config.shutdown_timeout;
         tokio::select! {
@@ -146,6 +157,8 @@ impl Application {
                 tracing::warn!(timeout_secs = timeout.as_secs(), "in-flight requests did not finish in time");
             }
         }
+        // The committer ends once every sender handle is gone; the state
+        // (holding the hub) is dropped below, after the tasks are told to stop.
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
         state.store.close().await;

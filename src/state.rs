@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::auth::{JwtKeys, Passwords};
 use crate::config::Config;
 use crate::db::Store;
+use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 
@@ -19,6 +20,7 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub metrics: Metrics,
     pub readiness: Readiness,
+    pub hub: Hub,
 }
 
 /// Flipped to "draining" first thing on shutdown, so load balancers stop

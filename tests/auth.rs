@@ -20,7 +20,11 @@ async fn full_auth_flow(db: Db) {
 
     // Case-insensitive email uniqueness.
     let dup = app
-        .post(None, "/api/v1/auth/register", json!({"email": "ANN@Example.com", "password": "another password", "display_name": "x"}))
+        .post(
+            None,
+            "/api/v1/auth/register",
+            json!({"email": "ANN@Example.com", "password": "another password", "display_name": "x"}),
+        )
         .await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
     assert_eq!(dup.error_code(), "conflict");
@@ -31,30 +35,15 @@ async fn full_auth_flow(db: Db) {
 
     // Login with any case.
     let login = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "Ann@EXAMPLE.com", "password": "correct horse battery"}),
-        )
+        .post(None, "/api/v1/auth/login", json!({"email": "Ann@EXAMPLE.com", "password": "correct horse battery"}))
         .await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     assert_eq!(login.body["user"]["id"], ann.user_id.as_str());
     assert_eq!(login.body["expires_in"], 900);
-    assert!(
-        login.headers["cache-control"]
-            .to_str()
-            .unwrap()
-            .contains("no-store")
-    );
+    assert!(login.headers["cache-control"].to_str().unwrap().contains("no-store"));
 
     // Refresh rotates: a new refresh token, a working access token.
-    let r1 = app
-        .post(
-            None,
-            "/api/v1/auth/refresh",
-            json!({"refresh_token": ann.refresh}),
-        )
-        .await;
+    let r1 = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": ann.refresh})).await;
     assert_eq!(r1.status, StatusCode::OK, "{}", r1.body);
     let access2 = r1.body["access_token"].as_str().unwrap().to_owned();
     let refresh2 = r1.body["refresh_token"].as_str().unwrap().to_owned();
@@ -63,121 +52,64 @@ async fn full_auth_flow(db: Db) {
 
     // Logout ends the session: its access and refresh tokens stop working,
     // another session (the login above) keeps working.
-    let out = app
-        .post(Some(&access2), "/api/v1/auth/logout", json!({}))
-        .await;
+    let out = app.post(Some(&access2), "/api/v1/auth/logout", json!({})).await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
     let after = app.get(&access2, "/api/v1/me").await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
     assert_eq!(after.error_code(), "unauthorized");
     assert_eq!(
-        app.post(
-            None,
-            "/api/v1/auth/refresh",
-            json!({"refresh_token": refresh2})
-        )
-        .await
-        .status,
+        app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": refresh2})).await.status,
         StatusCode::UNAUTHORIZED
     );
     let other = login.body["access_token"].as_str().unwrap();
     assert_eq!(app.get(other, "/api/v1/me").await.status, StatusCode::OK);
 
     // No token, junk token, wrong scheme.
-    assert_eq!(
-        app.send(app.http.get(app.url("/api/v1/me"))).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.get("not.a.jwt", "/api/v1/me").await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    let basic = app
-        .send(
-            app.http
-                .get(app.url("/api/v1/me"))
-                .header("authorization", "Basic YTpi"),
-        )
-        .await;
+    assert_eq!(app.send(app.http.get(app.url("/api/v1/me"))).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get("not.a.jwt", "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
+    let basic = app.send(app.http.get(app.url("/api/v1/me")).header("authorization", "Basic YTpi")).await;
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
 }
 
 async fn refresh_reuse_revokes_the_family(db: Db) {
     let app = spawn_app(db).await;
     let bob = app.register("bob").await;
-    let r1 = app
-        .post(
-            None,
-            "/api/v1/auth/refresh",
-            json!({"refresh_token": bob.refresh}),
-        )
-        .await;
+    let r1 = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": bob.refresh})).await;
     assert_eq!(r1.status, StatusCode::OK);
     let rt2 = r1.body["refresh_token"].as_str().unwrap().to_owned();
     let at2 = r1.body["access_token"].as_str().unwrap().to_owned();
 
     // An attacker replays the first (spent) token: refused, and the whole
     // family dies, including the legitimate rt2 and its access token.
-    let replay = app
-        .post(
-            None,
-            "/api/v1/auth/refresh",
-            json!({"refresh_token": bob.refresh}),
-        )
-        .await;
+    let replay = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": bob.refresh})).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     assert_eq!(replay.error_code(), "unauthorized");
     assert_eq!(
-        app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": rt2}))
-            .await
-            .status,
+        app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": rt2})).await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        app.get(&at2, "/api/v1/me").await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.get(&bob.access, "/api/v1/me").await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(app.get(&at2, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get(&bob.access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
 
     // Concurrent refreshes with one token: exactly one wins.
-    let fresh = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": bob.email, "password": "correct horse battery"}),
-        )
-        .await;
+    let fresh =
+        app.post(None, "/api/v1/auth/login", json!({"email": bob.email, "password": "correct horse battery"})).await;
     let rt = fresh.body["refresh_token"].as_str().unwrap().to_owned();
     let (a, b) = tokio::join!(
         app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": rt})),
         app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": rt}))
     );
-    let wins = [a.status, b.status]
-        .iter()
-        .filter(|s| **s == StatusCode::OK)
-        .count();
+    let wins = [a.status, b.status].iter().filter(|s| **s == StatusCode::OK).count();
     assert!(wins <= 1, "both concurrent refreshes succeeded");
 }
 
 async fn login_never_reveals_whether_an_email_exists(db: Db) {
     let app = spawn_app(db).await;
     app.register("cat").await;
-    let wrong_pw = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "cat@example.com", "password": "wrong password!"}),
-        )
-        .await;
+    let wrong_pw =
+        app.post(None, "/api/v1/auth/login", json!({"email": "cat@example.com", "password": "wrong password!"})).await;
     let no_user = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "nobody@example.com", "password": "wrong password!"}),
-        )
+        .post(None, "/api/v1/auth/login", json!({"email": "nobody@example.com", "password": "wrong password!"}))
         .await;
     assert_eq!(wrong_pw.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong_pw.status, no_user.status);
@@ -190,13 +122,8 @@ async fn login_is_throttled_per_account(db: Db) {
     })
     .await;
     app.register("dan").await;
-    let attempt = || {
-        app.post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "dan@example.com", "password": "wrong password!"}),
-        )
-    };
+    let attempt =
+        || app.post(None, "/api/v1/auth/login", json!({"email": "dan@example.com", "password": "wrong password!"}));
     for _ in 0..3 {
         assert_eq!(attempt().await.status, StatusCode::UNAUTHORIZED);
     }
@@ -207,38 +134,21 @@ async fn login_is_throttled_per_account(db: Db) {
     assert!(limited.headers.contains_key("retry-after"));
     // Even the right password is refused while throttled.
     let right = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "dan@example.com", "password": "correct horse battery"}),
-        )
+        .post(None, "/api/v1/auth/login", json!({"email": "dan@example.com", "password": "correct horse battery"}))
         .await;
     assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
     // The same throttle applies to an email that does not exist (no hint).
     for _ in 0..3 {
-        app.post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "ghost@example.com", "password": "x"}),
-        )
-        .await;
+        app.post(None, "/api/v1/auth/login", json!({"email": "ghost@example.com", "password": "x"})).await;
     }
-    let ghost = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": "ghost@example.com", "password": "x"}),
-        )
-        .await;
+    let ghost = app.post(None, "/api/v1/auth/login", json!({"email": "ghost@example.com", "password": "x"})).await;
     assert_eq!(ghost.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
 async fn tickets_are_issued_hashed(db: Db) {
     let app = spawn_app(db).await;
     let eve = app.register("eve").await;
-    let t = app
-        .post(Some(&eve.access), "/api/v1/auth/ws-ticket", json!({}))
-        .await;
+    let t = app.post(Some(&eve.access), "/api/v1/auth/ws-ticket", json!({})).await;
     assert_eq!(t.status, StatusCode::CREATED, "{}", t.body);
     let ticket = t.body["ticket"].as_str().unwrap();
     assert!(ticket.starts_with("wst_"));
@@ -246,19 +156,8 @@ async fn tickets_are_issued_hashed(db: Db) {
     // The store holds only the hash: spending it works once.
     let hash = chatgw::auth::tokens::hash_token(ticket);
     assert!(app.store.consume_ws_ticket(&hash).await.unwrap().is_some());
-    assert!(
-        app.store.consume_ws_ticket(&hash).await.unwrap().is_none(),
-        "single use"
-    );
-    assert!(
-        app.store.consume_ws_ticket(ticket).await.unwrap().is_none(),
-        "raw ticket is not stored"
-    );
+    assert!(app.store.consume_ws_ticket(&hash).await.unwrap().is_none(), "single use");
+    assert!(app.store.consume_ws_ticket(ticket).await.unwrap().is_none(), "raw ticket is not stored");
     // Unauthenticated callers get none.
-    assert_eq!(
-        app.post(None, "/api/v1/auth/ws-ticket", json!({}))
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(app.post(None, "/api/v1/auth/ws-ticket", json!({})).await.status, StatusCode::UNAUTHORIZED);
 }

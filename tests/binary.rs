@@ -7,22 +7,15 @@ use std::time::Duration;
 
 fn gateway() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_chatgw"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
 #[test]
 fn production_refuses_weak_or_missing_secrets() {
-    for secret in [
-        None,
-        Some("tiny1"),
-        Some("changeme-changeme-changeme-changeme"),
-        Some("your-256-bit-secret"),
-    ] {
+    for secret in [None, Some("tiny1"), Some("changeme-changeme-changeme-changeme"), Some("your-256-bit-secret")] {
         let mut c = gateway();
-        c.env("APP_ENV", "production")
-            .env("LISTEN_ADDR", "127.0.0.1:0");
+        c.env("APP_ENV", "production").env("LISTEN_ADDR", "127.0.0.1:0");
         if let Some(s) = secret {
             c.env("JWT_SECRET", s);
         }
@@ -35,10 +28,7 @@ fn production_refuses_weak_or_missing_secrets() {
             assert!(!err.contains(s), "the secret is not echoed");
         }
     }
-    let out = gateway()
-        .env("LISTEN_ADDR", "not-an-address")
-        .output()
-        .unwrap();
+    let out = gateway().env("LISTEN_ADDR", "not-an-address").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("LISTEN_ADDR"));
 }
@@ -66,29 +56,17 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
             }
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("gateway printed its URL");
+    let url = rx.recv_timeout(Duration::from_secs(60)).expect("gateway printed its URL");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = rt.block_on(async {
-        reqwest::get(format!("{url}/readyz"))
-            .await
-            .map(|r| r.status())
-    });
+    let status = rt.block_on(async { reqwest::get(format!("{url}/readyz")).await.map(|r| r.status()) });
     // SIGTERM: a clean, prompt exit.
     unsafe_kill_term(child.id());
     let exit = child.wait().unwrap();
     assert_eq!(status.unwrap(), reqwest::StatusCode::OK);
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
-    assert!(
-        dir.path().join("data/chatgw.db").exists(),
-        "SQLite file under ./data"
-    );
+    assert!(dir.path().join("data/chatgw.db").exists(), "SQLite file under ./data");
 }
 
 fn unsafe_kill_term(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }

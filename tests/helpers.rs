@@ -49,8 +49,7 @@ fn init_tracing() {
 
 /// The admin URL of the PostgreSQL server tests create databases on.
 pub fn pg_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database that exists for one test.
@@ -66,11 +65,7 @@ impl TestDb {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}/test.db", dir.path().display());
-                TestDb {
-                    url,
-                    pg_name: None,
-                    _dir: Some(dir),
-                }
+                TestDb { url, pg_name: None, _dir: Some(dir) }
             }
             Db::Postgres => {
                 sqlx::any::install_default_drivers();
@@ -78,20 +73,11 @@ impl TestDb {
                 let name = format!("chatgw_test_{}", uuid::Uuid::new_v4().simple());
                 let mut conn = sqlx::AnyConnection::connect(&admin)
                     .await
-                    .unwrap_or_else(|e| {
-                        panic!("PostgreSQL at TEST_DATABASE_URL ({admin}) is needed: {e}")
-                    });
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test database");
+                    .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL ({admin}) is needed: {e}"));
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
                 let _ = conn.close().await;
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                TestDb {
-                    url: format!("{base}/{name}"),
-                    pg_name: Some(name),
-                    _dir: None,
-                }
+                TestDb { url: format!("{base}/{name}"), pg_name: Some(name), _dir: None }
             }
         }
     }
@@ -105,15 +91,10 @@ impl Drop for TestDb {
         // Drop runs outside async: use a thread with its own runtime.
         let admin = pg_admin_url();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 if let Ok(mut c) = sqlx::AnyConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
                 }
             });
         })
@@ -141,10 +122,7 @@ pub fn base_vars(db_url: &str) -> HashMap<String, String> {
     v.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
     v.insert("METRICS_ADDR".into(), "127.0.0.1:0".into());
     v.insert("DATABASE_URL".into(), db_url.into());
-    v.insert(
-        "JWT_SECRET".into(),
-        "test-secret-0123456789-abcdefghijklmnop".into(),
-    );
+    v.insert("JWT_SECRET".into(), "test-secret-0123456789-abcdefghijklmnop".into());
     v.insert("LOGIN_ATTEMPTS_PER_MINUTE".into(), "10000".into());
     v.insert("SHUTDOWN_TIMEOUT_SECS".into(), "5".into());
     v
@@ -172,10 +150,7 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut HashMap<String, Stri
         addr,
         metrics_addr,
         base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
         store,
         db,
         stop: Some(tx),
@@ -204,14 +179,8 @@ impl Resp {
     /// Asserts the one error shape and returns its code.
     pub fn error_code(&self) -> &str {
         let e = &self.body["error"];
-        assert!(
-            e["message"].is_string(),
-            "error body without message: {}",
-            self.body
-        );
-        e["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
+        assert!(e["message"].is_string(), "error body without message: {}", self.body);
+        e["code"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.body))
     }
 }
 
@@ -226,21 +195,15 @@ impl TestApp {
         let headers = r.headers().clone();
         let text = r.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp { status, headers, body }
     }
 
     pub async fn get(&self, token: &str, path: &str) -> Resp {
-        self.send(self.http.get(self.url(path)).bearer_auth(token))
-            .await
+        self.send(self.http.get(self.url(path)).bearer_auth(token)).await
     }
 
     pub async fn delete(&self, token: &str, path: &str) -> Resp {
-        self.send(self.http.delete(self.url(path)).bearer_auth(token))
-            .await
+        self.send(self.http.delete(self.url(path)).bearer_auth(token)).await
     }
 
     pub async fn post(&self, token: Option<&str>, path: &str, body: Value) -> Resp {
@@ -252,13 +215,7 @@ impl TestApp {
     }
 
     pub async fn patch(&self, token: &str, path: &str, body: Value) -> Resp {
-        self.send(
-            self.http
-                .patch(self.url(path))
-                .bearer_auth(token)
-                .json(&body),
-        )
-        .await
+        self.send(self.http.patch(self.url(path)).bearer_auth(token).json(&body)).await
     }
 
     /// Registers `name@example.com` and returns its session.
@@ -276,23 +233,14 @@ impl TestApp {
             user_id: r.body["user"]["id"].as_str().expect("user id").to_owned(),
             email,
             access: r.body["access_token"].as_str().expect("access").to_owned(),
-            refresh: r.body["refresh_token"]
-                .as_str()
-                .expect("refresh")
-                .to_owned(),
+            refresh: r.body["refresh_token"].as_str().expect("refresh").to_owned(),
         }
     }
 
     /// Creates a room owned by `owner` with `members`; returns its id.
     pub async fn create_room(&self, owner: &Session, name: &str, members: &[&Session]) -> String {
         let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
-        let r = self
-            .post(
-                Some(&owner.access),
-                "/api/v1/rooms",
-                json!({"name": name, "members": ids}),
-            )
-            .await;
+        let r = self.post(Some(&owner.access), "/api/v1/rooms", json!({"name": name, "members": ids})).await;
         assert_eq!(r.status, StatusCode::CREATED, "create room: {}", r.body);
         r.body["id"].as_str().expect("room id").to_owned()
     }
@@ -330,10 +278,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "condition not reached within {deadline:?}"
-        );
+        assert!(tokio::time::Instant::now() < end, "condition not reached within {deadline:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -10,3 +10,5 @@ mod me;
 mod openapi;
 mod rooms;
 mod storage;
+mod ws;
+mod ws_client;

@@ -18,38 +18,20 @@ async fn profile_update_and_public_view(db: Db) {
     let ann = app.register("ann").await;
     let bob = app.register("bob").await;
 
-    let p = app
-        .patch(
-            &ann.access,
-            "/api/v1/me",
-            json!({"display_name": "  Ann B.  "}),
-        )
-        .await;
+    let p = app.patch(&ann.access, "/api/v1/me", json!({"display_name": "  Ann B.  "})).await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.body);
     assert_eq!(p.body["display_name"], "Ann B.");
 
-    let public = app
-        .get(&bob.access, &format!("/api/v1/users/{}", ann.user_id))
-        .await;
+    let public = app.get(&bob.access, &format!("/api/v1/users/{}", ann.user_id)).await;
     assert_eq!(public.status, StatusCode::OK);
     assert_eq!(public.body["display_name"], "Ann B.");
     assert!(public.body.get("email").is_none(), "email is private");
 
     // Password change needs the current password.
-    let no_current = app
-        .patch(
-            &ann.access,
-            "/api/v1/me",
-            json!({"password": "brand new password"}),
-        )
-        .await;
+    let no_current = app.patch(&ann.access, "/api/v1/me", json!({"password": "brand new password"})).await;
     assert_eq!(no_current.status, StatusCode::BAD_REQUEST);
     let wrong = app
-        .patch(
-            &ann.access,
-            "/api/v1/me",
-            json!({"password": "brand new password", "current_password": "nope nope"}),
-        )
+        .patch(&ann.access, "/api/v1/me", json!({"password": "brand new password", "current_password": "nope nope"}))
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     let ok = app
@@ -60,21 +42,11 @@ async fn profile_update_and_public_view(db: Db) {
         )
         .await;
     assert_eq!(ok.status, StatusCode::OK);
-    let login = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": ann.email, "password": "brand new password"}),
-        )
-        .await;
+    let login =
+        app.post(None, "/api/v1/auth/login", json!({"email": ann.email, "password": "brand new password"})).await;
     assert_eq!(login.status, StatusCode::OK);
 
-    let missing = app
-        .get(
-            &bob.access,
-            "/api/v1/users/00000000-0000-0000-0000-000000000000",
-        )
-        .await;
+    let missing = app.get(&bob.access, "/api/v1/users/00000000-0000-0000-0000-000000000000").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.error_code(), "not_found");
 }
@@ -92,11 +64,7 @@ async fn export_holds_all_of_the_callers_data(db: Db) {
         sent_at: 1,
     };
     app.store
-        .append_messages(&[
-            msg(&ann.user_id, "a1"),
-            msg(&bob.user_id, "b1"),
-            msg(&ann.user_id, "a2"),
-        ])
+        .append_messages(&[msg(&ann.user_id, "a1"), msg(&bob.user_id, "b1"), msg(&ann.user_id, "a2")])
         .await
         .unwrap();
 
@@ -124,44 +92,22 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
         body: "secret words".into(),
         sent_at: 1,
     };
-    app.store
-        .append_messages(&[m(&ann.user_id, "a1"), m(&bob.user_id, "b1")])
-        .await
-        .unwrap();
+    app.store.append_messages(&[m(&ann.user_id, "a1"), m(&bob.user_id, "b1")]).await.unwrap();
 
-    assert_eq!(
-        app.delete(&ann.access, "/api/v1/me").await.status,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(app.delete(&ann.access, "/api/v1/me").await.status, StatusCode::NO_CONTENT);
 
     // Tokens and credentials are gone.
-    assert_eq!(
-        app.get(&ann.access, "/api/v1/me").await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    let login = app
-        .post(
-            None,
-            "/api/v1/auth/login",
-            json!({"email": ann.email, "password": "correct horse battery"}),
-        )
-        .await;
+    assert_eq!(app.get(&ann.access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
+    let login =
+        app.post(None, "/api/v1/auth/login", json!({"email": ann.email, "password": "correct horse battery"})).await;
     assert_eq!(login.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        app.post(
-            None,
-            "/api/v1/auth/refresh",
-            json!({"refresh_token": ann.refresh})
-        )
-        .await
-        .status,
+        app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": ann.refresh})).await.status,
         StatusCode::UNAUTHORIZED
     );
 
     // The profile is anonymised; the email is free again.
-    let public = app
-        .get(&bob.access, &format!("/api/v1/users/{}", ann.user_id))
-        .await;
+    let public = app.get(&bob.access, &format!("/api/v1/users/{}", ann.user_id)).await;
     assert_eq!(public.body["display_name"], "Deleted user");
     assert_eq!(public.body["deleted"], true);
     let stored = app.store.get_user(&ann.user_id).await.unwrap();
@@ -169,9 +115,7 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
     app.register("ann").await;
 
     // History keeps the seq as a tombstone with no body; bob's message stays.
-    let h = app
-        .get(&bob.access, &format!("/api/v1/rooms/{room}/messages"))
-        .await;
+    let h = app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages")).await;
     let msgs = h.body["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 2);
     assert_eq!(msgs[0]["seq"], 1);

@@ -38,102 +38,41 @@ async fn rooms_crud_and_membership(db: Db) {
         })
         .collect();
     app.store.append_messages(&msgs).await.unwrap();
-    app.store
-        .set_read_marker(&room, &bob.user_id, 1)
-        .await
-        .unwrap();
-    assert_eq!(
-        app.store
-            .set_read_marker(&room, &bob.user_id, 0)
-            .await
-            .unwrap(),
-        1,
-        "markers never move back"
-    );
+    app.store.set_read_marker(&room, &bob.user_id, 1).await.unwrap();
+    assert_eq!(app.store.set_read_marker(&room, &bob.user_id, 0).await.unwrap(), 1, "markers never move back");
     let list = app.get(&bob.access, "/api/v1/rooms").await;
     assert_eq!(list.body["rooms"][0]["last_seq"], 3);
     assert_eq!(list.body["rooms"][0]["read_seq"], 1);
 
     // Owner adds and renames; add is idempotent (200 the second time).
-    let add = app
-        .post(
-            Some(&ann.access),
-            &format!("/api/v1/rooms/{room}/members"),
-            json!({"user_id": cat.user_id}),
-        )
-        .await;
+    let add =
+        app.post(Some(&ann.access), &format!("/api/v1/rooms/{room}/members"), json!({"user_id": cat.user_id})).await;
     assert_eq!(add.status, StatusCode::CREATED, "{}", add.body);
-    let again = app
-        .post(
-            Some(&ann.access),
-            &format!("/api/v1/rooms/{room}/members"),
-            json!({"user_id": cat.user_id}),
-        )
-        .await;
+    let again =
+        app.post(Some(&ann.access), &format!("/api/v1/rooms/{room}/members"), json!({"user_id": cat.user_id})).await;
     assert_eq!(again.status, StatusCode::OK);
-    let renamed = app
-        .patch(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}"),
-            json!({"name": "lounge"}),
-        )
-        .await;
+    let renamed = app.patch(&ann.access, &format!("/api/v1/rooms/{room}"), json!({"name": "lounge"})).await;
     assert_eq!(renamed.body["name"], "lounge");
     let detail = app.get(&cat.access, &format!("/api/v1/rooms/{room}")).await;
     assert_eq!(detail.body["members"].as_array().unwrap().len(), 3);
 
     // A member leaves by removing themselves; the owner cannot leave.
     assert_eq!(
-        app.delete(
-            &cat.access,
-            &format!("/api/v1/rooms/{room}/members/{}", cat.user_id)
-        )
-        .await
-        .status,
+        app.delete(&cat.access, &format!("/api/v1/rooms/{room}/members/{}", cat.user_id)).await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(
-        app.get(&cat.access, &format!("/api/v1/rooms/{room}"))
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    let owner_leave = app
-        .delete(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}/members/{}", ann.user_id),
-        )
-        .await;
+    assert_eq!(app.get(&cat.access, &format!("/api/v1/rooms/{room}")).await.status, StatusCode::NOT_FOUND);
+    let owner_leave = app.delete(&ann.access, &format!("/api/v1/rooms/{room}/members/{}", ann.user_id)).await;
     assert_eq!(owner_leave.status, StatusCode::CONFLICT);
 
     // The owner removes bob, then deletes the room.
     assert_eq!(
-        app.delete(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}/members/{}", bob.user_id)
-        )
-        .await
-        .status,
+        app.delete(&ann.access, &format!("/api/v1/rooms/{room}/members/{}", bob.user_id)).await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(
-        app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages"))
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.delete(&ann.access, &format!("/api/v1/rooms/{room}"))
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        app.get(&ann.access, &format!("/api/v1/rooms/{room}"))
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.delete(&ann.access, &format!("/api/v1/rooms/{room}")).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.get(&ann.access, &format!("/api/v1/rooms/{room}")).await.status, StatusCode::NOT_FOUND);
 }
 
 async fn non_members_get_404_and_members_403(db: Db) {
@@ -146,88 +85,40 @@ async fn non_members_get_404_and_members_403(db: Db) {
     // Mallory (not a member) cannot see anything, and cannot tell the room
     // exists: the same 404 as for a room that does not.
     let ghost = "00000000-0000-7000-8000-000000000000";
-    for path in [
-        format!("/api/v1/rooms/{room}"),
-        format!("/api/v1/rooms/{room}/messages"),
-    ] {
+    for path in [format!("/api/v1/rooms/{room}"), format!("/api/v1/rooms/{room}/messages")] {
         let r = app.get(&mallory.access, &path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         let g = app.get(&mallory.access, &path.replace(&room, ghost)).await;
         assert_eq!(r.body, g.body);
     }
     let add_self = app
-        .post(
-            Some(&mallory.access),
-            &format!("/api/v1/rooms/{room}/members"),
-            json!({"user_id": mallory.user_id}),
-        )
+        .post(Some(&mallory.access), &format!("/api/v1/rooms/{room}/members"), json!({"user_id": mallory.user_id}))
         .await;
     assert_eq!(add_self.status, StatusCode::NOT_FOUND);
-    let kick = app
-        .delete(
-            &mallory.access,
-            &format!("/api/v1/rooms/{room}/members/{}", bob.user_id),
-        )
-        .await;
+    let kick = app.delete(&mallory.access, &format!("/api/v1/rooms/{room}/members/{}", bob.user_id)).await;
     assert_eq!(kick.status, StatusCode::NOT_FOUND);
     assert_eq!(
-        app.patch(
-            &mallory.access,
-            &format!("/api/v1/rooms/{room}"),
-            json!({"name": "pwned"})
-        )
-        .await
-        .status,
+        app.patch(&mallory.access, &format!("/api/v1/rooms/{room}"), json!({"name": "pwned"})).await.status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        app.delete(&mallory.access, &format!("/api/v1/rooms/{room}"))
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert!(
-        app.get(&mallory.access, "/api/v1/rooms").await.body["rooms"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(app.delete(&mallory.access, &format!("/api/v1/rooms/{room}")).await.status, StatusCode::NOT_FOUND);
+    assert!(app.get(&mallory.access, "/api/v1/rooms").await.body["rooms"].as_array().unwrap().is_empty());
 
     // Bob (member, not owner) may not manage the room: 403.
     let r = app
-        .post(
-            Some(&bob.access),
-            &format!("/api/v1/rooms/{room}/members"),
-            json!({"user_id": mallory.user_id}),
-        )
+        .post(Some(&bob.access), &format!("/api/v1/rooms/{room}/members"), json!({"user_id": mallory.user_id}))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.error_code(), "forbidden");
     assert_eq!(
-        app.delete(
-            &bob.access,
-            &format!("/api/v1/rooms/{room}/members/{}", ann.user_id)
-        )
-        .await
-        .status,
+        app.delete(&bob.access, &format!("/api/v1/rooms/{room}/members/{}", ann.user_id)).await.status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        app.patch(
-            &bob.access,
-            &format!("/api/v1/rooms/{room}"),
-            json!({"name": "x"})
-        )
-        .await
-        .status,
+        app.patch(&bob.access, &format!("/api/v1/rooms/{room}"), json!({"name": "x"})).await.status,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(
-        app.delete(&bob.access, &format!("/api/v1/rooms/{room}"))
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(app.delete(&bob.access, &format!("/api/v1/rooms/{room}")).await.status, StatusCode::FORBIDDEN);
 
     // Nothing changed.
     let detail = app.get(&ann.access, &format!("/api/v1/rooms/{room}")).await;
@@ -250,55 +141,22 @@ async fn history_pages_by_seq(db: Db) {
         .collect();
     app.store.append_messages(&msgs).await.unwrap();
     let seqs = |v: &serde_json::Value| {
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_i64().unwrap())
-            .collect::<Vec<_>>()
+        v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect::<Vec<_>>()
     };
 
-    let newest = app
-        .get(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}/messages?limit=10"),
-        )
-        .await;
+    let newest = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?limit=10")).await;
     assert_eq!(seqs(&newest.body), (16..=25).collect::<Vec<_>>());
     assert_eq!(newest.body["has_more"], true);
-    let older = app
-        .get(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}/messages?limit=10&before_seq=16"),
-        )
-        .await;
+    let older = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?limit=10&before_seq=16")).await;
     assert_eq!(seqs(&older.body), (6..=15).collect::<Vec<_>>());
-    let after = app
-        .get(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}/messages?after_seq=20"),
-        )
-        .await;
+    let after = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?after_seq=20")).await;
     assert_eq!(seqs(&after.body), (21..=25).collect::<Vec<_>>());
     assert_eq!(after.body["has_more"], false);
-    let window = app
-        .get(
-            &ann.access,
-            &format!("/api/v1/rooms/{room}/messages?after_seq=2&before_seq=6"),
-        )
-        .await;
+    let window = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?after_seq=2&before_seq=6")).await;
     assert_eq!(seqs(&window.body), vec![3, 4, 5]);
 
-    for bad in [
-        "limit=0",
-        "limit=201",
-        "limit=abc",
-        "after_seq=-1",
-        "bogus=1",
-    ] {
-        let r = app
-            .get(&ann.access, &format!("/api/v1/rooms/{room}/messages?{bad}"))
-            .await;
+    for bad in ["limit=0", "limit=201", "limit=abc", "after_seq=-1", "bogus=1"] {
+        let r = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?{bad}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(r.error_code(), "bad_request");
     }
@@ -323,11 +181,7 @@ async fn idempotency_key_replays_the_first_response(db: Db) {
     assert_eq!(retry.body, first.body, "same room returned");
     assert_eq!(retry.headers["idempotent-replayed"], "true");
     let list = app.get(&ann.access, "/api/v1/rooms").await;
-    assert_eq!(
-        list.body["rooms"].as_array().unwrap().len(),
-        1,
-        "created once"
-    );
+    assert_eq!(list.body["rooms"].as_array().unwrap().len(), 1, "created once");
 
     let misuse = create("k-1", "different").await;
     assert_eq!(misuse.status, StatusCode::BAD_REQUEST);
@@ -337,19 +191,8 @@ async fn idempotency_key_replays_the_first_response(db: Db) {
     assert_eq!(create("k-2", "fixed").await.status, StatusCode::CREATED);
     // Concurrent retries: one room.
     let (a, b) = tokio::join!(create("k-3", "race"), create("k-3", "race"));
-    let created = [&a, &b]
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .count();
+    let created = [&a, &b].iter().filter(|r| r.status == StatusCode::CREATED).count();
     assert!(created >= 1);
     let list = app.get(&ann.access, "/api/v1/rooms").await;
-    assert_eq!(
-        list.body["rooms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["name"] == "race")
-            .count(),
-        1
-    );
+    assert_eq!(list.body["rooms"].as_array().unwrap().iter().filter(|r| r["name"] == "race").count(), 1);
 }

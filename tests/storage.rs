@@ -8,10 +8,7 @@ use chatgw::db::{AppendOutcome, NewMessage, Store};
 use crate::both_backends;
 use crate::helpers::{Db, TestDb};
 
-both_backends!(
-    concurrent_appends_allocate_gap_free_seqs,
-    batch_append_is_idempotent_and_ordered
-);
+both_backends!(concurrent_appends_allocate_gap_free_seqs, batch_append_is_idempotent_and_ordered);
 
 async fn store(db: &TestDb) -> Store {
     let s = Store::connect(&db.url, 16).await.expect("connect");
@@ -73,17 +70,9 @@ async fn concurrent_appends_allocate_gap_free_seqs(db: Db) {
     }
     let n = (TASKS * PER_TASK) as i64;
     for r in [&room, &other] {
-        let mut seqs: Vec<i64> = acked
-            .iter()
-            .filter(|(room, _)| room == r)
-            .map(|(_, s)| *s)
-            .collect();
+        let mut seqs: Vec<i64> = acked.iter().filter(|(room, _)| room == r).map(|(_, s)| *s).collect();
         seqs.sort_unstable();
-        assert_eq!(
-            seqs,
-            (1..=n).collect::<Vec<_>>(),
-            "acked seqs are 1..=N without gaps or duplicates"
-        );
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "acked seqs are 1..=N without gaps or duplicates");
         let page = s.history(r, Some(0), None, 200).await.unwrap();
         assert_eq!(page.messages.first().unwrap().seq, 1);
         assert_eq!(s.last_seq(r).await.unwrap(), Some(n));
@@ -97,11 +86,7 @@ async fn concurrent_appends_allocate_gap_free_seqs(db: Db) {
             }
             after = *stored.last().unwrap();
         }
-        assert_eq!(
-            stored,
-            (1..=n).collect::<Vec<_>>(),
-            "stored seqs are 1..=N in order"
-        );
+        assert_eq!(stored, (1..=n).collect::<Vec<_>>(), "stored seqs are 1..=N in order");
     }
     s.close().await;
 }
@@ -117,43 +102,32 @@ async fn batch_append_is_idempotent_and_ordered(db: Db) {
         body: id.into(),
         sent_at: 7,
     };
-    let out = s
-        .append_messages(&[m(&room, "a"), m(&other, "a"), m(&room, "b"), m(&room, "a")])
-        .await
-        .unwrap();
+    let out = s.append_messages(&[m(&room, "a"), m(&other, "a"), m(&room, "b"), m(&room, "a")]).await.unwrap();
     let seq = |o: &AppendOutcome| match o {
         AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m.seq,
-        AppendOutcome::NoSuchRoom => -1,
+        AppendOutcome::NoSuchRoom | AppendOutcome::NotMember => -1,
     };
     assert_eq!(out.iter().map(seq).collect::<Vec<_>>(), vec![1, 1, 2, 1]);
-    assert!(
-        matches!(out[3], AppendOutcome::Duplicate(_)),
-        "repeat within a batch is a duplicate"
-    );
+    assert!(matches!(out[3], AppendOutcome::Duplicate(_)), "repeat within a batch is a duplicate");
 
     // A retry later: same seq, nothing stored twice.
-    let again = s
-        .append_messages(&[m(&room, "b"), m(&room, "c")])
-        .await
-        .unwrap();
+    let again = s.append_messages(&[m(&room, "b"), m(&room, "c")]).await.unwrap();
     assert!(matches!(&again[0], AppendOutcome::Duplicate(x) if x.seq == 2 && x.body == "b"));
     assert!(matches!(&again[1], AppendOutcome::Stored(x) if x.seq == 3));
-    let all: HashSet<i64> = s
-        .history(&room, Some(0), None, 100)
-        .await
-        .unwrap()
-        .messages
-        .iter()
-        .map(|m| m.seq)
-        .collect();
+    let all: HashSet<i64> =
+        s.history(&room, Some(0), None, 100).await.unwrap().messages.iter().map(|m| m.seq).collect();
     assert_eq!(all, HashSet::from([1, 2, 3]));
 
     // An unknown room fails alone.
-    let mixed = s
-        .append_messages(&[m("no-such-room", "x"), m(&room, "d")])
-        .await
-        .unwrap();
+    let mixed = s.append_messages(&[m("no-such-room", "x"), m(&room, "d")]).await.unwrap();
     assert_eq!(mixed[0], AppendOutcome::NoSuchRoom);
     assert!(matches!(&mixed[1], AppendOutcome::Stored(x) if x.seq == 4));
+
+    // A sender who is not a member stores nothing, even in a mixed batch.
+    let outsider = s.create_user("o@example.com", "o", "x").await.unwrap();
+    let sneaky = NewMessage { sender_id: outsider.id.clone(), ..m(&room, "o1") };
+    let out = s.append_messages(&[sneaky, m(&room, "e")]).await.unwrap();
+    assert_eq!(out[0], AppendOutcome::NotMember);
+    assert!(matches!(&out[1], AppendOutcome::Stored(x) if x.seq == 5));
     s.close().await;
 }

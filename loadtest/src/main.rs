@@ -7,8 +7,5 @@ fn main() -> anyhow::Result<()> {
         println!("loadtest: load-test harness for chatgw (scenarios not implemented yet)");
         return Ok(());
     }
-    anyhow::bail!(
-        "unknown scenario {:?}: scenarios are not implemented yet",
-        args[0]
-    )
+    anyhow::bail!("unknown scenario {:?}: scenarios are not implemented yet", args[0])
 }

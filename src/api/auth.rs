@@ -71,18 +71,9 @@ pub struct TicketResponse {
 async fn start_session(state: &AppState, user: User) -> ApiResult<AuthResponse> {
     let refresh_token = new_token(REFRESH_PREFIX);
     let expires_at = now_ms() + state.config.refresh_token_ttl.as_millis() as i64;
-    let session = state
-        .store
-        .create_session(&user.id, &hash_token(&refresh_token), expires_at)
-        .await?;
+    let session = state.store.create_session(&user.id, &hash_token(&refresh_token), expires_at).await?;
     let access_token = state.keys.issue(&user.id, &session)?;
-    Ok(AuthResponse {
-        user,
-        access_token,
-        refresh_token,
-        expires_in: state.keys.ttl().as_secs(),
-        token_type: "Bearer",
-    })
+    Ok(AuthResponse { user, access_token, refresh_token, expires_in: state.keys.ttl().as_secs(), token_type: "Bearer" })
 }
 
 /// Creates an account and logs it in.
@@ -100,24 +91,14 @@ pub async fn register(
     let email = validate::email(&req.email)?;
     validate::password(&req.password)?;
     let display_name = validate::display_name(&req.display_name)?;
-    state
-        .limits
-        .check_register(peer.ip())
-        .map_err(|retry_after_ms| ApiError::RateLimited { retry_after_ms })?;
+    state.limits.check_register(peer.ip()).map_err(|retry_after_ms| ApiError::RateLimited { retry_after_ms })?;
     let hash = state.passwords.hash(req.password).await?;
-    let user = state
-        .store
-        .create_user(&email, &display_name, &hash)
-        .await
-        .map_err(|e| match e {
-            DbError::Conflict(_) => ApiError::Conflict("email already registered"),
-            e => e.into(),
-        })?;
+    let user = state.store.create_user(&email, &display_name, &hash).await.map_err(|e| match e {
+        DbError::Conflict(_) => ApiError::Conflict("email already registered"),
+        e => e.into(),
+    })?;
     tracing::info!(user_id = %user.id, "user registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(start_session(&state, user).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(start_session(&state, user).await?)))
 }
 
 /// Logs in. Unknown email and wrong password give the same 401 after the
@@ -130,9 +111,7 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
     const FAILED: ApiError = ApiError::Unauthorized("invalid email or password");
-    if req.email.len() > validate::EMAIL_MAX_BYTES
-        || req.password.len() > validate::PASSWORD_MAX_BYTES
-    {
+    if req.email.len() > validate::EMAIL_MAX_BYTES || req.password.len() > validate::PASSWORD_MAX_BYTES {
         return Err(ApiError::bad_request("email or password too long"));
     }
     state
@@ -166,15 +145,7 @@ pub async fn refresh(
     }
     let new = new_token(REFRESH_PREFIX);
     let expires_at = now_ms() + state.config.refresh_token_ttl.as_millis() as i64;
-    match state
-        .store
-        .rotate_refresh_token(
-            &hash_token(&req.refresh_token),
-            &hash_token(&new),
-            expires_at,
-        )
-        .await?
-    {
+    match state.store.rotate_refresh_token(&hash_token(&req.refresh_token), &hash_token(&new), expires_at).await? {
         RefreshOutcome::Rotated(who) => {
             let user = state.store.get_user(&who.user_id).await?;
             let access_token = state.keys.issue(&who.user_id, &who.session_id)?;
@@ -188,10 +159,11 @@ pub async fn refresh(
         }
         RefreshOutcome::Invalid => Err(ApiError::Unauthorized("invalid refresh token")),
         RefreshOutcome::Reused => {
+            if let Ok(Some(who)) = state.store.session_of_refresh_token(&hash_token(&req.refresh_token)).await {
+                state.hub.session_revoked(&who.user_id, &who.session_id);
+            }
             tracing::warn!("refresh token reuse detected; session revoked");
-            Err(ApiError::Unauthorized(
-                "refresh token reuse detected; session revoked",
-            ))
+            Err(ApiError::Unauthorized("refresh token reuse detected; session revoked"))
         }
     }
 }
@@ -201,10 +173,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
-    state
-        .store
-        .revoke_session(&user.user_id, &user.session_id)
-        .await?;
+    state.store.revoke_session(&user.user_id, &user.session_id).await?;
     tracing::info!(user_id = %user.user_id, "logout");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -213,25 +182,9 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
 /// cannot set an `Authorization` header on the upgrade request.
 #[utoipa::path(post, path = "/api/v1/auth/ws-ticket", tag = "auth", security(("bearer" = [])),
     responses((status = 201, body = TicketResponse), (status = 401, body = ErrorBody)))]
-pub async fn ws_ticket(
-    State(state): State<AppState>,
-    user: AuthUser,
-) -> ApiResult<(StatusCode, Json<TicketResponse>)> {
+pub async fn ws_ticket(State(state): State<AppState>, user: AuthUser) -> ApiResult<(StatusCode, Json<TicketResponse>)> {
     let ticket = new_token(TICKET_PREFIX);
     let ttl = state.config.ws_ticket_ttl;
-    state
-        .store
-        .create_ws_ticket(
-            &user.identity(),
-            &hash_token(&ticket),
-            now_ms() + ttl.as_millis() as i64,
-        )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TicketResponse {
-            ticket,
-            expires_in: ttl.as_secs(),
-        }),
-    ))
+    state.store.create_ws_ticket(&user.identity(), &hash_token(&ticket), now_ms() + ttl.as_millis() as i64).await?;
+    Ok((StatusCode::CREATED, Json(TicketResponse { ticket, expires_in: ttl.as_secs() })))
 }

@@ -19,12 +19,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
-            Err(JsonRejection::JsonSyntaxError(_)) => {
-                Err(ApiError::bad_request("malformed JSON body"))
-            }
-            Err(JsonRejection::JsonDataError(e)) => {
-                Err(ApiError::bad_request(data_error_message(&e.body_text())))
-            }
+            Err(JsonRejection::JsonSyntaxError(_)) => Err(ApiError::bad_request("malformed JSON body")),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_request(data_error_message(&e.body_text()))),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
             Err(_) => Err(ApiError::bad_request("unreadable request body")),
         }
@@ -45,17 +41,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| {
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| ApiQuery(q.0)).map_err(
+            |e: QueryRejection| {
                 ApiError::bad_request(format!(
                     "invalid query string: {}",
-                    e.body_text()
-                        .rsplit_once(": ")
-                        .map(|(_, m)| m)
-                        .unwrap_or("malformed")
+                    e.body_text().rsplit_once(": ").map(|(_, m)| m).unwrap_or("malformed")
                 ))
-            })
+            },
+        )
     }
 }

@@ -18,10 +18,7 @@ pub struct Health {
 
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        reason: None,
-    })
+    Json(Health { status: "ok", reason: None })
 }
 
 /// 200 only when the database really answers and the instance is not
@@ -29,13 +26,7 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let not_ready = |reason: &str| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "unavailable",
-                reason: Some(reason.to_owned()),
-            }),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(reason.to_owned()) }))
     };
     if state.readiness.is_draining() {
         return not_ready("shutting down");
@@ -46,11 +37,5 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     if !db_ok {
         return not_ready("database unreachable");
     }
-    (
-        StatusCode::OK,
-        Json(Health {
-            status: "ok",
-            reason: None,
-        }),
-    )
+    (StatusCode::OK, Json(Health { status: "ok", reason: None }))
 }

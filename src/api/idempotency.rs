@@ -41,9 +41,7 @@ pub async fn layer(
         .to_owned();
 
     let (parts, body) = req.into_parts();
-    let bytes = to_bytes(body, state.config.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::TooLarge)?;
+    let bytes = to_bytes(body, state.config.max_body_bytes).await.map_err(|_| ApiError::TooLarge)?;
     let mut h = Sha256::new();
     h.update(parts.method.as_str());
     h.update(b" ");
@@ -52,67 +50,36 @@ pub async fn layer(
     h.update(&bytes);
     let fingerprint = crate::config::hex_string(&h.finalize());
 
-    match state
-        .store
-        .claim_idempotency_key(&user.user_id, &key, &fingerprint)
-        .await?
-    {
+    match state.store.claim_idempotency_key(&user.user_id, &key, &fingerprint).await? {
         None => {}
-        Some(IdempotencyRecord::Done {
-            fingerprint: f,
-            status,
-            body,
-        }) if f == fingerprint => {
+        Some(IdempotencyRecord::Done { fingerprint: f, status, body }) if f == fingerprint => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut resp = (
-                status,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response();
-            resp.headers_mut()
-                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+            resp.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
             return Ok(resp);
         }
         Some(IdempotencyRecord::InFlight { fingerprint: f }) if f == fingerprint => {
-            return Err(ApiError::Conflict(
-                "a request with this Idempotency-Key is still in progress",
-            ));
+            return Err(ApiError::Conflict("a request with this Idempotency-Key is still in progress"));
         }
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "Idempotency-Key was already used for a different request",
-            ));
+            return Err(ApiError::bad_request("Idempotency-Key was already used for a different request"));
         }
     }
 
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let (parts, body) = resp.into_parts();
     let body = match to_bytes(body, 1 << 20).await {
         Ok(b) => b,
         Err(e) => {
-            state
-                .store
-                .release_idempotency_key(&user.user_id, &key)
-                .await?;
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "buffering response: {e}"
-            )));
+            state.store.release_idempotency_key(&user.user_id, &key).await?;
+            return Err(ApiError::Internal(anyhow::anyhow!("buffering response: {e}")));
         }
     };
     if parts.status.is_success() {
         let text = String::from_utf8_lossy(&body);
-        state
-            .store
-            .complete_idempotency_key(&user.user_id, &key, parts.status.as_u16(), &text)
-            .await?;
+        state.store.complete_idempotency_key(&user.user_id, &key, parts.status.as_u16(), &text).await?;
     } else {
-        state
-            .store
-            .release_idempotency_key(&user.user_id, &key)
-            .await?;
+        state.store.release_idempotency_key(&user.user_id, &key).await?;
     }
     Ok(Response::from_parts(parts, Body::from(body)))
 }

@@ -53,18 +53,14 @@ pub async fn patch_me(
     user: AuthUser,
     ApiJson(req): ApiJson<PatchMe>,
 ) -> ApiResult<Json<User>> {
-    let name = req
-        .display_name
-        .as_deref()
-        .map(validate::display_name)
-        .transpose()?;
+    let name = req.display_name.as_deref().map(validate::display_name).transpose()?;
     let hash = match req.password {
         None => None,
         Some(new) => {
             validate::password(&new)?;
-            let current = req.current_password.ok_or_else(|| {
-                ApiError::bad_request("current_password: required to change the password")
-            })?;
+            let current = req
+                .current_password
+                .ok_or_else(|| ApiError::bad_request("current_password: required to change the password"))?;
             let stored = state.store.password_hash(&user.user_id).await?;
             if !state.passwords.verify(current, Some(stored)).await? {
                 return Err(ApiError::Forbidden("current_password is wrong"));
@@ -75,12 +71,7 @@ pub async fn patch_me(
     if name.is_none() && hash.is_none() {
         return Err(ApiError::bad_request("nothing to update"));
     }
-    Ok(Json(
-        state
-            .store
-            .update_user(&user.user_id, name.as_deref(), hash.as_deref())
-            .await?,
-    ))
+    Ok(Json(state.store.update_user(&user.user_id, name.as_deref(), hash.as_deref()).await?))
 }
 
 /// Erases the account: credentials and sessions deleted, profile anonymised,
@@ -90,6 +81,7 @@ pub async fn patch_me(
     responses((status = 204), (status = 401, body = ErrorBody)))]
 pub async fn delete_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
     state.store.erase_user(&user.user_id).await?;
+    state.hub.close_user(&user.user_id, crate::hub::frames::close::AUTH, "account erased");
     tracing::info!(user_id = %user.user_id, "account erased");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,6 +2,7 @@
 //! request id, trace span, metrics, timeout, body limit, CORS, security
 //! headers, JSON errors for unknown routes and methods.
 
+pub mod admin;
 pub mod auth;
 pub mod extract;
 pub mod health;
@@ -36,12 +37,10 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `/api/v1` but share the middleware (the WebSocket endpoint).
 pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     let config = state.config.clone();
-    let creates = rooms::create_router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        idempotency::layer,
-    ));
+    let creates = rooms::create_router().route_layer(middleware::from_fn_with_state(state.clone(), idempotency::layer));
     let v1 = Router::new()
         .merge(auth::router())
+        .merge(admin::router())
         .merge(me::router())
         .merge(rooms::router())
         .merge(creates)
@@ -67,9 +66,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .merge(extra)
         .fallback(|| async { ApiError::NotFound("route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::bad_request("method not allowed on this route")
-        })
+        .method_not_allowed_fallback(|| async { ApiError::bad_request("method not allowed on this route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
         .with_state(state);
@@ -126,17 +123,11 @@ fn security_headers(app: Router) -> Router {
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
         (header::CACHE_CONTROL, "no-store"),
     ];
     headers.into_iter().fold(app, |app, (name, value)| {
-        app.layer(SetResponseHeaderLayer::if_not_present(
-            name,
-            HeaderValue::from_static(value),
-        ))
+        app.layer(SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value)))
     })
 }
 
@@ -144,16 +135,9 @@ fn security_headers(app: Router) -> Router {
 /// the label set).
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
-    state
-        .metrics
-        .http_requests
-        .with_label_values(&[method.as_str(), &route, resp.status().as_str()])
-        .inc();
+    state.metrics.http_requests.with_label_values(&[method.as_str(), &route, resp.status().as_str()]).inc();
     resp.into_response()
 }

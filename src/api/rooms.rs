@@ -22,19 +22,14 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/rooms", get(list_rooms))
-        .route(
-            "/rooms/{id}",
-            get(get_room).patch(patch_room).delete(delete_room),
-        )
+        .route("/rooms/{id}", get(get_room).patch(patch_room).delete(delete_room))
         .route("/rooms/{id}/members/{user_id}", delete(remove_member))
         .route("/rooms/{id}/messages", get(history))
 }
 
 /// The POST routes that create things, wrapped by the idempotency layer.
 pub fn create_router() -> Router<AppState> {
-    Router::new()
-        .route("/rooms", post(create_room))
-        .route("/rooms/{id}/members", post(add_member))
+    Router::new().route("/rooms", post(create_room)).route("/rooms/{id}/members", post(add_member))
 }
 
 pub const HISTORY_DEFAULT_LIMIT: i64 = 50;
@@ -96,11 +91,7 @@ pub struct HistoryParams {
 /// The caller's role in `room`; 404 when not a member (or no such room).
 async fn role_of(state: &AppState, room: &str, user: &AuthUser) -> ApiResult<Role> {
     validate::id("room id", room)?;
-    state
-        .store
-        .role_in(room, &user.user_id)
-        .await?
-        .ok_or(ApiError::NotFound("room"))
+    state.store.role_in(room, &user.user_id).await?.ok_or(ApiError::NotFound("room"))
 }
 
 async fn require_owner(state: &AppState, room: &str, user: &AuthUser) -> ApiResult<()> {
@@ -120,10 +111,7 @@ pub async fn create_room(
 ) -> ApiResult<(StatusCode, Json<RoomForUser>)> {
     let name = validate::room_name(&req.name)?;
     if req.members.len() > validate::MAX_INITIAL_MEMBERS {
-        return Err(ApiError::bad_request(format!(
-            "members: at most {} users",
-            validate::MAX_INITIAL_MEMBERS
-        )));
+        return Err(ApiError::bad_request(format!("members: at most {} users", validate::MAX_INITIAL_MEMBERS)));
     }
     let mut members = req.members;
     for m in &members {
@@ -135,22 +123,14 @@ pub async fn create_room(
     if active.len() != members.len() {
         return Err(ApiError::bad_request("members: unknown user id"));
     }
-    let room = state
-        .store
-        .create_room(&user.user_id, &name, &members)
-        .await?;
+    let room = state.store.create_room(&user.user_id, &name, &members).await?;
     Ok((StatusCode::CREATED, Json(room)))
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])),
     responses((status = 200, body = RoomList), (status = 401, body = ErrorBody)))]
-pub async fn list_rooms(
-    State(state): State<AppState>,
-    user: AuthUser,
-) -> ApiResult<Json<RoomList>> {
-    Ok(Json(RoomList {
-        rooms: state.store.rooms_for_user(&user.user_id).await?,
-    }))
+pub async fn list_rooms(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<RoomList>> {
+    Ok(Json(RoomList { rooms: state.store.rooms_for_user(&user.user_id).await? }))
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path)),
@@ -161,11 +141,7 @@ pub async fn get_room(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RoomDetail>> {
     validate::id("room id", &id)?;
-    let room = state
-        .store
-        .room_for_member(&id, &user.user_id)
-        .await
-        .map_err(|_| ApiError::NotFound("room"))?;
+    let room = state.store.room_for_member(&id, &user.user_id).await.map_err(|_| ApiError::NotFound("room"))?;
     let members = state.store.members(&id).await?;
     Ok(Json(RoomDetail { room, members }))
 }
@@ -192,7 +168,11 @@ pub async fn delete_room(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     require_owner(&state, &id, &user).await?;
+    let members = state.store.members(&id).await?;
     state.store.delete_room(&id).await?;
+    for m in members {
+        state.hub.member_removed(&id, &m.user_id, "room_deleted");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -208,33 +188,13 @@ pub async fn add_member(
 ) -> ApiResult<(StatusCode, Json<Membership>)> {
     require_owner(&state, &id, &user).await?;
     validate::id("user_id", &req.user_id)?;
-    if state
-        .store
-        .active_user_ids(std::slice::from_ref(&req.user_id))
-        .await?
-        .is_empty()
-    {
+    if state.store.active_user_ids(std::slice::from_ref(&req.user_id)).await?.is_empty() {
         return Err(ApiError::NotFound("user"));
     }
     let added = state.store.add_member(&id, &req.user_id).await?;
-    let role = state
-        .store
-        .role_in(&id, &req.user_id)
-        .await?
-        .unwrap_or(Role::Member);
-    let status = if added {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(Membership {
-            room_id: id,
-            user_id: req.user_id,
-            role,
-        }),
-    ))
+    let role = state.store.role_in(&id, &req.user_id).await?.unwrap_or(Role::Member);
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(Membership { room_id: id, user_id: req.user_id, role })))
 }
 
 /// Removes a member. The owner may remove anyone but themselves (delete the
@@ -252,20 +212,18 @@ pub async fn remove_member(
     let is_self = member == user.user_id;
     match (role, is_self) {
         (Role::Owner, true) => {
-            return Err(ApiError::Conflict(
-                "the owner cannot leave; delete the room instead",
-            ));
+            return Err(ApiError::Conflict("the owner cannot leave; delete the room instead"));
         }
         (Role::Member, false) => {
-            return Err(ApiError::Forbidden(
-                "only the room owner may remove other members",
-            ));
+            return Err(ApiError::Forbidden("only the room owner may remove other members"));
         }
         _ => {}
     }
     if !state.store.remove_member(&id, &member).await? {
         return Err(ApiError::NotFound("member"));
     }
+    // Live sockets lose the room at once, on every instance.
+    state.hub.member_removed(&id, &member, "removed");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,19 +240,10 @@ pub async fn history(
     role_of(&state, &id, &user).await?;
     let limit = p.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
     if !(1..=HISTORY_MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit: must be between 1 and {HISTORY_MAX_LIMIT}"
-        )));
+        return Err(ApiError::bad_request(format!("limit: must be between 1 and {HISTORY_MAX_LIMIT}")));
     }
     if p.after_seq.is_some_and(|s| s < 0) || p.before_seq.is_some_and(|s| s < 1) {
-        return Err(ApiError::bad_request(
-            "after_seq must be >= 0 and before_seq >= 1",
-        ));
+        return Err(ApiError::bad_request("after_seq must be >= 0 and before_seq >= 1"));
     }
-    Ok(Json(
-        state
-            .store
-            .history(&id, p.after_seq, p.before_seq, limit)
-            .await?,
-    ))
+    Ok(Json(state.store.history(&id, p.after_seq, p.before_seq, limit).await?))
 }

@@ -26,23 +26,15 @@ pub fn email(v: &str) -> Result<String, ApiError> {
             }
             None => false,
         };
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err(ApiError::bad_request("email: not a valid email address"))
-    }
+    if ok { Ok(v.to_owned()) } else { Err(ApiError::bad_request("email: not a valid email address")) }
 }
 
 pub fn password(v: &str) -> Result<(), ApiError> {
     if v.chars().count() < PASSWORD_MIN_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "password: must be at least {PASSWORD_MIN_CHARS} characters"
-        )));
+        return Err(ApiError::bad_request(format!("password: must be at least {PASSWORD_MIN_CHARS} characters")));
     }
     if v.len() > PASSWORD_MAX_BYTES {
-        return Err(ApiError::bad_request(format!(
-            "password: must be at most {PASSWORD_MAX_BYTES} bytes"
-        )));
+        return Err(ApiError::bad_request(format!("password: must be at most {PASSWORD_MAX_BYTES} bytes")));
     }
     Ok(())
 }
@@ -55,12 +47,14 @@ pub fn name(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
         return Err(ApiError::bad_request(format!("{field}: must not be empty")));
     }
     if v.chars().count() > max {
-        return Err(ApiError::bad_request(format!(
-            "{field}: must be at most {max} characters"
-        )));
+        return Err(ApiError::bad_request(format!("{field}: must be at most {max} characters")));
     }
-    if v.chars().any(|c| c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')) {
-        return Err(ApiError::bad_request(format!("{field}: must not contain control or direction-override characters")));
+    if v.chars().any(|c| {
+        c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "{field}: must not contain control or direction-override characters"
+        )));
     }
     Ok(v.to_owned())
 }
@@ -78,8 +72,7 @@ pub fn room_name(v: &str) -> Result<String, ApiError> {
 pub fn id(field: &str, v: &str) -> Result<(), ApiError> {
     if !v.is_empty()
         && v.len() <= ID_MAX_BYTES
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         Ok(())
     } else {
@@ -96,16 +89,7 @@ mod tests {
         for ok in ["a@b.io", "First.Last+tag@example.co.uk"] {
             assert!(email(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "a",
-            "a@b",
-            "@b.io",
-            "a@@b.io",
-            "a b@c.io",
-            "a@b.io.",
-            &format!("{}@b.io", "x".repeat(260)),
-        ] {
+        for bad in ["", "a", "a@b", "@b.io", "a@@b.io", "a b@c.io", "a@b.io.", &format!("{}@b.io", "x".repeat(260))] {
             assert!(email(bad).is_err(), "{bad}");
         }
     }

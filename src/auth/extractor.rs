@@ -20,10 +20,7 @@ pub struct AuthUser {
 
 impl AuthUser {
     pub fn identity(&self) -> SessionIdentity {
-        SessionIdentity {
-            user_id: self.user_id.clone(),
-            session_id: self.session_id.clone(),
-        }
+        SessionIdentity { user_id: self.user_id.clone(), session_id: self.session_id.clone() }
     }
 }
 
@@ -31,9 +28,7 @@ impl AuthUser {
 pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 /// Verifies an access token and its session: shared by REST and `/ws`.
@@ -48,19 +43,13 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
     if !state.store.session_active(&claims.sub, &claims.sid).await? {
         return Err(ApiError::Unauthorized("session revoked"));
     }
-    Ok(AuthUser {
-        user_id: claims.sub,
-        session_id: claims.sid,
-    })
+    Ok(AuthUser { user_id: claims.sub, session_id: claims.sid })
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized("missing bearer token"))?;
         authenticate(state, token).await
     }

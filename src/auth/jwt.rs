@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
@@ -46,57 +44,33 @@ pub struct JwtKeys {
     ttl: Duration,
 }
 
-fn keys_of(
-    cfg: &JwtKeyConfig,
-    need_private: bool,
-) -> Result<(Algorithm, Option<EncodingKey>, DecodingKey), String> {
+fn keys_of(cfg: &JwtKeyConfig, need_private: bool) -> Result<(Algorithm, Option<EncodingKey>, DecodingKey), String> {
     match cfg {
         JwtKeyConfig::Hmac { secret } => {
             let s = secret.expose_secret().as_bytes();
-            Ok((
-                Algorithm::HS256,
-                Some(EncodingKey::from_secret(s)),
-                DecodingKey::from_secret(s),
-            ))
+            Ok((Algorithm::HS256, Some(EncodingKey::from_secret(s)), DecodingKey::from_secret(s)))
         }
-        JwtKeyConfig::Asymmetric {
-            algorithm,
-            private_pem,
-            public_pem,
-        } => {
-            let (priv_pem, pub_pem) = (
-                private_pem.expose_secret().as_bytes(),
-                public_pem.as_bytes(),
-            );
+        JwtKeyConfig::Asymmetric { algorithm, private_pem, public_pem } => {
+            let (priv_pem, pub_pem) = (private_pem.expose_secret().as_bytes(), public_pem.as_bytes());
             let bad = |what: &str, e: jsonwebtoken::errors::Error| {
                 format!("{what} key is not a valid PEM for {algorithm:?}: {e}")
             };
             let (enc, dec) = match algorithm {
                 Algorithm::RS256 => (
-                    need_private
-                        .then(|| EncodingKey::from_rsa_pem(priv_pem))
-                        .transpose(),
+                    need_private.then(|| EncodingKey::from_rsa_pem(priv_pem)).transpose(),
                     DecodingKey::from_rsa_pem(pub_pem),
                 ),
                 Algorithm::ES256 => (
-                    need_private
-                        .then(|| EncodingKey::from_ec_pem(priv_pem))
-                        .transpose(),
+                    need_private.then(|| EncodingKey::from_ec_pem(priv_pem)).transpose(),
                     DecodingKey::from_ec_pem(pub_pem),
                 ),
                 Algorithm::EdDSA => (
-                    need_private
-                        .then(|| EncodingKey::from_ed_pem(priv_pem))
-                        .transpose(),
+                    need_private.then(|| EncodingKey::from_ed_pem(priv_pem)).transpose(),
                     DecodingKey::from_ed_pem(pub_pem),
                 ),
                 other => return Err(format!("unsupported algorithm {other:?}")),
             };
-            Ok((
-                *algorithm,
-                enc.map_err(|e| bad("private", e))?,
-                dec.map_err(|e| bad("public", e))?,
-            ))
+            Ok((*algorithm, enc.map_err(|e| bad("private", e))?, dec.map_err(|e| bad("public", e))?))
         }
     }
 }
@@ -117,21 +91,14 @@ impl JwtKeys {
     /// # Errors
     /// Key material that does not parse (already checked by config).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let (algorithm, encoding, decoding) =
-            keys_of(&config.jwt_key, true).map_err(anyhow::Error::msg)?;
+        let (algorithm, encoding, decoding) = keys_of(&config.jwt_key, true).map_err(anyhow::Error::msg)?;
         let encoding = encoding.ok_or_else(|| anyhow::anyhow!("no private key"))?;
         let mut all = HashMap::from([(config.jwt_kid.clone(), (decoding, algorithm))]);
         if let Some(prev) = &config.jwt_previous {
             let (alg, _, dec) = keys_of(&prev.key, false).map_err(anyhow::Error::msg)?;
             all.insert(prev.kid.clone(), (dec, alg));
         }
-        Ok(JwtKeys {
-            kid: config.jwt_kid.clone(),
-            algorithm,
-            encoding,
-            decoding: all,
-            ttl: config.access_token_ttl,
-        })
+        Ok(JwtKeys { kid: config.jwt_kid.clone(), algorithm, encoding, decoding: all, ttl: config.access_token_ttl })
     }
 
     /// Lifetime of the tokens this issues.
@@ -172,11 +139,9 @@ impl JwtKeys {
         let mut v = Validation::new(*alg);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "sub", "iat"]);
-        decode::<Claims>(token, key, &v)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })
+        decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
+        })
     }
 }

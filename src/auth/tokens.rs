@@ -23,9 +23,7 @@ pub fn hash_token(token: &str) -> String {
 pub fn looks_like(token: &str, prefix: &str) -> bool {
     token.len() == prefix.len() + 43
         && token.starts_with(prefix)
-        && token[prefix.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && token[prefix.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Prefix of refresh tokens.

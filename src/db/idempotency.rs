@@ -10,11 +10,7 @@ pub enum IdempotencyRecord {
     /// The first request with this key is still running.
     InFlight { fingerprint: String },
     /// The first request finished with this response.
-    Done {
-        fingerprint: String,
-        status: u16,
-        body: String,
-    },
+    Done { fingerprint: String, status: u16, body: String },
 }
 
 /// Keys older than this are forgotten (a day covers any client retry).
@@ -51,20 +47,17 @@ impl Store {
         if claimed {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
-            .bind(user)
-            .bind(key)
-            .fetch_one(&self.read)
-            .await?;
+        let row =
+            sqlx::query("SELECT fingerprint, status, body FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
+                .bind(user)
+                .bind(key)
+                .fetch_one(&self.read)
+                .await?;
         let fingerprint: String = row.try_get("fingerprint")?;
         let status: Option<i32> = row.try_get("status")?;
         let body: Option<String> = row.try_get("body")?;
         Ok(Some(match (status, body) {
-            (Some(s), Some(b)) => IdempotencyRecord::Done {
-                fingerprint,
-                status: s as u16,
-                body: b,
-            },
+            (Some(s), Some(b)) => IdempotencyRecord::Done { fingerprint, status: s as u16, body: b },
             _ => IdempotencyRecord::InFlight { fingerprint },
         }))
     }

@@ -43,6 +43,9 @@ pub enum AppendOutcome {
     Duplicate(StoredMessage),
     /// The room does not exist (deleted meanwhile).
     NoSuchRoom,
+    /// The sender is not a member of the room (checked in the transaction,
+    /// so a removed member can never store another message).
+    NotMember,
 }
 
 /// A page of history.
@@ -84,10 +87,7 @@ impl Store {
     /// `(room, sender, client_msg_id)` already exists, in the table or earlier
     /// in the batch, come back as [`AppendOutcome::Duplicate`] with the
     /// original seq. Outcomes are in the order of `batch`.
-    pub async fn append_messages(
-        &self,
-        batch: &[NewMessage],
-    ) -> Result<Vec<AppendOutcome>, DbError> {
+    pub async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<AppendOutcome>, DbError> {
         let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, m) in batch.iter().enumerate() {
             by_room.entry(&m.room_id).or_default().push(i);
@@ -95,18 +95,39 @@ impl Store {
         let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
         let mut tx = self.write.begin().await?;
         for (room, idxs) in by_room {
-            let last: Option<i64> = sqlx::query_scalar(
-                "UPDATE rooms SET last_seq = last_seq WHERE id = $1 RETURNING last_seq",
-            )
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let last: Option<i64> =
+                sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq WHERE id = $1 RETURNING last_seq")
+                    .bind(room)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let Some(mut last) = last else {
                 for i in idxs {
                     out[i] = Some(AppendOutcome::NoSuchRoom);
                 }
                 continue;
             };
+
+            // Only members may store messages: checked under the room lock.
+            let mut senders: Vec<&str> = idxs.iter().map(|&i| batch[i].sender_id.as_str()).collect();
+            senders.sort_unstable();
+            senders.dedup();
+            let sql = format!(
+                "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id IN ({})",
+                super::placeholders(2, senders.len())
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql).bind(room);
+            for s in &senders {
+                q = q.bind(*s);
+            }
+            let members: std::collections::HashSet<String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
+            let (idxs, outsiders): (Vec<usize>, Vec<usize>) =
+                idxs.into_iter().partition(|&i| members.contains(&batch[i].sender_id));
+            for i in outsiders {
+                out[i] = Some(AppendOutcome::NotMember);
+            }
+            if idxs.is_empty() {
+                continue;
+            }
 
             // Existing messages with the same idempotency keys.
             let mut known: HashMap<(String, String), StoredMessage> = HashMap::new();
@@ -182,10 +203,7 @@ impl Store {
         tx.commit().await?;
         // Every index was filled: each belongs to exactly one room group and
         // each group assigns an outcome to all of its indices.
-        Ok(out
-            .into_iter()
-            .map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom))
-            .collect())
+        Ok(out.into_iter().map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom)).collect())
     }
 
     /// One page of a room's history, ascending by seq.
@@ -202,11 +220,14 @@ impl Store {
         let fetch = limit + 1;
         let mut messages = if let Some(after) = after_seq {
             let upper = before_seq.unwrap_or(i64::MAX);
-            let sql = format!("SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4");
+            let sql = format!(
+                "SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4"
+            );
             sqlx::query(&sql).bind(room).bind(after).bind(upper).bind(fetch).fetch_all(&self.read).await?
         } else {
             let upper = before_seq.unwrap_or(i64::MAX);
-            let sql = format!("SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
+            let sql =
+                format!("SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
             sqlx::query(&sql).bind(room).bind(upper).bind(fetch).fetch_all(&self.read).await?
         }
         .iter()
@@ -222,20 +243,13 @@ impl Store {
 
     /// Every message a user sent (for export).
     pub async fn messages_by_sender(&self, sender: &str) -> Result<Vec<StoredMessage>, DbError> {
-        let sql = format!(
-            "SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 ORDER BY sent_at, room_id, seq"
-        );
+        let sql = format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 ORDER BY sent_at, room_id, seq");
         let rows = sqlx::query(&sql).bind(sender).fetch_all(&self.read).await?;
         Ok(rows.iter().map(message_from).collect::<Result<_, _>>()?)
     }
 
     /// The highest seq of a room, `None` for an unknown room.
     pub async fn last_seq(&self, room: &str) -> Result<Option<i64>, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1")
-                .bind(room)
-                .fetch_optional(&self.read)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1").bind(room).fetch_optional(&self.read).await?)
     }
 }

@@ -48,9 +48,7 @@ impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => DbError::NotFound,
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                DbError::Unavailable(e)
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => DbError::Unavailable(e),
             other => DbError::Other(other),
         }
     }
@@ -95,11 +93,7 @@ impl Store {
     /// The URL is invalid or the database cannot be reached.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         match backend {
             Backend::Postgres => {
                 let opts = AnyConnectOptions::from_str(url)?;
@@ -108,17 +102,12 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(opts)
                     .await?;
-                Ok(Store {
-                    read: pool.clone(),
-                    write: pool,
-                    backend,
-                })
+                Ok(Store { read: pool.clone(), write: pool, backend })
             }
             Backend::Sqlite => {
                 let url = sqlite_url_with_create(url);
                 if let Some(dir) = sqlite_dir(&url) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| DbError::Unavailable(sqlx::Error::Io(e)))?;
+                    std::fs::create_dir_all(dir).map_err(|e| DbError::Unavailable(sqlx::Error::Io(e)))?;
                 }
                 let opts = AnyConnectOptions::from_str(&url)?;
                 let pool = |n: u32| {
@@ -139,11 +128,7 @@ impl Store {
                 };
                 let write = pool(1).await?;
                 let read = pool(max_connections.max(2)).await?;
-                Ok(Store {
-                    read,
-                    write,
-                    backend,
-                })
+                Ok(Store { read, write, backend })
             }
         }
     }
@@ -191,25 +176,17 @@ fn sqlite_url_with_create(url: &str) -> String {
 }
 
 fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = path.split('?').next()?;
     if path.is_empty() || path.contains(":memory:") {
         return None;
     }
-    std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Into::into)
+    std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(Into::into)
 }
 
 /// Milliseconds since the Unix epoch: the one time format of the schema.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A fresh opaque id (UUIDv7: time-ordered, so indexes stay compact).
@@ -219,8 +196,5 @@ pub fn new_id() -> String {
 
 /// `$start, $start+1, …` placeholders for a dynamically sized statement.
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }

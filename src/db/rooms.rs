@@ -16,11 +16,7 @@ pub enum Role {
 
 impl Role {
     fn parse(s: &str) -> Role {
-        if s == "owner" {
-            Role::Owner
-        } else {
-            Role::Member
-        }
+        if s == "owner" { Role::Owner } else { Role::Member }
     }
 }
 
@@ -75,12 +71,7 @@ const ROOM_FOR_USER: &str = "SELECT r.id, r.name, r.owner_id, r.last_seq, r.crea
 
 impl Store {
     /// Creates a room owned by `owner` with the given extra members.
-    pub async fn create_room(
-        &self,
-        owner: &str,
-        name: &str,
-        members: &[String],
-    ) -> Result<RoomForUser, DbError> {
+    pub async fn create_room(&self, owner: &str, name: &str, members: &[String]) -> Result<RoomForUser, DbError> {
         let id = new_id();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -110,13 +101,7 @@ impl Store {
         }
         tx.commit().await?;
         Ok(RoomForUser {
-            room: Room {
-                id,
-                name: name.to_owned(),
-                owner_id: owner.to_owned(),
-                last_seq: 0,
-                created_at: now,
-            },
+            room: Room { id, name: name.to_owned(), owner_id: owner.to_owned(), last_seq: 0, created_at: now },
             role: Role::Owner,
             read_seq: 0,
         })
@@ -124,25 +109,21 @@ impl Store {
 
     /// Every room the user belongs to, oldest first.
     pub async fn rooms_for_user(&self, user: &str) -> Result<Vec<RoomForUser>, DbError> {
-        let rows = sqlx::query(&format!(
-            "{ROOM_FOR_USER} WHERE m.user_id = $1 ORDER BY r.created_at, r.id"
-        ))
-        .bind(user)
-        .fetch_all(&self.read)
-        .await?;
+        let rows = sqlx::query(&format!("{ROOM_FOR_USER} WHERE m.user_id = $1 ORDER BY r.created_at, r.id"))
+            .bind(user)
+            .fetch_all(&self.read)
+            .await?;
         Ok(rows.iter().map(room_for_user).collect::<Result<_, _>>()?)
     }
 
     /// The room as `user` sees it; [`DbError::NotFound`] when the room does
     /// not exist *or* the user is not a member (the API does not reveal which).
     pub async fn room_for_member(&self, room: &str, user: &str) -> Result<RoomForUser, DbError> {
-        let row = sqlx::query(&format!(
-            "{ROOM_FOR_USER} WHERE m.room_id = $1 AND m.user_id = $2"
-        ))
-        .bind(room)
-        .bind(user)
-        .fetch_one(&self.read)
-        .await?;
+        let row = sqlx::query(&format!("{ROOM_FOR_USER} WHERE m.room_id = $1 AND m.user_id = $2"))
+            .bind(room)
+            .bind(user)
+            .fetch_one(&self.read)
+            .await?;
         Ok(room_for_user(&row)?)
     }
 
@@ -158,10 +139,12 @@ impl Store {
     }
 
     pub async fn members(&self, room: &str) -> Result<Vec<Member>, DbError> {
-        let rows = sqlx::query("SELECT user_id, role, joined_at FROM memberships WHERE room_id = $1 ORDER BY joined_at, user_id")
-            .bind(room)
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT user_id, role, joined_at FROM memberships WHERE room_id = $1 ORDER BY joined_at, user_id",
+        )
+        .bind(room)
+        .fetch_all(&self.read)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(Member {
@@ -175,20 +158,13 @@ impl Store {
     }
 
     pub async fn rename_room(&self, room: &str, name: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE rooms SET name = $2 WHERE id = $1")
-            .bind(room)
-            .bind(name)
-            .execute(&self.write)
-            .await?;
+        sqlx::query("UPDATE rooms SET name = $2 WHERE id = $1").bind(room).bind(name).execute(&self.write).await?;
         Ok(())
     }
 
     /// Deletes a room with its memberships, messages and markers.
     pub async fn delete_room(&self, room: &str) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM rooms WHERE id = $1")
-            .bind(room)
-            .execute(&self.write)
-            .await?;
+        sqlx::query("DELETE FROM rooms WHERE id = $1").bind(room).execute(&self.write).await?;
         Ok(())
     }
 
@@ -209,13 +185,11 @@ impl Store {
     /// Removes a member (and their read marker); `false` when not a member.
     pub async fn remove_member(&self, room: &str, user: &str) -> Result<bool, DbError> {
         let mut tx = self.write.begin().await?;
-        let r = sqlx::query(
-            "DELETE FROM memberships WHERE room_id = $1 AND user_id = $2 AND role <> 'owner'",
-        )
-        .bind(room)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
+        let r = sqlx::query("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2 AND role <> 'owner'")
+            .bind(room)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM read_markers WHERE room_id = $1 AND user_id = $2")
             .bind(room)
             .bind(user)
@@ -240,12 +214,11 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        let stored: i64 =
-            sqlx::query_scalar("SELECT seq FROM read_markers WHERE room_id = $1 AND user_id = $2")
-                .bind(room)
-                .bind(user)
-                .fetch_one(&mut *tx)
-                .await?;
+        let stored: i64 = sqlx::query_scalar("SELECT seq FROM read_markers WHERE room_id = $1 AND user_id = $2")
+            .bind(room)
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(stored)
     }

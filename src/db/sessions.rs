@@ -28,12 +28,7 @@ pub enum RefreshOutcome {
 
 impl Store {
     /// Starts a session with its first refresh token.
-    pub async fn create_session(
-        &self,
-        user_id: &str,
-        token_hash: &str,
-        expires_at: i64,
-    ) -> Result<String, DbError> {
+    pub async fn create_session(&self, user_id: &str, token_hash: &str, expires_at: i64) -> Result<String, DbError> {
         let session = new_id();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -93,23 +88,16 @@ impl Store {
         let deleted: Option<i64> = row.try_get("deleted_at")?;
         let banned: Option<i64> = row.try_get("banned_at")?;
 
-        if revoked.is_some()
-            || session_revoked.is_some()
-            || deleted.is_some()
-            || banned.is_some()
-            || expires <= now
-        {
+        if revoked.is_some() || session_revoked.is_some() || deleted.is_some() || banned.is_some() || expires <= now {
             return Ok(RefreshOutcome::Invalid);
         }
         let spent = used.is_some()
-            || sqlx::query(
-                "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-            )
-            .bind(&id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            || sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                 == 0;
         if spent {
             // Reuse of a spent token means it leaked: revoke the family.
@@ -131,20 +119,16 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(RefreshOutcome::Rotated(SessionIdentity {
-            user_id: user,
-            session_id: family,
-        }))
+        Ok(RefreshOutcome::Rotated(SessionIdentity { user_id: user, session_id: family }))
     }
 
     /// Revokes one session of a user (logout).
     pub async fn revoke_session(&self, user_id: &str, session_id: &str) -> Result<(), DbError> {
         let mut tx = self.write.begin().await?;
-        let owner: Option<String> =
-            sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
-                .bind(session_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let owner: Option<String> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if owner.as_deref() != Some(user_id) {
             return Err(DbError::NotFound);
         }
@@ -154,22 +138,13 @@ impl Store {
     }
 
     /// The session a refresh token belongs to, if it is the caller's.
-    pub async fn session_of_refresh_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<SessionIdentity>, DbError> {
-        let row =
-            sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.read)
-                .await?;
-        row.map(|r| {
-            Ok(SessionIdentity {
-                session_id: r.try_get("family_id")?,
-                user_id: r.try_get("user_id")?,
-            })
-        })
-        .transpose()
+    pub async fn session_of_refresh_token(&self, token_hash: &str) -> Result<Option<SessionIdentity>, DbError> {
+        let row = sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(SessionIdentity { session_id: r.try_get("family_id")?, user_id: r.try_get("user_id")? }))
+            .transpose()
     }
 
     /// Whether an access token's session is live and its user may act.
@@ -210,10 +185,7 @@ impl Store {
 
     /// Spends a ticket: one atomic conditional update, so it works once even
     /// when two handshakes race with it.
-    pub async fn consume_ws_ticket(
-        &self,
-        ticket_hash: &str,
-    ) -> Result<Option<SessionIdentity>, DbError> {
+    pub async fn consume_ws_ticket(&self, ticket_hash: &str) -> Result<Option<SessionIdentity>, DbError> {
         let now = now_ms();
         let row = sqlx::query(
             "UPDATE ws_tickets SET used_at = $2 WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2 \
@@ -223,13 +195,8 @@ impl Store {
         .bind(now)
         .fetch_optional(&self.write)
         .await?;
-        row.map(|r| {
-            Ok(SessionIdentity {
-                user_id: r.try_get("user_id")?,
-                session_id: r.try_get("session_id")?,
-            })
-        })
-        .transpose()
+        row.map(|r| Ok(SessionIdentity { user_id: r.try_get("user_id")?, session_id: r.try_get("session_id")? }))
+            .transpose()
     }
 
     /// Deletes expired tickets and refresh tokens; run periodically.
@@ -249,22 +216,16 @@ impl Store {
     }
 }
 
-async fn revoke_family(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    family: &str,
-    now: i64,
-) -> Result<(), DbError> {
+async fn revoke_family(tx: &mut sqlx::Transaction<'_, sqlx::Any>, family: &str, now: i64) -> Result<(), DbError> {
     sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(family)
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(family)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
+        .bind(family)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

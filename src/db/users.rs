@@ -66,12 +66,7 @@ impl Store {
     ///
     /// # Errors
     /// [`DbError::Conflict`] when the email (case-insensitively) is taken.
-    pub async fn create_user(
-        &self,
-        email: &str,
-        display_name: &str,
-        password_hash: &str,
-    ) -> Result<User, DbError> {
+    pub async fn create_user(&self, email: &str, display_name: &str, password_hash: &str) -> Result<User, DbError> {
         let id = new_id();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -87,14 +82,12 @@ impl Store {
         .execute(&mut *tx)
         .await
         .on_unique("email already registered")?;
-        sqlx::query(
-            "INSERT INTO credentials (user_id, password_hash, updated_at) VALUES ($1, $2, $3)",
-        )
-        .bind(&id)
-        .bind(password_hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO credentials (user_id, password_hash, updated_at) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(password_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(User {
             id,
@@ -123,21 +116,17 @@ impl Store {
 
     /// The password hash of a user, for password changes.
     pub async fn password_hash(&self, user_id: &str) -> Result<String, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_one(&self.read)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT password_hash FROM credentials WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&self.read)
+            .await?)
     }
 
     /// # Errors
     /// [`DbError::NotFound`] for an unknown id (erased users are still found).
     pub async fn get_user(&self, id: &str) -> Result<User, DbError> {
-        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
-            .bind(id)
-            .fetch_one(&self.read)
-            .await?;
+        let row =
+            sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1")).bind(id).fetch_one(&self.read).await?;
         Ok(user_from(&row)?)
     }
 
@@ -175,14 +164,12 @@ impl Store {
                 .await?;
         }
         if let Some(hash) = password_hash {
-            sqlx::query(
-                "UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1",
-            )
-            .bind(id)
-            .bind(hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1")
+                .bind(id)
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         self.get_user(id).await
@@ -214,12 +201,11 @@ impl Store {
     pub async fn erase_user(&self, id: &str) -> Result<(), DbError> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        let owned: Vec<String> = sqlx::query_scalar(
-            "SELECT room_id FROM memberships WHERE user_id = $1 AND role = 'owner'",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let owned: Vec<String> =
+            sqlx::query_scalar("SELECT room_id FROM memberships WHERE user_id = $1 AND role = 'owner'")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
         for room in &owned {
             let heir: Option<String> = sqlx::query_scalar(
                 "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2 \
@@ -231,13 +217,11 @@ impl Store {
             .await?;
             match heir {
                 Some(heir) => {
-                    sqlx::query(
-                        "UPDATE memberships SET role = 'owner' WHERE room_id = $1 AND user_id = $2",
-                    )
-                    .bind(room)
-                    .bind(&heir)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query("UPDATE memberships SET role = 'owner' WHERE room_id = $1 AND user_id = $2")
+                        .bind(room)
+                        .bind(&heir)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query("UPDATE rooms SET owner_id = $2 WHERE id = $1")
                         .bind(room)
                         .bind(&heir)
@@ -245,10 +229,7 @@ impl Store {
                         .await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM rooms WHERE id = $1")
-                        .bind(room)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query("DELETE FROM rooms WHERE id = $1").bind(room).execute(&mut *tx).await?;
                 }
             }
         }
@@ -286,24 +267,20 @@ impl Store {
         let profile = self.get_user(id).await?;
         let rooms = self.rooms_for_user(id).await?;
         let messages = self.messages_by_sender(id).await?;
-        let sessions = sqlx::query("SELECT id, created_at, revoked_at FROM sessions WHERE user_id = $1 ORDER BY created_at")
-            .bind(id)
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(ExportSession {
-                    id: r.try_get("id")?,
-                    created_at: r.try_get("created_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
+        let sessions =
+            sqlx::query("SELECT id, created_at, revoked_at FROM sessions WHERE user_id = $1 ORDER BY created_at")
+                .bind(id)
+                .fetch_all(&self.read)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(ExportSession {
+                        id: r.try_get("id")?,
+                        created_at: r.try_get("created_at")?,
+                        revoked_at: r.try_get("revoked_at")?,
+                    })
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Export {
-            profile,
-            rooms,
-            messages,
-            sessions,
-        })
+                .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Export { profile, rooms, messages, sessions })
     }
 }

@@ -1,0 +1,60 @@
+//! Group commit: concurrent sends are stored in batches, one transaction per
+//! batch, so throughput does not collapse to one transaction per message.
+//!
+//! One committer per instance takes whatever queued up while the previous
+//! batch was being written (up to [`BATCH_MAX`]), stores it, fans the stored
+//! messages out in seq order and then answers each sender. Under light load
+//! a batch is a single message and nothing waits; under heavy load batches
+//! grow by themselves.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Hub;
+use super::frames::message_frame;
+use crate::db::{AppendOutcome, DbError, NewMessage};
+
+/// Queue of sends waiting for the committer.
+pub const QUEUE: usize = 16_384;
+/// Most messages in one transaction.
+pub const BATCH_MAX: usize = 512;
+
+/// One send waiting to be stored.
+pub struct Job {
+    pub msg: NewMessage,
+    pub reply: oneshot::Sender<Result<AppendOutcome, DbError>>,
+}
+
+/// The committer loop; ends when every sender handle is gone.
+pub async fn run(hub: Hub, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
+    while jobs.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let msgs: Vec<NewMessage> = batch.iter().map(|j| j.msg.clone()).collect();
+        hub.metrics().commit_batch_size.observe(msgs.len() as f64);
+        match hub.store().append_messages(&msgs).await {
+            Ok(outcomes) => {
+                // Fan out in seq order per room: outcomes of one room are in
+                // ascending seq already (allocated in batch order).
+                for o in &outcomes {
+                    if let AppendOutcome::Stored(m) = o {
+                        hub.metrics().ws_messages_stored.inc();
+                        hub.deliver_local_commit(&m.room, m.seq, message_frame(m));
+                    }
+                }
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    // The sender may have disconnected: nothing to tell then.
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = batch.len(), "storing a batch failed");
+                for job in batch.drain(..) {
+                    // Same: a gone sender needs no answer.
+                    let _ = job.reply.send(Err(match &e {
+                        DbError::Conflict(c) => DbError::Conflict(c),
+                        _ => DbError::Unavailable(sqlx::Error::PoolTimedOut),
+                    }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! One socket: a single task that reads requests and writes its queue.
+//!
+//! A single task (rather than a reader and a writer) keeps the replay/live
+//! seam of `join` simple: while a replay is written, the live queue simply
+//! waits, and afterwards everything at or below the replayed seq is skipped.
+//! Writes race the connection's kill switch, so a socket whose peer stopped
+//! reading can always be cut off.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+use super::frames::{self, ClientFrame, ErrorCode, ServerFrame, close, error_frame, message_frame};
+use super::{ConnShared, Hub, Outbound};
+use crate::auth::TokenError;
+use crate::db::{AppendOutcome, DbError, NewMessage, now_ms};
+use crate::state::AppState;
+
+/// Who the handshake authenticated.
+pub struct Authenticated {
+    pub user_id: String,
+    pub session_id: String,
+    /// Unix milliseconds when the credential expires.
+    pub expires_at: i64,
+}
+
+/// Messages written per replay page.
+const REPLAY_PAGE: i64 = 500;
+/// Queued frames written before one flush (write coalescing).
+const WRITE_BATCH: usize = 64;
+
+type PendingAck = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Option<Box<RawValue>>, String, String, Result<AppendOutcome, DbError>)>
+            + Send,
+    >,
+>;
+
+struct Conn {
+    hub: Hub,
+    state: AppState,
+    shared: Arc<ConnShared>,
+    ws: WebSocket,
+    /// Joined rooms and the last seq written to the socket for each.
+    joined: HashMap<Arc<str>, i64>,
+    send_limit: DefaultDirectRateLimiter,
+    event_limit: DefaultDirectRateLimiter,
+    strikes: u32,
+    expires_at: i64,
+    last_seen: Instant,
+}
+
+/// Why the loop ended.
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The peer closed or the socket broke: nothing more to send.
+    Gone,
+}
+
+fn quota(per_sec: u32, burst: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+/// Runs one connection until it ends.
+pub async fn run(ws: WebSocket, state: AppState, who: Authenticated) {
+    let hub = state.hub.clone();
+    let (shared, rx) = hub.register(&who.user_id, &who.session_id);
+    let limits = &hub.settings().limits;
+    let mut conn = Conn {
+        send_limit: RateLimiter::direct(quota(limits.send_per_sec, limits.send_burst)),
+        event_limit: RateLimiter::direct(quota(limits.events_per_sec, limits.events_burst)),
+        hub: hub.clone(),
+        state,
+        shared: shared.clone(),
+        ws,
+        joined: HashMap::new(),
+        strikes: 0,
+        expires_at: who.expires_at,
+        last_seen: Instant::now(),
+    };
+    let end = conn.run(rx).await;
+    let rooms: Vec<Arc<str>> = conn.joined.keys().cloned().collect();
+    hub.unregister(&shared, rooms);
+    if let End::Close(code, reason) = end {
+        hub.metrics().ws_closes.with_label_values(&[&code.to_string()]).inc();
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        // Best effort: the peer may be gone or not reading.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+impl Conn {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
+        let settings = self.hub.settings().clone();
+        let hello = ServerFrame::Hello {
+            protocol: 1,
+            session_id: &self.shared.session.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            user_id: &self.shared.user,
+            heartbeat_ms: settings.heartbeat.as_millis() as u64,
+            idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
+            token_expires_at: self.expires_at,
+            limits: &settings.limits,
+        }
+        .encode();
+        if self.write(hello).await.is_err() {
+            return End::Gone;
+        }
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
+        let mut acks: FuturesUnordered<PendingAck> = FuturesUnordered::new();
+        let kill = self.shared.kill.clone();
+        loop {
+            let expiry = deadline_of(self.expires_at);
+            tokio::select! {
+                biased;
+                () = kill.cancelled() => return self.killed(&mut rx).await,
+                item = rx.recv() => {
+                    let Some(item) = item else { return End::Gone };
+                    if let Err(end) = self.write_queue(item, &mut rx).await { return end; }
+                }
+                Some((id, room, cmid, res)) = acks.next(), if !acks.is_empty() => {
+                    let frame = self.ack_frame(id.as_deref(), &room, &cmid, res);
+                    if self.write(frame).await.is_err() { return End::Gone; }
+                }
+                msg = self.ws.recv() => {
+                    self.last_seen = Instant::now();
+                    match msg {
+                        None | Some(Ok(Message::Close(_))) => return End::Gone,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(end) = self.on_text(&text, &mut acks).await { return end; }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let f = self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames", None, None);
+                            if self.write(f).await.is_err() { return End::Gone; }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Err(e)) => return self.on_read_error(e).await,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() > settings.idle_timeout {
+                        return End::Close(1000, "idle timeout".into());
+                    }
+                    if self.ws.send(Message::Ping(Default::default())).await.is_err() { return End::Gone; }
+                }
+                () = sleep_until(expiry) => {
+                    let f = self.error(None, ErrorCode::TokenExpired, "access token expired; renew with an auth frame before token_expires_at", None, None);
+                    let _ = self.write(f).await;
+                    return End::Close(close::AUTH, "token expired".into());
+                }
+            }
+        }
+    }
+
+    /// Closed from outside: at drain, flush what is queued first.
+    async fn killed(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> End {
+        let (code, reason) = self.shared.close_request();
+        if code == close::GOING_AWAY {
+            while let Ok(item) = rx.try_recv() {
+                let flushed = tokio::time::timeout(Duration::from_secs(2), self.write_one(item)).await;
+                if !matches!(flushed, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.flush()).await;
+        }
+        End::Close(code, reason)
+    }
+
+    async fn on_read_error(&mut self, e: axum::Error) -> End {
+        let text = e.to_string();
+        if text.contains("Space limit exceeded")
+            || text.contains("too long")
+            || text.contains("Message too big")
+            || text.contains("size")
+        {
+            End::Close(close::TOO_BIG, "frame too large".into())
+        } else if text.to_ascii_lowercase().contains("utf-8") {
+            End::Close(1007, "invalid UTF-8".into())
+        } else {
+            End::Gone
+        }
+    }
+
+    /// Writes one queued item and up to [`WRITE_BATCH`] more that are ready,
+    /// then flushes once: several frames, one syscall.
+    async fn write_queue(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), End> {
+        let kill = self.shared.kill.clone();
+        let res = tokio::select! {
+            r = async {
+                self.feed_item(first).await?;
+                for _ in 0..WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => self.feed_item(item).await?,
+                        Err(_) => break,
+                    }
+                }
+                self.ws.flush().await
+            } => r,
+            () = kill.cancelled() => return Err(End::Close(self.shared.close_request().0, self.shared.close_request().1)),
+        };
+        res.map_err(|_| End::Gone)
+    }
+
+    async fn write_one(&mut self, item: Outbound) -> Result<(), axum::Error> {
+        self.feed_item(item).await?;
+        self.ws.flush().await
+    }
+
+    /// Feeds one item (without flushing), applying the per-room seq filter.
+    async fn feed_item(&mut self, item: Outbound) -> Result<(), axum::Error> {
+        match item {
+            Outbound::Message { room, seq, frame } => {
+                let Some(&last) = self.joined.get(&room) else { return Ok(()) };
+                if seq <= last {
+                    return Ok(());
+                }
+                if seq > last + 1 {
+                    // A gap (should not happen: the room orders delivery);
+                    // fill it from storage rather than skip messages.
+                    self.replay(&room, last, Some(seq)).await?;
+                }
+                self.joined.insert(room, seq);
+                self.ws.feed(Message::Text(frame)).await
+            }
+            Outbound::Event(frame) => self.ws.feed(Message::Text(frame)).await,
+            Outbound::Left { room, reason } => {
+                if self.joined.remove(&room).is_none() {
+                    return Ok(());
+                }
+                self.ws.feed(Message::Text(ServerFrame::Left { id: None, room: &room, reason }.encode())).await
+            }
+        }
+    }
+
+    async fn write(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
+        let kill = self.shared.kill.clone();
+        tokio::select! {
+            r = self.ws.send(Message::Text(frame)) => r,
+            () = kill.cancelled() => Err(axum::Error::new(std::io::Error::other("connection killed"))),
+        }
+    }
+
+    fn error(
+        &self,
+        id: Option<&RawValue>,
+        code: ErrorCode,
+        message: &str,
+        room: Option<&str>,
+        retry: Option<u64>,
+    ) -> Utf8Bytes {
+        let label = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        self.hub.metrics().ws_errors.with_label_values(&[&label]).inc();
+        error_frame(id, code, message, room, retry)
+    }
+
+    /// Handles one text frame; `Some` ends the connection.
+    async fn on_text(&mut self, text: &str, acks: &mut FuturesUnordered<PendingAck>) -> Option<End> {
+        let (id, frame) = match frames::parse(text, self.hub.settings().limits.max_body_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let f = self.error(e.id.as_deref(), e.code, &e.message, None, None);
+                return self.write(f).await.err().map(|_| End::Gone);
+            }
+        };
+        // Rate limits: sends and everything else have separate budgets.
+        let limiter = if matches!(frame, ClientFrame::Send { .. }) { &self.send_limit } else { &self.event_limit };
+        if let Err(not_until) = limiter.check() {
+            self.strikes += 1;
+            if self.strikes > self.hub.settings().abuse_strikes {
+                return Some(End::Close(close::RATE_LIMIT, "rate limit abuse".into()));
+            }
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let f = self.error(
+                id.as_deref(),
+                ErrorCode::RateLimited,
+                "too many frames; retry later",
+                None,
+                Some(wait.as_millis().max(1) as u64),
+            );
+            return self.write(f).await.err().map(|_| End::Gone);
+        }
+        self.strikes = 0;
+        let id = id.as_deref();
+        let reply = match frame {
+            ClientFrame::Ping => ServerFrame::Pong { id }.encode(),
+            ClientFrame::Join { room, since_seq } => match self.join(id, room, since_seq).await {
+                Ok(f) => f,
+                Err(_) => return Some(End::Gone),
+            },
+            ClientFrame::Leave { room } => {
+                let room: Arc<str> = Arc::from(room);
+                if self.joined.remove(&room).is_some() {
+                    self.hub.unsubscribe(&self.shared, &room);
+                }
+                ServerFrame::Left { id, room: &room, reason: "requested" }.encode()
+            }
+            ClientFrame::Send { room, body, client_msg_id } => {
+                let msg = NewMessage {
+                    room_id: room.clone(),
+                    sender_id: self.shared.user.to_string(),
+                    client_msg_id: client_msg_id.clone(),
+                    body,
+                    sent_at: now_ms(),
+                };
+                let rx: oneshot::Receiver<_> = self.hub.submit(msg).await;
+                let id = id.map(ToOwned::to_owned);
+                acks.push(Box::pin(async move {
+                    let res = rx.await.unwrap_or(Err(DbError::Unavailable(sqlx::Error::PoolClosed)));
+                    (id, room, client_msg_id, res)
+                }));
+                return None;
+            }
+            ClientFrame::Typing { room } => {
+                if !self.joined.contains_key(room.as_str()) {
+                    self.error(id, ErrorCode::Forbidden, "join the room first", Some(&room), None)
+                } else {
+                    let f = ServerFrame::Typing { room: &room, user: &self.shared.user }.encode();
+                    self.hub.broadcast(&room, f, Some(self.shared.id), &self.shared.user);
+                    return None;
+                }
+            }
+            ClientFrame::Read { room, seq } => {
+                if !self.joined.contains_key(room.as_str()) {
+                    self.error(id, ErrorCode::Forbidden, "join the room first", Some(&room), None)
+                } else {
+                    match self.state.store.set_read_marker(&room, &self.shared.user, seq).await {
+                        Ok(stored) => {
+                            let f = ServerFrame::Read { room: &room, user: &self.shared.user, seq: stored }.encode();
+                            self.hub.broadcast(&room, f, None, &self.shared.user);
+                            return None;
+                        }
+                        Err(e) => self.db_error(id, &room, e),
+                    }
+                }
+            }
+            ClientFrame::Auth { token } => self.renew(id, &token).await,
+        };
+        self.write(reply).await.err().map(|_| End::Gone)
+    }
+
+    fn db_error(&self, id: Option<&RawValue>, room: &str, e: DbError) -> Utf8Bytes {
+        tracing::warn!(error = %e, "storage error on socket request");
+        self.error(id, ErrorCode::Unavailable, "storage temporarily unavailable; retry", Some(room), None)
+    }
+
+    fn ack_frame(
+        &self,
+        id: Option<&RawValue>,
+        room: &str,
+        cmid: &str,
+        res: Result<AppendOutcome, DbError>,
+    ) -> Utf8Bytes {
+        match res {
+            Ok(AppendOutcome::Stored(m)) => {
+                ServerFrame::Ack { id, room, client_msg_id: cmid, seq: m.seq, sent_at: m.sent_at, duplicate: false }
+                    .encode()
+            }
+            Ok(AppendOutcome::Duplicate(m)) => {
+                ServerFrame::Ack { id, room, client_msg_id: cmid, seq: m.seq, sent_at: m.sent_at, duplicate: true }
+                    .encode()
+            }
+            Ok(AppendOutcome::NotMember) | Ok(AppendOutcome::NoSuchRoom) => {
+                self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(room), None)
+            }
+            Err(e) => self.db_error(id, room, e),
+        }
+    }
+
+    /// `join`: subscribe first, then read storage, then replay; anything
+    /// fanned out meanwhile waits in the queue and is filtered by seq.
+    async fn join(
+        &mut self,
+        id: Option<&RawValue>,
+        room: String,
+        since_seq: Option<i64>,
+    ) -> Result<Utf8Bytes, axum::Error> {
+        let store = self.state.store.clone();
+        match store.role_in(&room, &self.shared.user).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Ok(self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(&room), None));
+            }
+            Err(e) => return Ok(self.db_error(id, &room, e)),
+        }
+        let room_arc: Arc<str> = Arc::from(room.as_str());
+        self.hub.subscribe(&self.shared, &room_arc);
+        // Until the replay is written, nothing live for this room passes.
+        self.joined.insert(room_arc.clone(), i64::MAX);
+        let last = match store.last_seq(&room).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                self.joined.remove(&room_arc);
+                self.hub.unsubscribe(&self.shared, &room);
+                return Ok(self.error(id, ErrorCode::NotFound, "no such room", Some(&room), None));
+            }
+            Err(e) => {
+                self.joined.remove(&room_arc);
+                self.hub.unsubscribe(&self.shared, &room);
+                return Ok(self.db_error(id, &room, e));
+            }
+        };
+        let mut replayed = 0;
+        if let Some(since) = since_seq.filter(|s| *s < last) {
+            replayed = self.replay(&room_arc, since, Some(last + 1)).await?;
+            self.ws.flush().await?;
+        }
+        self.joined.insert(room_arc, last);
+        Ok(ServerFrame::Joined { id, room: &room, last_seq: last, replayed }.encode())
+    }
+
+    /// Feeds stored messages with `after < seq < until` to the socket, in
+    /// pages. Returns how many were written.
+    async fn replay(&mut self, room: &Arc<str>, after: i64, until: Option<i64>) -> Result<u64, axum::Error> {
+        let mut after = after;
+        let mut n = 0;
+        loop {
+            let page = match self.state.store.history(room, Some(after), until, REPLAY_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed");
+                    return Err(axum::Error::new(std::io::Error::other("replay failed")));
+                }
+            };
+            for m in &page.messages {
+                self.ws.feed(Message::Text(message_frame(m))).await?;
+                after = m.seq;
+                n += 1;
+            }
+            if !page.has_more || page.messages.is_empty() {
+                return Ok(n);
+            }
+            self.ws.flush().await?;
+        }
+    }
+
+    /// `auth`: a fresh access token of the same user extends the connection.
+    async fn renew(&mut self, id: Option<&RawValue>, token: &str) -> Utf8Bytes {
+        let claims = match self.state.keys.verify(token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return self.error(id, ErrorCode::Unauthorized, "token expired", None, None),
+            Err(TokenError::Invalid) => return self.error(id, ErrorCode::Unauthorized, "invalid token", None, None),
+        };
+        if claims.sub != *self.shared.user {
+            return self.error(id, ErrorCode::Unauthorized, "token belongs to another user", None, None);
+        }
+        match self.state.store.session_active(&claims.sub, &claims.sid).await {
+            Ok(true) => {}
+            Ok(false) => return self.error(id, ErrorCode::Unauthorized, "session revoked", None, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "auth renewal check failed");
+                return self.error(id, ErrorCode::Unavailable, "storage temporarily unavailable; retry", None, None);
+            }
+        }
+        *self.shared.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(claims.sid.as_str());
+        self.expires_at = claims.exp * 1000;
+        ServerFrame::AuthOk { id, expires_at: self.expires_at }.encode()
+    }
+}
+
+/// The instant a Unix-millisecond time falls at.
+fn deadline_of(unix_ms: i64) -> Instant {
+    let now = now_ms();
+    Instant::now() + Duration::from_millis((unix_ms - now).max(0) as u64)
+}

@@ -1,0 +1,135 @@
+//! `GET /ws`: everything is checked before the upgrade, so a refused client
+//! gets a plain HTTP error and never a socket.
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::conn::{self, Authenticated};
+use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct WsParams {
+    ticket: Option<String>,
+}
+
+/// The handshake, in order: draining, Origin, per-IP rate, credentials,
+/// ban, capacity; then the upgrade with small buffers.
+pub async fn handler(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match admit(&state, peer, &headers, params.ok().and_then(|q| q.0.ticket)).await {
+        Ok(who) => {
+            let upgrade = match upgrade {
+                Ok(u) => u,
+                Err(_) => {
+                    count(&state, "not_websocket");
+                    return ApiError::bad_request("expected a WebSocket upgrade request").into_response();
+                }
+            };
+            count(&state, "ok");
+            let limits = &state.hub.settings().limits;
+            let hub = state.hub.clone();
+            upgrade
+                // tungstenite's defaults (128 KiB write buffer, 64 MiB
+                // messages) would cost >100 KiB per idle socket; chat frames
+                // are small.
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .max_write_buffer_size(limits.max_frame_bytes * 4 + 64 * 1024)
+                .max_message_size(limits.max_frame_bytes)
+                .max_frame_size(limits.max_frame_bytes)
+                .on_upgrade(move |socket| async move {
+                    hub.spawn_conn(conn::run(socket, state, who));
+                })
+        }
+        Err((reason, e)) => {
+            count(&state, reason);
+            e.into_response()
+        }
+    }
+}
+
+fn count(state: &AppState, outcome: &str) {
+    state.metrics.ws_handshakes.with_label_values(&[outcome]).inc();
+}
+
+async fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    ticket: Option<String>,
+) -> Result<Authenticated, (&'static str, ApiError)> {
+    if state.readiness.is_draining() || state.hub.is_draining() {
+        return Err(("draining", ApiError::Unavailable("server is restarting; reconnect later".into())));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = &state.config.allowed_origins;
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/'))));
+        if !ok {
+            return Err(("origin", ApiError::Forbidden("origin not allowed")));
+        }
+    }
+    if let Err(retry_after_ms) = state.limits.check_handshake(peer.ip()) {
+        return Err(("rate_limited", ApiError::RateLimited { retry_after_ms }));
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let who = match (bearer, ticket) {
+        (Some(token), _) => {
+            let claims = state
+                .keys
+                .verify(&token)
+                .map_err(|_| ("unauthorized", ApiError::Unauthorized("invalid or expired access token")))?;
+            Authenticated { user_id: claims.sub, session_id: claims.sid, expires_at: claims.exp * 1000 }
+        }
+        (None, Some(ticket)) => {
+            if !looks_like(&ticket, TICKET_PREFIX) {
+                return Err(("unauthorized", ApiError::Unauthorized("invalid ticket")));
+            }
+            let who = state
+                .store
+                .consume_ws_ticket(&hash_token(&ticket))
+                .await
+                .map_err(|e| ("unavailable", e.into()))?
+                .ok_or(("unauthorized", ApiError::Unauthorized("invalid, used or expired ticket")))?;
+            // A ticketed socket lives as long as an access token would.
+            let expires_at = crate::db::now_ms() + state.keys.ttl().as_millis() as i64;
+            Authenticated { user_id: who.user_id, session_id: who.session_id, expires_at }
+        }
+        (None, None) => return Err(("unauthorized", ApiError::Unauthorized("missing bearer token or ticket"))),
+    };
+    // Banned is 403 (do not retry); erased or logged out is 401.
+    let user = state
+        .store
+        .get_user(&who.user_id)
+        .await
+        .map_err(|_| ("unauthorized", ApiError::Unauthorized("unknown user")))?;
+    if user.banned_at.is_some() {
+        return Err(("banned", ApiError::Forbidden("user is banned")));
+    }
+    if !state.store.session_active(&who.user_id, &who.session_id).await.map_err(|e| ("unavailable", e.into()))? {
+        return Err(("unauthorized", ApiError::Unauthorized("session revoked")));
+    }
+    if state.hub.connection_count() >= state.hub.settings().max_connections {
+        return Err(("capacity", ApiError::Unavailable("too many connections on this instance".into())));
+    }
+    Ok(who)
+}
