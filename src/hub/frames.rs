@@ -90,7 +90,11 @@ pub struct FrameError {
 /// A request id: a JSON string of at most 64 characters or an integer.
 fn valid_id(raw: &RawValue) -> bool {
     let s = raw.get();
-    (s.starts_with('"') && s.len() <= 66 + 16) || (s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+    if s.starts_with('"') {
+        s.len() <= 64 * 6 + 2 && serde_json::from_str::<String>(s).is_ok_and(|v| v.chars().count() <= 64)
+    } else {
+        serde_json::from_str::<i64>(s).is_ok()
+    }
 }
 
 fn valid_room(r: &str) -> bool {
