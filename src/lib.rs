@@ -11,6 +11,7 @@
 //! - [`limits`]: rate limits (governor).
 //! - [`metrics`]: Prometheus metrics on their own listener.
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
+//! - [`seed`]: bulk users and tokens for load tests (`chatgw seed`).
 //! - [`state`], [`shutdown`], [`telemetry`]: the plumbing.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod seed;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -1,10 +1,33 @@
 //! The gateway binary: config -> telemetry -> build -> run.
+//!
+//! `chatgw` serves; `chatgw seed …` bootstraps load-test users (see
+//! `chatgw seed --help`).
+
+use clap::{Parser, Subcommand};
 
 use chatgw::config::{Config, Environment};
 use chatgw::startup::Application;
 
+#[derive(Parser)]
+#[command(version, about = "Real-time chat gateway. Configured from the environment: see README.md.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and WebSockets (the default).
+    Serve,
+    /// Create load-test users, sessions, tokens and rooms directly in
+    /// DATABASE_URL, signed with the configured JWT key; writes a JSON file
+    /// for `loadtest`. For load-test databases only.
+    Seed(chatgw::seed::SeedArgs),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -13,6 +36,12 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if let Some(Command::Seed(args)) = &cli.command {
+        let file = chatgw::seed::run(&config, args).await?;
+        std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
+        println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
+        return Ok(());
+    }
     chatgw::telemetry::init();
     if config.environment == Environment::Development {
         tracing::warn!("running in development mode (APP_ENV=production for deployments)");

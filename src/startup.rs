@@ -147,6 +147,13 @@ impl Application {
                 stop.cancel();
             }
         };
+        // Chat frames are small and latency-sensitive: no Nagle delay.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(drain);
         let mut server = std::pin::pin!(server.into_future());

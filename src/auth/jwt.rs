@@ -111,12 +111,20 @@ impl JwtKeys {
     /// # Errors
     /// Signing failed (cannot happen with a validated key).
     pub fn issue(&self, user_id: &str, session_id: &str) -> anyhow::Result<String> {
+        self.issue_with_ttl(user_id, session_id, self.ttl)
+    }
+
+    /// Issues a token with a given lifetime (load-test seeding only).
+    ///
+    /// # Errors
+    /// As [`JwtKeys::issue`].
+    pub fn issue_with_ttl(&self, user_id: &str, session_id: &str, ttl: Duration) -> anyhow::Result<String> {
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: user_id.to_owned(),
             sid: session_id.to_owned(),
             iat: now,
-            exp: now + self.ttl.as_secs() as i64,
+            exp: now + ttl.as_secs() as i64,
             jti: uuid::Uuid::new_v4().simple().to_string(),
         };
         let mut header = Header::new(self.algorithm);

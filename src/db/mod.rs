@@ -14,12 +14,14 @@
 mod idempotency;
 mod messages;
 mod rooms;
+mod seed;
 mod sessions;
 mod users;
 
 pub use idempotency::IdempotencyRecord;
 pub use messages::{AppendOutcome, HistoryPage, NewMessage, StoredMessage};
 pub use rooms::{Member, Role, Room, RoomForUser};
+pub use seed::SeedUser;
 pub use sessions::{RefreshOutcome, SessionIdentity};
 pub use users::{Export, User};
 
