@@ -1,0 +1,74 @@
+//! The gateway's CPU time and memory, read from `/proc/<pid>` (Linux), or
+//! from its Prometheus `process_*` metrics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+/// One reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// User + system CPU seconds since the process started.
+    pub cpu_secs: f64,
+    pub rss_kib: u64,
+}
+
+/// Where to read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Pid(u32),
+    /// `http://127.0.0.1:9090/metrics`
+    Metrics(String),
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ): 100 on Linux.
+const USER_HZ: f64 = 100.0;
+
+impl Source {
+    pub fn sample(&self) -> Option<Sample> {
+        match self {
+            Source::Pid(pid) => {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // Fields after the parenthesised command name.
+                let rest = stat.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let utime: f64 = f.get(11)?.parse().ok()?;
+                let stime: f64 = f.get(12)?.parse().ok()?;
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let rss_kib =
+                    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+                Some(Sample { cpu_secs: (utime + stime) / USER_HZ, rss_kib })
+            }
+            Source::Metrics(url) => {
+                let body = http_get(url)?;
+                let metric = |name: &str| {
+                    body.lines()
+                        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<f64>()
+                        .ok()
+                };
+                Some(Sample {
+                    cpu_secs: metric("process_cpu_seconds_total")?,
+                    rss_kib: (metric("process_resident_memory_bytes")? / 1024.0) as u64,
+                })
+            }
+        }
+    }
+}
+
+/// A tiny HTTP/1.0 GET for loopback metrics endpoints.
+fn http_get(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let addr: std::net::SocketAddr = hostport.parse().ok()?;
+    if !addr.ip().is_loopback() {
+        return None;
+    }
+    let mut s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
