@@ -43,6 +43,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     chatgw::telemetry::init();
+    // One descriptor per socket: raise the soft limit to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     if config.environment == Environment::Development {
         tracing::warn!("running in development mode (APP_ENV=production for deployments)");
     }

@@ -80,6 +80,13 @@ impl Metrics {
         ] {
             registry.register(m).expect("registered once");
         }
+        // process_cpu_seconds_total and process_resident_memory_bytes: what
+        // `loadtest --metrics-url` reads for CPU per delivery and KiB per
+        // connection.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("registered once");
         Metrics {
             registry,
             http_requests,

@@ -260,6 +260,7 @@ fn make_ctx(c: &Common) -> anyhow::Result<Arc<Ctx>> {
     Ok(Arc::new(Ctx {
         targets: c.url.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<_>>()?,
         source_ips: c.source_ips.max(1),
+        run_id: rand::random(),
         start_ns: client::now_ns(),
         sends: Default::default(),
         deliveries: Default::default(),

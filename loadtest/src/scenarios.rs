@@ -25,6 +25,9 @@ pub struct Population {
 /// Shared knobs of a run.
 pub struct Ctx {
     pub targets: Vec<Target>,
+    /// Unique per run: client_msg_ids must not repeat across runs with the
+    /// same seeded users, or the gateway (rightly) treats sends as retries.
+    pub run_id: u32,
     /// Spread client sockets over 127.0.0.1 ..= 127.0.0.N.
     pub source_ips: u8,
     pub start_ns: u64,
@@ -98,7 +101,7 @@ pub async fn traffic_client(
             _ = stop.changed() => break,
             () = tokio::time::sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                 let room = &rooms[rng.gen_range(0..rooms.len())];
-                let cmid = format!("c{i}-{n}");
+                let cmid = format!("{:x}-{i}-{n}", ctx.run_id);
                 n += 1;
                 let body = client::stamped_body(b.body_bytes);
                 if client::send(&mut ws, &json!({"type": "send", "room": room, "client_msg_id": cmid, "body": body})).await.is_err() {
@@ -115,8 +118,12 @@ pub async fn traffic_client(
                         0..=2 => Some(json!({"type": "typing", "room": room})),
                         3..=4 => Some(json!({"type": "read", "room": room, "seq": obs.rooms.get(room).map(|v| v.max_seen).unwrap_or(0)})),
                         5 => {
-                            // Leave and rejoin with resume.
+                            // Leave, wait for `left` (messages still in flight
+                            // arrive before it), then rejoin with resume.
                             let _ = client::send(&mut ws, &json!({"type": "leave", "room": room})).await;
+                            if !wait_left(&ctx, &mut ws, room, &mut obs, &mut acked, &mut pending).await {
+                                return (obs, acked);
+                            }
                             let since = obs.rooms.get(room).map(|v| v.max_seen).unwrap_or(0);
                             if client::join(&mut ws, &mut obs, room, Some(since), ctx.start_ns).await.is_err() {
                                 obs.on_close("rejoin failed");
@@ -163,6 +170,35 @@ pub async fn traffic_client(
     }
     let _ = ws.close(None).await;
     (obs, acked)
+}
+
+/// Reads until `left` for `room`, accounting everything on the way.
+async fn wait_left(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    room: &str,
+    obs: &mut Observed,
+    acked: &mut HashMap<String, i64>,
+    pending: &mut HashMap<String, (String, String)>,
+) -> bool {
+    loop {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(m) => m,
+            Err(_) => {
+                obs.on_close("leave timed out");
+                return false;
+            }
+        };
+        if let Some(Ok(Message::Text(t))) = &msg
+            && t.contains("\"left\"")
+            && serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v["type"] == "left" && v["room"] == room)
+        {
+            return true;
+        }
+        if !on_msg(ctx, msg, obs, acked, pending) {
+            return false;
+        }
+    }
 }
 
 type WsItem = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
