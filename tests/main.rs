@@ -12,3 +12,4 @@ mod rooms;
 mod storage;
 mod ws;
 mod ws_client;
+mod ws_faults;

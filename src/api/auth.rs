@@ -174,6 +174,8 @@ pub async fn refresh(
     responses((status = 204), (status = 401, body = ErrorBody)))]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
     state.store.revoke_session(&user.user_id, &user.session_id).await?;
+    // Its sockets close with 4001 on every instance.
+    state.hub.session_revoked(&user.user_id, &user.session_id);
     tracing::info!(user_id = %user.user_id, "logout");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,7 +1,7 @@
 //! Message persistence: gap-free per-room sequence numbers, idempotent by
 //! `(room, sender, client_msg_id)`, appended in batches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::Row;
@@ -74,135 +74,168 @@ fn message_from(r: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
 /// Rows per multi-row INSERT: 6 parameters each stays far below both
 /// backends' parameter limits.
 const INSERT_CHUNK: usize = 500;
+/// Tuples per `IN (…)` list (at most 3 parameters each).
+const IN_CHUNK: usize = 1000;
 
 impl Store {
     /// Appends a batch of messages, possibly for many rooms, in ONE
-    /// transaction (the hub's group commit).
+    /// transaction (the hub's group commit) of a constant number of
+    /// statements, whatever the number of rooms:
     ///
-    /// Per room: the room row is locked first (`UPDATE … RETURNING`, a row
-    /// lock on PostgreSQL, the write lock on SQLite), so concurrent writers on
-    /// any instance serialise on that room and seqs are allocated without
-    /// gaps or duplicates; a rollback releases them unused. Rooms are locked
-    /// in sorted order so two batches can never deadlock. Messages whose
-    /// `(room, sender, client_msg_id)` already exists, in the table or earlier
-    /// in the batch, come back as [`AppendOutcome::Duplicate`] with the
-    /// original seq. Outcomes are in the order of `batch`.
+    /// 1. lock the batch's rooms and read their `last_seq`: `FOR UPDATE` in
+    ///    id order on PostgreSQL, so concurrent writers on any instance
+    ///    serialise per room and can never deadlock; SQLite has one writer
+    ///    connection, which already serialises;
+    /// 2. keep only senders who are members (checked under the lock, so a
+    ///    removed member can never store another message);
+    /// 3. find messages already stored with the same
+    ///    `(room, sender, client_msg_id)`, and repeats within the batch: they
+    ///    come back as [`AppendOutcome::Duplicate`] with the original seq;
+    /// 4. insert the rest with consecutive seqs after `last_seq`;
+    /// 5. move each room's `last_seq`.
+    ///
+    /// A rollback releases the seqs unused, so they stay gap-free. Outcomes
+    /// are in the order of `batch`.
     pub async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<AppendOutcome>, DbError> {
-        let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, m) in batch.iter().enumerate() {
-            by_room.entry(&m.room_id).or_default().push(i);
-        }
         let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
+        let mut rooms: Vec<&str> = batch.iter().map(|m| m.room_id.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
         let mut tx = self.write.begin().await?;
-        for (room, idxs) in by_room {
-            let last: Option<i64> =
-                sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq WHERE id = $1 RETURNING last_seq")
-                    .bind(room)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some(mut last) = last else {
-                for i in idxs {
-                    out[i] = Some(AppendOutcome::NoSuchRoom);
-                }
-                continue;
-            };
 
-            // Only members may store messages: checked under the room lock.
-            let mut senders: Vec<&str> = idxs.iter().map(|&i| batch[i].sender_id.as_str()).collect();
-            senders.sort_unstable();
-            senders.dedup();
+        // 1. Lock and read.
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for chunk in rooms.chunks(IN_CHUNK) {
+            let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
             let sql = format!(
-                "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id IN ({})",
-                super::placeholders(2, senders.len())
+                "SELECT id, last_seq FROM rooms WHERE id IN ({}) ORDER BY id{lock}",
+                super::placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query_scalar::<_, String>(&sql).bind(room);
-            for s in &senders {
-                q = q.bind(*s);
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q.bind(*r);
             }
-            let members: std::collections::HashSet<String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
-            let (idxs, outsiders): (Vec<usize>, Vec<usize>) =
-                idxs.into_iter().partition(|&i| members.contains(&batch[i].sender_id));
-            for i in outsiders {
-                out[i] = Some(AppendOutcome::NotMember);
+            for row in q.fetch_all(&mut *tx).await? {
+                last.insert(row.try_get("id")?, row.try_get("last_seq")?);
             }
-            if idxs.is_empty() {
+        }
+
+        // 2. Membership of (room, sender) pairs.
+        let mut pairs: Vec<(&str, &str)> = batch.iter().map(|m| (m.room_id.as_str(), m.sender_id.as_str())).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut members: HashSet<(String, String)> = HashSet::new();
+        for chunk in pairs.chunks(IN_CHUNK) {
+            let tuples =
+                (0..chunk.len()).map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k)).collect::<Vec<_>>().join(", ");
+            let sql = format!("SELECT room_id, user_id FROM memberships WHERE (room_id, user_id) IN ({tuples})");
+            let mut q = sqlx::query(&sql);
+            for (r, u) in chunk {
+                q = q.bind(*r).bind(*u);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                members.insert((row.try_get("room_id")?, row.try_get("user_id")?));
+            }
+        }
+
+        // 3. Already stored.
+        let candidates: Vec<usize> = (0..batch.len())
+            .filter(|&i| {
+                let m = &batch[i];
+                let ok = last.contains_key(&m.room_id) && members.contains(&(m.room_id.clone(), m.sender_id.clone()));
+                if !ok {
+                    out[i] = Some(if last.contains_key(&m.room_id) {
+                        AppendOutcome::NotMember
+                    } else {
+                        AppendOutcome::NoSuchRoom
+                    });
+                }
+                ok
+            })
+            .collect();
+        let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
+        for chunk in candidates.chunks(IN_CHUNK) {
+            let tuples = (0..chunk.len())
+                .map(|k| format!("({})", super::placeholders(1 + 3 * k, 3)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("SELECT {MSG_COLS} FROM messages WHERE (room_id, sender_id, client_msg_id) IN ({tuples})");
+            let mut q = sqlx::query(&sql);
+            for &i in chunk {
+                q = q.bind(&batch[i].room_id).bind(&batch[i].sender_id).bind(&batch[i].client_msg_id);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                let m = message_from(&r)?;
+                known.insert((m.room.clone(), m.sender.clone(), m.client_msg_id.clone()), m);
+            }
+        }
+
+        // 4. Allocate seqs in batch order and insert.
+        let mut fresh: Vec<StoredMessage> = Vec::new();
+        let mut moved: BTreeMap<&str, i64> = BTreeMap::new();
+        for &i in &candidates {
+            let m = &batch[i];
+            let key = (m.room_id.clone(), m.sender_id.clone(), m.client_msg_id.clone());
+            if let Some(orig) = known.get(&key) {
+                out[i] = Some(AppendOutcome::Duplicate(orig.clone()));
                 continue;
             }
+            // `candidates` only holds rooms found in step 1.
+            let seq = last.get_mut(&m.room_id).map(|l| {
+                *l += 1;
+                *l
+            });
+            let Some(seq) = seq else { continue };
+            moved.insert(&m.room_id, seq);
+            let stored = StoredMessage {
+                room: m.room_id.clone(),
+                seq,
+                sender: m.sender_id.clone(),
+                body: m.body.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                sent_at: m.sent_at,
+                deleted: false,
+            };
+            known.insert(key, stored.clone());
+            out[i] = Some(AppendOutcome::Stored(stored.clone()));
+            fresh.push(stored);
+        }
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let rows = (0..chunk.len())
+                .map(|k| format!("({})", super::placeholders(1 + 6 * k, 6)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id, sent_at) VALUES {rows}");
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q.bind(&m.room).bind(m.seq).bind(&m.sender).bind(&m.body).bind(&m.client_msg_id).bind(m.sent_at);
+            }
+            q.execute(&mut *tx).await?;
+        }
 
-            // Existing messages with the same idempotency keys.
-            let mut known: HashMap<(String, String), StoredMessage> = HashMap::new();
-            for chunk in idxs.chunks(INSERT_CHUNK) {
-                let pairs = (0..chunk.len())
-                    .map(|k| format!("(${}, ${})", 2 + 2 * k, 3 + 2 * k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND (sender_id, client_msg_id) IN ({pairs})"
-                );
-                let mut q = sqlx::query(&sql).bind(room);
-                for &i in chunk {
-                    q = q.bind(&batch[i].sender_id).bind(&batch[i].client_msg_id);
-                }
-                for r in q.fetch_all(&mut *tx).await? {
-                    let m = message_from(&r)?;
-                    known.insert((m.sender.clone(), m.client_msg_id.clone()), m);
-                }
+        // 5. Move last_seq (one CASE statement per chunk of rooms).
+        let moved: Vec<(&str, i64)> = moved.into_iter().collect();
+        for chunk in moved.chunks(IN_CHUNK) {
+            let cases = (0..chunk.len())
+                .map(|k| format!("WHEN ${} THEN ${}", 1 + 2 * k, 2 + 2 * k))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let ids = super::placeholders(1 + 2 * chunk.len(), chunk.len());
+            let sql = format!("UPDATE rooms SET last_seq = CASE id {cases} END WHERE id IN ({ids})");
+            let mut q = sqlx::query(&sql);
+            for (room, seq) in chunk {
+                q = q.bind(*room).bind(*seq);
             }
-
-            let mut fresh: Vec<StoredMessage> = Vec::new();
-            for &i in &idxs {
-                let m = &batch[i];
-                let key = (m.sender_id.clone(), m.client_msg_id.clone());
-                if let Some(orig) = known.get(&key) {
-                    out[i] = Some(AppendOutcome::Duplicate(orig.clone()));
-                    continue;
-                }
-                last += 1;
-                let stored = StoredMessage {
-                    room: m.room_id.clone(),
-                    seq: last,
-                    sender: m.sender_id.clone(),
-                    body: m.body.clone(),
-                    client_msg_id: m.client_msg_id.clone(),
-                    sent_at: m.sent_at,
-                    deleted: false,
-                };
-                known.insert(key, stored.clone());
-                out[i] = Some(AppendOutcome::Stored(stored.clone()));
-                fresh.push(stored);
+            for (room, _) in chunk {
+                q = q.bind(*room);
             }
-
-            for chunk in fresh.chunks(INSERT_CHUNK) {
-                let rows = (0..chunk.len())
-                    .map(|k| format!("({})", super::placeholders(1 + 6 * k, 6)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id, sent_at) VALUES {rows}"
-                );
-                let mut q = sqlx::query(&sql);
-                for m in chunk {
-                    q = q
-                        .bind(&m.room)
-                        .bind(m.seq)
-                        .bind(&m.sender)
-                        .bind(&m.body)
-                        .bind(&m.client_msg_id)
-                        .bind(m.sent_at);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            if !fresh.is_empty() {
-                sqlx::query("UPDATE rooms SET last_seq = $2 WHERE id = $1")
-                    .bind(room)
-                    .bind(last)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        // Every index was filled: each belongs to exactly one room group and
-        // each group assigns an outcome to all of its indices.
+        // Every index was filled: each message is either refused in step 3,
+        // a duplicate, or stored in step 4.
         Ok(out.into_iter().map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom)).collect())
     }
 

@@ -116,7 +116,7 @@ async fn admit(
         }
         (None, None) => return Err(("unauthorized", ApiError::Unauthorized("missing bearer token or ticket"))),
     };
-    // Banned is 403 (do not retry); erased or logged out is 401.
+    // Banned or erased is 403 (do not retry); logged out is 401.
     let user = state
         .store
         .get_user(&who.user_id)
@@ -124,6 +124,9 @@ async fn admit(
         .map_err(|_| ("unauthorized", ApiError::Unauthorized("unknown user")))?;
     if user.banned_at.is_some() {
         return Err(("banned", ApiError::Forbidden("user is banned")));
+    }
+    if user.deleted_at.is_some() {
+        return Err(("erased", ApiError::Forbidden("account erased")));
     }
     if !state.store.session_active(&who.user_id, &who.session_id).await.map_err(|e| ("unavailable", e.into()))? {
         return Err(("unauthorized", ApiError::Unauthorized("session revoked")));
