@@ -46,6 +46,10 @@ type PendingAck = std::pin::Pin<
 >;
 
 struct Conn {
+    /// Resolves when the connection is killed. Created once: making a new
+    /// cancellation future per loop turn costs a waiter registration each.
+    /// (`None` only while a write batch has it out, see `write_queue`.)
+    killed: Option<Killed>,
     hub: Hub,
     state: AppState,
     shared: Arc<ConnShared>,
@@ -78,6 +82,7 @@ pub async fn run(ws: WebSocket, state: AppState, who: Authenticated) {
     let (shared, rx) = hub.register(&who.user_id, &who.session_id);
     let limits = &hub.settings().limits;
     let mut conn = Conn {
+        killed: Some(Box::pin(shared.kill.clone().cancelled_owned())),
         send_limit: RateLimiter::direct(quota(limits.send_per_sec, limits.send_burst)),
         event_limit: RateLimiter::direct(quota(limits.events_per_sec, limits.events_burst)),
         hub: hub.clone(),
@@ -118,12 +123,20 @@ impl Conn {
         }
         let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
         let mut acks: FuturesUnordered<PendingAck> = FuturesUnordered::new();
-        let kill = self.shared.kill.clone();
+        // One timer for the token's expiry, reset only when `auth` renews it
+        // (re-arming a timer on every loop turn costs a timer-wheel update
+        // per frame).
+        let expiry = sleep_until(deadline_of(self.expires_at));
+        tokio::pin!(expiry);
+        let mut armed_for = self.expires_at;
         loop {
-            let expiry = deadline_of(self.expires_at);
+            if armed_for != self.expires_at {
+                armed_for = self.expires_at;
+                expiry.as_mut().reset(deadline_of(armed_for));
+            }
             tokio::select! {
                 biased;
-                () = kill.cancelled() => return self.killed(&mut rx).await,
+                () = killed_or_pending(&mut self.killed) => return self.on_killed(&mut rx).await,
                 item = rx.recv() => {
                     let Some(item) = item else { return End::Gone };
                     if let Err(end) = self.write_queue(item, &mut rx).await { return end; }
@@ -153,7 +166,7 @@ impl Conn {
                     }
                     if self.ws.send(Message::Ping(Default::default())).await.is_err() { return End::Gone; }
                 }
-                () = sleep_until(expiry) => {
+                () = &mut expiry => {
                     let f = self.error(None, ErrorCode::TokenExpired, "access token expired; renew with an auth frame before token_expires_at", None, None);
                     let _ = self.write(f).await;
                     return End::Close(close::AUTH, "token expired".into());
@@ -163,7 +176,7 @@ impl Conn {
     }
 
     /// Closed from outside: at drain, flush what is queued first.
-    async fn killed(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> End {
+    async fn on_killed(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> End {
         let (code, reason) = self.shared.close_request();
         if code == close::GOING_AWAY {
             while let Ok(item) = rx.try_recv() {
@@ -195,8 +208,19 @@ impl Conn {
     /// Writes one queued item and up to [`WRITE_BATCH`] more that are ready,
     /// then flushes once: several frames, one syscall.
     async fn write_queue(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), End> {
-        let kill = self.shared.kill.clone();
+        if self.shared.kill.is_cancelled() {
+            let (code, reason) = self.shared.close_request();
+            return Err(End::Close(code, reason));
+        }
+        // Moved out for the duration, so the writes may borrow `self`.
+        let Some(mut killed) = self.killed.take() else { return Err(End::Gone) };
         let res = tokio::select! {
+            biased;
+            () = &mut killed => {
+                self.killed = Some(killed);
+                let (code, reason) = self.shared.close_request();
+                return Err(End::Close(code, reason));
+            }
             r = async {
                 self.feed_item(first).await?;
                 for _ in 0..WRITE_BATCH {
@@ -207,8 +231,8 @@ impl Conn {
                 }
                 self.ws.flush().await
             } => r,
-            () = kill.cancelled() => return Err(End::Close(self.shared.close_request().0, self.shared.close_request().1)),
         };
+        self.killed = Some(killed);
         res.map_err(|_| End::Gone)
     }
 
@@ -244,10 +268,14 @@ impl Conn {
     }
 
     async fn write(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
-        let kill = self.shared.kill.clone();
+        let gone = || axum::Error::new(std::io::Error::other("connection killed"));
+        if self.shared.kill.is_cancelled() {
+            return Err(gone());
+        }
         tokio::select! {
+            biased;
+            () = killed_or_pending(&mut self.killed) => Err(gone()),
             r = self.ws.send(Message::Text(frame)) => r,
-            () = kill.cancelled() => Err(axum::Error::new(std::io::Error::other("connection killed"))),
         }
     }
 
@@ -465,6 +493,16 @@ impl Conn {
         *self.shared.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(claims.sid.as_str());
         self.expires_at = claims.exp * 1000;
         ServerFrame::AuthOk { id, expires_at: self.expires_at }.encode()
+    }
+}
+
+type Killed = std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>;
+
+/// The kill future, or one that never resolves while it is lent out.
+async fn killed_or_pending(k: &mut Option<Killed>) {
+    match k {
+        Some(f) => f.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

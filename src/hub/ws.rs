@@ -15,6 +15,9 @@ use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Bytes of frames gathered before a socket write (a flush writes sooner).
+const WRITE_BUFFER: usize = 16 * 1024;
+
 #[derive(Deserialize)]
 pub struct WsParams {
     ticket: Option<String>,
@@ -42,11 +45,13 @@ pub async fn handler(
             let limits = &state.hub.settings().limits;
             let hub = state.hub.clone();
             upgrade
-                // tungstenite's defaults (128 KiB write buffer, 64 MiB
-                // messages) would cost >100 KiB per idle socket; chat frames
-                // are small.
+                // tungstenite's defaults (128 KiB buffers, 64 MiB messages)
+                // would cost >100 KiB per idle socket; chat frames are small.
+                // The write buffer lets the writer coalesce queued frames
+                // into one write per flush (conn.rs); it grows only on
+                // sockets that receive bursts.
                 .read_buffer_size(4 * 1024)
-                .write_buffer_size(0)
+                .write_buffer_size(WRITE_BUFFER)
                 .max_write_buffer_size(limits.max_frame_bytes * 4 + 64 * 1024)
                 .max_message_size(limits.max_frame_bytes)
                 .max_frame_size(limits.max_frame_bytes)
