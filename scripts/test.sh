@@ -32,6 +32,8 @@ pg_bin() {
 missing=()
 pg_bin >/dev/null || missing+=(postgresql postgresql-client)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # key generation in the JWT tests
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from apt"
     SUDO=""

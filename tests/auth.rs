@@ -161,3 +161,91 @@ async fn tickets_are_issued_hashed(db: Db) {
     // Unauthenticated callers get none.
     assert_eq!(app.post(None, "/api/v1/auth/ws-ticket", json!({})).await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Asymmetric signing (EdDSA here; RS256 and ES256 take the same path) with
+/// a `kid`, and rotation: tokens signed by the previous key stay valid.
+#[tokio::test]
+async fn asymmetric_keys_and_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let keypair = |name: &str| {
+        let private = dir.path().join(format!("{name}.pem"));
+        let public = dir.path().join(format!("{name}.pub.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&private)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let ok = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        (private.to_str().unwrap().to_owned(), public.to_str().unwrap().to_owned())
+    };
+    let (old_priv, old_pub) = keypair("old");
+    let (new_priv, new_pub) = keypair("new");
+    let db = crate::helpers::TestDb::new(Db::Sqlite).await;
+
+    // Instance 1 signs with the old key.
+    let mut vars = crate::helpers::base_vars(&db.url);
+    vars.remove("JWT_SECRET");
+    for (k, v) in [
+        ("JWT_ALGORITHM", "EdDSA"),
+        ("JWT_PRIVATE_KEY_FILE", old_priv.as_str()),
+        ("JWT_PUBLIC_KEY_FILE", old_pub.as_str()),
+        ("JWT_KID", "k1"),
+    ] {
+        vars.insert(k.into(), v.to_string());
+    }
+    let old = chatgw::auth::JwtKeys::from_config(&chatgw::config::Config::from_vars(&vars).unwrap()).unwrap();
+    let token = old.issue("u", "s").unwrap();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!((header.alg, header.kid.as_deref()), (jsonwebtoken::Algorithm::EdDSA, Some("k1")));
+    assert!(old.verify(&token).is_ok());
+
+    // After rotation: new key signs, the old one only verifies.
+    let mut rotated = vars.clone();
+    for (k, v) in
+        [("JWT_PRIVATE_KEY_FILE", new_priv.as_str()), ("JWT_PUBLIC_KEY_FILE", new_pub.as_str()), ("JWT_KID", "k2")]
+    {
+        rotated.insert(k.into(), v.to_string());
+    }
+    for (k, v) in [
+        ("JWT_PREVIOUS_KID", "k1"),
+        ("JWT_PREVIOUS_ALGORITHM", "EdDSA"),
+        ("JWT_PREVIOUS_PUBLIC_KEY_FILE", old_pub.as_str()),
+    ] {
+        rotated.insert(k.into(), v.to_string());
+    }
+    let new = chatgw::auth::JwtKeys::from_config(&chatgw::config::Config::from_vars(&rotated).unwrap()).unwrap();
+    assert!(new.verify(&token).is_ok(), "a token of the previous key still verifies");
+    let fresh = new.issue("u", "s").unwrap();
+    assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some("k2"));
+    assert!(old.verify(&fresh).is_err(), "the old instance does not know k2");
+
+    // A token whose header claims another algorithm (HS256 with the public
+    // key as secret: the classic confusion attack) is refused.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header { kid: Some("k2".into()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) },
+        &serde_json::json!({"sub": "u", "sid": "s", "iat": 0, "exp": 4_000_000_000i64, "jti": "x"}),
+        &jsonwebtoken::EncodingKey::from_secret(std::fs::read(&new_pub).unwrap().as_slice()),
+    )
+    .unwrap();
+    assert!(new.verify(&forged).is_err());
+
+    // The whole app runs on the asymmetric key.
+    let app = spawn_app_with(Db::Sqlite, |v| {
+        *v = rotated
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(v.iter().filter(|(k, _)| k.as_str() == "DATABASE_URL").map(|(k, v)| (k.clone(), v.clone())))
+            .collect();
+    })
+    .await;
+    let eve = app.register("eve").await;
+    assert_eq!(app.get(&eve.access, "/api/v1/me").await.status, StatusCode::OK);
+}

@@ -43,26 +43,61 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
         // The default port may be busy on a test machine; everything else
         // is the default.
         .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn gateway");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let lines = log.clone();
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(url) = line.strip_prefix("chatgw listening on ") {
                 let _ = tx.send(url.to_owned());
             }
+            lines.lock().unwrap().push(line);
         }
     });
     let url = rx.recv_timeout(Duration::from_secs(60)).expect("gateway printed its URL");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async { reqwest::get(format!("{url}/readyz")).await.map(|r| r.status()) });
+    // A REST flow whose secrets must not reach the logs.
+    let secrets = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let r: serde_json::Value = c
+            .post(format!("{url}/api/v1/auth/register"))
+            .json(&serde_json::json!({"email": "Secret.Person@example.com", "password": "hunter2-hunter2", "display_name": "Sam"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let access = r["access_token"].as_str().unwrap().to_owned();
+        let refresh = r["refresh_token"].as_str().unwrap().to_owned();
+        c.get(format!("{url}/api/v1/me")).bearer_auth(&access).send().await.unwrap();
+        c.post(format!("{url}/api/v1/auth/refresh")).json(&serde_json::json!({"refresh_token": refresh})).send().await.unwrap();
+        let t: serde_json::Value = c.post(format!("{url}/api/v1/auth/ws-ticket")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+        let ticket = t["ticket"].as_str().unwrap().to_owned();
+        c.get(format!("{url}/ws?ticket={ticket}")).send().await.unwrap();
+        vec!["Secret.Person@example.com".to_lowercase(), "hunter2-hunter2".into(), access, refresh, ticket]
+    });
     // SIGTERM: a clean, prompt exit.
     unsafe_kill_term(child.id());
     let exit = child.wait().unwrap();
+    reader.join().unwrap();
     assert_eq!(status.unwrap(), reqwest::StatusCode::OK);
+    let log = log.lock().unwrap();
+    assert!(log.iter().any(|l| l.contains("\"request_id\"")), "JSON logs with request ids");
+    for line in log.iter().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).expect("every log line is JSON");
+        let lower = line.to_lowercase();
+        for s in &secrets {
+            assert!(!lower.contains(&s.to_lowercase()), "a secret reached the logs: {line}");
+        }
+    }
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
     assert!(dir.path().join("data/chatgw.db").exists(), "SQLite file under ./data");
 }

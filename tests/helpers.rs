@@ -112,8 +112,9 @@ pub struct TestApp {
     pub db: Db,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    // Declared last: dropped after the server stopped.
-    _test_db: TestDb,
+    // Declared last: dropped after the server stopped. In a cluster only
+    // the last instance owns the database.
+    _test_db: Option<TestDb>,
 }
 
 /// Environment a test app starts with; tests override entries.
@@ -139,6 +140,27 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut HashMap<String, Stri
     tweak(&mut vars);
     let config = Config::from_vars(&vars).expect("test config is valid");
     let app = Application::build(config).await.expect("app builds");
+    start(app, db, Some(test_db))
+}
+
+/// `n` gateway instances on one database, linked by one in-process bus: a
+/// cluster in one test process (the bus seam is what Redis plugs into).
+pub async fn spawn_cluster(db: Db, n: usize) -> Vec<TestApp> {
+    init_tracing();
+    let test_db = TestDb::new(db).await;
+    let bus: chatgw::bus::SharedBus = std::sync::Arc::new(chatgw::bus::local::LocalBus::new());
+    let mut apps = Vec::new();
+    let mut owner = Some(test_db);
+    for i in 0..n {
+        let url = owner.as_ref().expect("owned until the last instance").url.clone();
+        let config = Config::from_vars(&base_vars(&url)).expect("test config is valid");
+        let app = Application::build_with_bus(config, bus.clone()).await.expect("app builds");
+        apps.push(start(app, db, if i + 1 == n { owner.take() } else { None }));
+    }
+    apps
+}
+
+fn start(app: Application, db: Db, test_db: Option<TestDb>) -> TestApp {
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let store = app.state().store.clone();

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod binary;
+mod cluster;
 mod me;
 mod openapi;
 mod rooms;

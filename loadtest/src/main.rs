@@ -302,7 +302,7 @@ async fn run_traffic(
         body_bytes: t.body_bytes.max(24),
         chatty,
         reconnect_every,
-        drain: Duration::from_secs(3),
+        drain: Duration::from_secs(2),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(Barrier::new(n + 1));

@@ -161,11 +161,18 @@ pub async fn traffic_client(
             }
         }
     }
-    // Drain: read stragglers until quiet.
-    let end = tokio::time::Instant::now() + b.drain;
-    while let Ok(msg) = tokio::time::timeout_at(end, ws.next()).await {
-        if !on_msg(&ctx, msg, &mut obs, &mut acked, &mut pending) {
-            return (obs, acked);
+    // Drain: read what is still in flight until the socket has been quiet
+    // for `b.drain` (a backlog is late, not lost), at most 60 s.
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let quiet = (tokio::time::Instant::now() + b.drain).min(end);
+        match tokio::time::timeout_at(quiet, ws.next()).await {
+            Ok(msg) => {
+                if !on_msg(&ctx, msg, &mut obs, &mut acked, &mut pending) {
+                    return (obs, acked);
+                }
+            }
+            Err(_) => break,
         }
     }
     let _ = ws.close(None).await;
