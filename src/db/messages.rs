@@ -58,6 +58,7 @@ pub struct HistoryPage {
 }
 
 const MSG_COLS: &str = "room_id, seq, sender_id, body, client_msg_id, sent_at, deleted_at";
+const MSG_COLS_M: &str = "m.room_id, m.seq, m.sender_id, m.body, m.client_msg_id, m.sent_at, m.deleted_at";
 
 fn message_from(r: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
     Ok(StoredMessage {
@@ -128,7 +129,11 @@ impl Store {
         for chunk in pairs.chunks(IN_CHUNK) {
             let tuples =
                 (0..chunk.len()).map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k)).collect::<Vec<_>>().join(", ");
-            let sql = format!("SELECT room_id, user_id FROM memberships WHERE (room_id, user_id) IN ({tuples})");
+            // A join on VALUES plans as index look-ups on both backends.
+            let sql = format!(
+                "SELECT m.room_id, m.user_id FROM memberships m JOIN (VALUES {tuples}) AS v \
+                 ON m.room_id = v.column1 AND m.user_id = v.column2"
+            );
             let mut q = sqlx::query(&sql);
             for (r, u) in chunk {
                 q = q.bind(*r).bind(*u);
@@ -159,8 +164,10 @@ impl Store {
                 .map(|k| format!("({})", super::placeholders(1 + 3 * k, 3)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql =
-                format!("SELECT {MSG_COLS} FROM messages WHERE (room_id, sender_id, client_msg_id) IN ({tuples})");
+            let sql = format!(
+                "SELECT {MSG_COLS_M} FROM messages m JOIN (VALUES {tuples}) AS v \
+                 ON m.room_id = v.column1 AND m.sender_id = v.column2 AND m.client_msg_id = v.column3"
+            );
             let mut q = sqlx::query(&sql);
             for &i in chunk {
                 q = q.bind(&batch[i].room_id).bind(&batch[i].sender_id).bind(&batch[i].client_msg_id);
