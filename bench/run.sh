@@ -106,7 +106,7 @@ throughput() { # persisted messages/s from many senders: 1,000 rooms of 2
 }
 
 idle() { # N idle authenticated sockets, gateway KiB per connection
-    local n=${IDLE_N:-20000}
+    local n=${IDLE_N:-19000}
     start_gateway sqlite "$n" 1 2
     lt "idle-$n" idle --url $URL --seed "$OUT/seed.json" --connections "$n" --duration 5 --source-ips 8 --gateway-pid $pid
     stop

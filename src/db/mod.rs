@@ -22,7 +22,7 @@ pub use idempotency::IdempotencyRecord;
 pub use messages::{AppendOutcome, HistoryPage, NewMessage, StoredMessage};
 pub use rooms::{Member, Role, Room, RoomForUser};
 pub use seed::SeedUser;
-pub use sessions::{RefreshOutcome, SessionIdentity};
+pub use sessions::{RefreshOutcome, SessionIdentity, SessionStatus};
 pub use users::{Export, User};
 
 use std::str::FromStr;

@@ -15,6 +15,14 @@ pub struct SessionIdentity {
     pub session_id: String,
 }
 
+/// What the handshake needs to know about a credential's session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionStatus {
+    pub revoked: bool,
+    pub erased: bool,
+    pub banned: bool,
+}
+
 /// The result of presenting a refresh token.
 #[derive(Debug)]
 pub enum RefreshOutcome {
@@ -164,6 +172,30 @@ impl Store {
         let b: Option<i64> = row.try_get("deleted_at")?;
         let c: Option<i64> = row.try_get("banned_at")?;
         Ok(a.is_none() && b.is_none() && c.is_none())
+    }
+
+    /// The state of a user's session in one query (for the handshake, which
+    /// must tell banned and erased users apart from revoked sessions).
+    pub async fn session_status(&self, user_id: &str, session_id: &str) -> Result<Option<SessionStatus>, DbError> {
+        let row = sqlx::query(
+            "SELECT s.id AS sid, s.revoked_at, u.deleted_at, u.banned_at FROM users u LEFT JOIN sessions s \
+             ON s.id = $2 AND s.user_id = u.id WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .bind(session_id)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        let erased: Option<i64> = row.try_get("deleted_at")?;
+        let banned: Option<i64> = row.try_get("banned_at")?;
+        // A missing session (deleted at erasure) reads as revoked.
+        let session_missing = row.try_get::<Option<String>, _>("sid")?.is_none();
+        Ok(Some(SessionStatus {
+            revoked: revoked.is_some() || session_missing,
+            erased: erased.is_some(),
+            banned: banned.is_some(),
+        }))
     }
 
     /// Stores a WebSocket ticket (hashed).

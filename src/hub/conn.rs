@@ -150,7 +150,9 @@ impl Conn {
                     match msg {
                         None | Some(Ok(Message::Close(_))) => return End::Gone,
                         Some(Ok(Message::Text(text))) => {
-                            if let Some(end) = self.on_text(&text, &mut acks).await { return end; }
+                            // Boxed: request handling (join, replay, auth) is
+                            // a large future that an idle socket need not carry.
+                            if let Some(end) = Box::pin(self.on_text(&text, &mut acks)).await { return end; }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let f = self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames", None, None);
@@ -244,25 +246,30 @@ impl Conn {
     /// Feeds one item (without flushing), applying the per-room seq filter.
     async fn feed_item(&mut self, item: Outbound) -> Result<(), axum::Error> {
         match item {
-            Outbound::Message { room, seq, frame } => {
-                let Some(&last) = self.joined.get(&room) else { return Ok(()) };
-                if seq <= last {
+            Outbound::Message(d) => {
+                let Some(last) = self.joined.get_mut(&d.room) else { return Ok(()) };
+                if d.seq <= *last {
                     return Ok(());
                 }
-                if seq > last + 1 {
+                if d.seq > *last + 1 {
                     // A gap (should not happen: the room orders delivery);
-                    // fill it from storage rather than skip messages.
-                    self.replay(&room, last, Some(seq)).await?;
+                    // fill it from storage rather than skip messages. Boxed:
+                    // the rare path must not grow every idle task.
+                    let from = *last;
+                    Box::pin(self.replay(&d.room, from, Some(d.seq))).await?;
                 }
-                self.joined.insert(room, seq);
-                self.ws.feed(Message::Text(frame)).await
+                if let Some(last) = self.joined.get_mut(&d.room) {
+                    *last = d.seq;
+                }
+                self.ws.feed(Message::Text(d.frame.clone())).await
             }
-            Outbound::Event(frame) => self.ws.feed(Message::Text(frame)).await,
-            Outbound::Left { room, reason } => {
-                if self.joined.remove(&room).is_none() {
+            Outbound::Event(frame) => self.ws.feed(Message::Text((*frame).clone())).await,
+            Outbound::Left(left) => {
+                let (room, reason) = &*left;
+                if self.joined.remove(room).is_none() {
                     return Ok(());
                 }
-                self.ws.feed(Message::Text(ServerFrame::Left { id: None, room: &room, reason }.encode())).await
+                self.ws.feed(Message::Text(ServerFrame::Left { id: None, room, reason }.encode())).await
             }
         }
     }

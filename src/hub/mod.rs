@@ -54,15 +54,25 @@ pub struct HubSettings {
     pub drain_reconnect_max_ms: u64,
 }
 
-/// What a connection's writer receives.
+/// A stored message on its way to sockets: one allocation shared by every
+/// recipient, so a queue slot is one pointer.
+#[derive(Debug)]
+pub struct Delivery {
+    pub room: Arc<str>,
+    pub seq: i64,
+    pub frame: Utf8Bytes,
+}
+
+/// What a connection's writer receives. Kept to two words: every
+/// connection's queue allocates its first block of slots up front.
 #[derive(Debug)]
 pub enum Outbound {
     /// A stored message of a room (filtered by seq on the connection).
-    Message { room: Arc<str>, seq: i64, frame: Utf8Bytes },
+    Message(Arc<Delivery>),
     /// An ephemeral frame (typing, read, presence).
-    Event(Utf8Bytes),
+    Event(Arc<Utf8Bytes>),
     /// The connection lost a room.
-    Left { room: Arc<str>, reason: &'static str },
+    Left(Arc<(Arc<str>, &'static str)>),
 }
 
 /// The part of a connection others touch: its queue and its kill switch.
@@ -289,8 +299,9 @@ impl Hub {
             Some(e) => e.subs.clone(),
             None => return,
         };
+        let shared = Arc::new(frame.clone());
         for c in subs.iter().filter(|c| Some(c.id) != exclude) {
-            c.offer(Outbound::Event(frame.clone()));
+            c.offer(Outbound::Event(shared.clone()));
         }
     }
 
@@ -387,7 +398,7 @@ impl Hub {
         for c in conns {
             // Unsubscribe first: no message of the room reaches it after this.
             self.unsubscribe(&c, room);
-            c.offer(Outbound::Left { room: room_arc.clone(), reason });
+            c.offer(Outbound::Left(Arc::new((room_arc.clone(), reason))));
         }
     }
 
@@ -489,8 +500,9 @@ impl Hub {
 
 fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, metrics: &Metrics) {
     e.delivered = Some(seq);
+    let d = Arc::new(Delivery { room: room.clone(), seq, frame });
     for c in &e.subs {
-        if c.offer(Outbound::Message { room: room.clone(), seq, frame: frame.clone() }) {
+        if c.offer(Outbound::Message(d.clone())) {
             metrics.ws_deliveries.inc();
         }
     }

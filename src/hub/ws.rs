@@ -15,6 +15,10 @@ use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Bytes read per socket read: client frames are small; a larger frame just
+/// takes more reads.
+const READ_BUFFER: usize = 1024;
+
 /// Bytes of frames gathered before a socket write (a flush writes sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -50,13 +54,15 @@ pub async fn handler(
                 // The write buffer lets the writer coalesce queued frames
                 // into one write per flush (conn.rs); it grows only on
                 // sockets that receive bursts.
-                .read_buffer_size(4 * 1024)
+                .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(WRITE_BUFFER)
                 .max_write_buffer_size(limits.max_frame_bytes * 4 + 64 * 1024)
                 .max_message_size(limits.max_frame_bytes)
                 .max_frame_size(limits.max_frame_bytes)
                 .on_upgrade(move |socket| async move {
-                    hub.spawn_conn(conn::run(socket, state, who));
+                    let task = conn::run(socket, state, who);
+                    tracing::trace!(task_bytes = std::mem::size_of_val(&task), "connection task");
+                    hub.spawn_conn(task);
                 })
         }
         Err((reason, e)) => {
@@ -121,19 +127,20 @@ async fn admit(
         }
         (None, None) => return Err(("unauthorized", ApiError::Unauthorized("missing bearer token or ticket"))),
     };
-    // Banned or erased is 403 (do not retry); logged out is 401.
-    let user = state
+    // Banned or erased is 403 (do not retry); logged out is 401. One query.
+    let status = state
         .store
-        .get_user(&who.user_id)
+        .session_status(&who.user_id, &who.session_id)
         .await
-        .map_err(|_| ("unauthorized", ApiError::Unauthorized("unknown user")))?;
-    if user.banned_at.is_some() {
+        .map_err(|e| ("unavailable", e.into()))?
+        .ok_or(("unauthorized", ApiError::Unauthorized("unknown session")))?;
+    if status.banned {
         return Err(("banned", ApiError::Forbidden("user is banned")));
     }
-    if user.deleted_at.is_some() {
+    if status.erased {
         return Err(("erased", ApiError::Forbidden("account erased")));
     }
-    if !state.store.session_active(&who.user_id, &who.session_id).await.map_err(|e| ("unavailable", e.into()))? {
+    if status.revoked {
         return Err(("unauthorized", ApiError::Unauthorized("session revoked")));
     }
     if state.hub.connection_count() >= state.hub.settings().max_connections {
