@@ -54,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
         abuse_strikes: 50,
         max_connections: 1,
         drain_reconnect_max_ms: 1,
+        committers: std::env::var("COMMITTERS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(if url.starts_with("postgres") { 2 } else { 1 }),
     };
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -106,6 +106,8 @@ pub struct WsConfig {
     pub max_connections: usize,
     pub handshakes_per_ip_per_sec: u32,
     pub drain_reconnect_max_ms: u64,
+    /// Concurrent group-commit transactions on PostgreSQL.
+    pub commit_concurrency: usize,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -272,6 +274,7 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         max_connections: num("MAX_CONNECTIONS", 200_000, 1, 10_000_000)? as usize,
         handshakes_per_ip_per_sec: num("WS_HANDSHAKES_PER_IP_PER_SEC", 100, 1, 1_000_000)? as u32,
         drain_reconnect_max_ms: num("DRAIN_RECONNECT_MAX_MS", 10_000, 1, 600_000)?,
+        commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
     })
 }
 

@@ -81,6 +81,7 @@ impl Application {
             abuse_strikes: ws.abuse_strikes,
             max_connections: ws.max_connections,
             drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
+            committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
         };
         let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);
         let state = AppState {

@@ -7,7 +7,9 @@
 //! a batch is a single message and nothing waits; under heavy load batches
 //! grow by themselves.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Hub;
 use super::frames::message_frame;
@@ -25,9 +27,20 @@ pub struct Job {
 }
 
 /// The committer loop; ends when every sender handle is gone.
-pub async fn run(hub: Hub, mut jobs: mpsc::Receiver<Job>) {
+///
+/// Several committers may share one queue (PostgreSQL): while one waits for
+/// its commit, the next batch is already being written. Batches touching the
+/// same room serialise on its row lock, so seqs stay gap-free; their
+/// deliveries may reach the room out of order, which the room's sequencer
+/// puts back in order (see `Hub::deliver`).
+pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
-    while jobs.recv_many(&mut batch, BATCH_MAX).await > 0 {
+    loop {
+        // Only one committer takes from the queue at a time.
+        let n = jobs.lock().await.recv_many(&mut batch, BATCH_MAX).await;
+        if n == 0 {
+            return;
+        }
         let msgs: Vec<NewMessage> = batch.iter().map(|j| j.msg.clone()).collect();
         hub.metrics().commit_batch_size.observe(msgs.len() as f64);
         match hub.store().append_messages(&msgs).await {

@@ -52,6 +52,8 @@ pub struct HubSettings {
     pub max_connections: usize,
     /// Upper bound of the randomised reconnect delay announced at drain.
     pub drain_reconnect_max_ms: u64,
+    /// Concurrent group-commit transactions (1 for SQLite: one writer).
+    pub committers: usize,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -175,7 +177,10 @@ impl Hub {
                 conn_tasks: TaskTracker::new(),
             }),
         };
-        tasks.spawn(commit::run(hub.clone(), jobs));
+        let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
+        for _ in 0..hub.inner.settings.committers.max(1) {
+            tasks.spawn(commit::run(hub.clone(), jobs.clone()));
+        }
         let events = hub.inner.bus.subscribe();
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
         hub
