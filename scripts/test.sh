@@ -97,4 +97,11 @@ if [ -z "${TEST_REDIS_URL:-}" ]; then
 fi
 
 log "running the test suite"
-cargo test --workspace --locked "$@"
+out=$(mktemp /tmp/chatgw-test-output.XXXXXX)
+cleanup_cmds+=("rm -f $out")
+# Library, binary and integration tests of every workspace member (the crate
+# has no doc tests; benches are run by bench/run.sh, not here).
+cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$out"
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$out"
