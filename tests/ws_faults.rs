@@ -665,3 +665,27 @@ async fn ticket_connection_hello_names_the_user_and_a_future_expiry() {
     assert!(c.hello["token_expires_at"].as_i64().unwrap() > now_ms(), "{}", c.hello);
     assert!(c.drain_until_pong().await.is_empty());
 }
+
+/// A text frame that is not UTF-8 fails that connection with 1007 (RFC 6455
+/// §8.1); nothing is stored and other sockets carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_closes_with_1007_and_nothing_else_breaks() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let app = spawn_app(Db::Sqlite).await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&ann, "utf8", &[&bob]).await;
+    let mut a = WsClient::connect(&app, &ann.access).await;
+    let mut b = WsClient::connect(&app, &bob.access).await;
+    b.join(&room, None).await;
+
+    let payload: Vec<u8> = b"{\"type\":\"ping\",\"id\":\"\xff\xfe\"}".to_vec();
+    a.send_raw(Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true))).await;
+    let (code, _, _) = a.until_close().await;
+    assert_eq!(code, 1007);
+
+    b.send_msg(&room, "after-utf8", "still fine").await;
+    assert_eq!(b.next_of("ack").await["seq"], 1);
+    assert_eq!(app.store.last_seq(&room).await.unwrap(), Some(1));
+}

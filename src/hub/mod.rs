@@ -506,11 +506,14 @@ impl Hub {
 fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, metrics: &Metrics) {
     e.delivered = Some(seq);
     let d = Arc::new(Delivery { room: room.clone(), seq, frame });
+    let mut queued = 0;
     for c in &e.subs {
         if c.offer(Outbound::Message(d.clone())) {
-            metrics.ws_deliveries.inc();
+            queued += 1;
         }
     }
+    // One shared-counter update per message, not per recipient.
+    metrics.ws_deliveries.inc_by(queued);
 }
 
 /// Releases held messages past a gap that could not be filled.
