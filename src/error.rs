@@ -94,6 +94,11 @@ impl ApiError {
         }
     }
 
+    /// For `map_err` on a rate limiter's verdict.
+    pub fn rate_limited(retry_after_ms: u64) -> Self {
+        ApiError::RateLimited { retry_after_ms }
+    }
+
     pub fn bad_request(msg: impl Into<String>) -> Self {
         ApiError::BadRequest(msg.into())
     }

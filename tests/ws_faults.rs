@@ -382,16 +382,18 @@ async fn token_expiry_and_renewal() {
     assert!(first_expiry > now_ms());
 
     // Token expiries have one-second resolution: a refreshed token expires
-    // later only once the second the first was issued in is over. Real time
-    // has to pass here (less than a second).
-    let issuing_second_ends = first_expiry - 1000;
-    let wait = issuing_second_ends - now_ms();
-    if wait >= 0 {
-        tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
-    }
-    let r = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": ann.refresh})).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    b.send(json!({"type": "auth", "id": "renew-1", "token": r.body["access_token"]})).await;
+    // later only once the second the first was issued in is over. Wait for
+    // that condition (log in again until the new token's `exp` is later),
+    // with a deadline, rather than for a fixed time.
+    let fresh = crate::helpers::eventually(Duration::from_secs(5), || async {
+        let r = app
+            .post(None, "/api/v1/auth/login", json!({"email": ann.email, "password": "correct horse battery"}))
+            .await;
+        let token = r.body["access_token"].as_str()?.to_owned();
+        (token_exp_ms(&token) > first_expiry).then_some(token)
+    })
+    .await;
+    b.send(json!({"type": "auth", "id": "renew-1", "token": fresh})).await;
     let ok = b.next_of("auth_ok").await;
     assert_eq!(ok["id"], "renew-1");
     assert!(ok["expires_at"].as_i64().unwrap() > first_expiry, "renewed: {ok} vs {first_expiry}");
@@ -607,8 +609,9 @@ async fn idle_sockets_are_closed() {
     // The other two have to stay up for a while (2.5 idle timeouts): real
     // time must pass. One sends application pings every 100 ms.
     let chatty_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
         for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            every.tick().await;
             let extra = chatty.drain_until_pong().await;
             assert!(extra.is_empty(), "{extra:?}");
         }
@@ -688,4 +691,14 @@ async fn invalid_utf8_closes_with_1007_and_nothing_else_breaks() {
     b.send_msg(&room, "after-utf8", "still fine").await;
     assert_eq!(b.next_of("ack").await["seq"], 1);
     assert_eq!(app.store.last_seq(&room).await.unwrap(), Some(1));
+}
+
+/// The `exp` claim of an access token, in Unix milliseconds (the payload is
+/// read without verifying: the server verifies, the test only compares).
+fn token_exp_ms(token: &str) -> i64 {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url payload");
+    let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["exp"].as_i64().expect("exp") * 1000
 }

@@ -91,7 +91,7 @@ pub async fn register(
     let email = validate::email(&req.email)?;
     validate::password(&req.password)?;
     let display_name = validate::display_name(&req.display_name)?;
-    state.limits.check_register(peer.ip()).map_err(|retry_after_ms| ApiError::RateLimited { retry_after_ms })?;
+    state.limits.check_register(peer.ip()).map_err(ApiError::rate_limited)?;
     let hash = state.passwords.hash(req.password).await?;
     let user = state.store.create_user(&email, &display_name, &hash).await.map_err(|e| match e {
         DbError::Conflict(_) => ApiError::Conflict("email already registered"),
@@ -114,10 +114,7 @@ pub async fn login(
     if req.email.len() > validate::EMAIL_MAX_BYTES || req.password.len() > validate::PASSWORD_MAX_BYTES {
         return Err(ApiError::bad_request("email or password too long"));
     }
-    state
-        .limits
-        .check_login(&req.email.trim().to_lowercase(), peer.ip())
-        .map_err(|retry_after_ms| ApiError::RateLimited { retry_after_ms })?;
+    state.limits.check_login(&req.email.trim().to_lowercase(), peer.ip()).map_err(ApiError::rate_limited)?;
     let found = state.store.find_login(req.email.trim()).await?;
     let (user, hash) = match found {
         Some((u, h)) if u.is_active() => (Some(u), Some(h)),

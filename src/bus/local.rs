@@ -18,6 +18,8 @@ pub struct LocalBus {
 
 struct Subscriber {
     tx: mpsc::Sender<Envelope>,
+    /// The instance that subscribed: its own events are not sent back to it.
+    origin: String,
     /// Set when an event was dropped; a Resync is owed.
     lagged: bool,
 }
@@ -33,7 +35,7 @@ impl Bus for LocalBus {
         // Held briefly, never across an await; try_send never blocks.
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|s| !s.tx.is_closed());
-        for s in subs.iter_mut() {
+        for s in subs.iter_mut().filter(|s| s.origin != event.origin) {
             if s.lagged {
                 let resync = Envelope { origin: String::new(), event: BusEvent::Resync };
                 if s.tx.try_send(resync).is_ok() {
@@ -47,10 +49,19 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    fn subscribe(&self) -> mpsc::Receiver<Envelope> {
+    fn subscribe(&self, origin: &str) -> mpsc::Receiver<Envelope> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(Subscriber { tx, lagged: false });
+        let sub = Subscriber { tx, origin: origin.to_owned(), lagged: false };
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(sub);
         rx
+    }
+
+    fn has_peers(&self, origin: &str) -> bool {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|s| s.origin != origin && !s.tx.is_closed())
     }
 
     fn name(&self) -> &'static str {
@@ -65,12 +76,16 @@ mod tests {
     #[tokio::test]
     async fn every_subscriber_gets_every_event() {
         let bus = LocalBus::new();
-        let mut a = bus.subscribe();
-        let mut b = bus.subscribe();
+        let mut a = bus.subscribe("a");
+        let mut b = bus.subscribe("b");
+        let mut me = bus.subscribe("x");
+        assert!(bus.has_peers("x"));
+        assert!(!LocalBus::new().has_peers("x"), "alone: nobody to publish to");
         let ev =
             Envelope { origin: "x".into(), event: BusEvent::SessionRevoked { user: "u".into(), session: "s".into() } };
         bus.publish(ev.clone()).unwrap();
         assert_eq!(a.recv().await.unwrap().event, ev.event);
         assert_eq!(b.recv().await.unwrap().event, ev.event);
+        assert!(me.try_recv().is_err(), "no echo to the publisher");
     }
 }

@@ -63,9 +63,17 @@ pub trait Bus: Send + Sync + 'static {
     /// (they recover through gap filling and resync).
     fn publish(&self, event: Envelope) -> Result<(), BusError>;
 
-    /// A stream of events published by any instance (possibly including this
-    /// one's; the hub filters by origin).
-    fn subscribe(&self) -> mpsc::Receiver<Envelope>;
+    /// A stream of events published by the *other* instances: `origin` is
+    /// the subscriber's own instance id, whose events are not echoed back.
+    fn subscribe(&self, origin: &str) -> mpsc::Receiver<Envelope>;
+
+    /// Whether any other instance may be listening. When not (the embedded
+    /// default, one instance), the hub skips building and publishing events
+    /// altogether: it is on the delivery path of every message.
+    fn has_peers(&self, origin: &str) -> bool {
+        let _ = origin;
+        true
+    }
 
     /// Whether the bus is currently connected (for `/readyz`).
     fn is_healthy(&self) -> bool {

@@ -181,7 +181,7 @@ impl Hub {
         for _ in 0..hub.inner.settings.committers.max(1) {
             tasks.spawn(commit::run(hub.clone(), jobs.clone()));
         }
-        let events = hub.inner.bus.subscribe();
+        let events = hub.inner.bus.subscribe(&hub.inner.instance_id);
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
         hub
     }
@@ -292,7 +292,7 @@ impl Hub {
     /// `exclude`) and on other instances.
     pub fn broadcast(&self, room: &str, frame: Utf8Bytes, exclude: Option<u64>, from_user: &str) {
         self.fan_out_event(room, &frame, exclude);
-        self.publish(BusEvent::Ephemeral {
+        self.publish(|| BusEvent::Ephemeral {
             room: room.to_owned(),
             frame: frame.as_str().to_owned(),
             from_user: from_user.to_owned(),
@@ -300,12 +300,10 @@ impl Hub {
     }
 
     fn fan_out_event(&self, room: &str, frame: &Utf8Bytes, exclude: Option<u64>) {
-        let subs: Vec<Arc<ConnShared>> = match self.inner.rooms.get(room) {
-            Some(e) => e.subs.clone(),
-            None => return,
-        };
+        // Under the room's guard, like message fan-out: `offer` never waits.
+        let Some(entry) = self.inner.rooms.get(room) else { return };
         let shared = Arc::new(frame.clone());
-        for c in subs.iter().filter(|c| Some(c.id) != exclude) {
+        for c in entry.subs.iter().filter(|c| Some(c.id) != exclude) {
             c.offer(Outbound::Event(shared.clone()));
         }
     }
@@ -323,7 +321,7 @@ impl Hub {
 
     /// Fans a stored message out here and publishes it to other instances.
     pub fn deliver_local_commit(&self, room: &str, seq: i64, frame: Utf8Bytes) {
-        self.publish(BusEvent::Message { room: room.to_owned(), seq, frame: frame.as_str().to_owned() });
+        self.publish(|| BusEvent::Message { room: room.to_owned(), seq, frame: frame.as_str().to_owned() });
         self.deliver(room, seq, frame);
     }
 
@@ -386,7 +384,7 @@ impl Hub {
 
     /// A user lost a room: their sockets leave it, here and everywhere.
     pub fn member_removed(&self, room: &str, user: &str, reason: &'static str) {
-        self.publish(BusEvent::MemberRemoved {
+        self.publish(|| BusEvent::MemberRemoved {
             room: room.to_owned(),
             user: user.to_owned(),
             reason: reason.to_owned(),
@@ -409,7 +407,7 @@ impl Hub {
 
     /// Closes the sockets of one session (logout) with 4001, everywhere.
     pub fn session_revoked(&self, user: &str, session: &str) {
-        self.publish(BusEvent::SessionRevoked { user: user.to_owned(), session: session.to_owned() });
+        self.publish(|| BusEvent::SessionRevoked { user: user.to_owned(), session: session.to_owned() });
         self.apply_session_revoked(user, session);
     }
 
@@ -424,7 +422,7 @@ impl Hub {
 
     /// Closes every socket of a user (ban: 4003, erasure: 4001), everywhere.
     pub fn close_user(&self, user: &str, code: u16, reason: &str) {
-        self.publish(BusEvent::UserClosed { user: user.to_owned(), code, reason: reason.to_owned() });
+        self.publish(|| BusEvent::UserClosed { user: user.to_owned(), code, reason: reason.to_owned() });
         for c in self.user_conns(user) {
             c.close(code, reason);
         }
@@ -434,8 +432,13 @@ impl Hub {
         self.inner.users.get(user).map(|v| v.clone()).unwrap_or_default()
     }
 
-    fn publish(&self, event: BusEvent) {
-        let env = Envelope { origin: self.inner.instance_id.clone(), event };
+    /// Publishes to other instances; the event is only built when some
+    /// other instance may listen.
+    fn publish(&self, event: impl FnOnce() -> BusEvent) {
+        if !self.inner.bus.has_peers(&self.inner.instance_id) {
+            return;
+        }
+        let env = Envelope { origin: self.inner.instance_id.clone(), event: event() };
         if let Err(e) = self.inner.bus.publish(env) {
             tracing::warn!(error = %e, bus = self.inner.bus.name(), "bus publish failed");
         }
