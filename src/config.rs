@@ -66,6 +66,14 @@ pub struct Config {
     pub db_max_connections: u32,
     /// `None` means the in-process bus.
     pub redis_url: Option<SecretString>,
+    /// Prefix of Redis channels and keys (`REDIS_PREFIX`).
+    pub redis_prefix: String,
+    /// Bus events queued for publishing before new ones are dropped.
+    pub redis_publish_queue: usize,
+    /// Redis health-check and command timeout.
+    pub redis_timeout: Duration,
+    /// How long an unwatched room stays subscribed.
+    pub redis_linger: Duration,
     pub jwt_key: JwtKeyConfig,
     /// The `kid` header of tokens signed by `jwt_key`.
     pub jwt_kid: String,
@@ -166,13 +174,25 @@ impl Config {
         }
         let redis_url = match get("REDIS_URL") {
             None => None,
-            Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") || v.starts_with("redis-cluster://") => {
+            Some(v) if v.starts_with("redis://") || v.starts_with("redis-cluster://") => {
                 Some(SecretString::from(v.to_owned()))
             }
+            Some(v) if v.starts_with("rediss://") || v.starts_with("rediss-cluster://") => {
+                return Err(err(
+                    "REDIS_URL",
+                    "TLS to Redis is not built in; reach Redis over a private network or a TLS tunnel (README)",
+                ));
+            }
             Some(_) => {
-                return Err(err("REDIS_URL", "must start with redis://, rediss:// or redis-cluster://"));
+                return Err(err("REDIS_URL", "must start with redis:// or redis-cluster://"));
             }
         };
+        let redis_prefix = get("REDIS_PREFIX").unwrap_or("chatgw:").to_owned();
+        if redis_prefix.len() > 64 || redis_prefix.contains(['{', '}']) || redis_prefix.contains(char::is_whitespace) {
+            // Braces would make a hash tag and put every room on one
+            // cluster shard.
+            return Err(err("REDIS_PREFIX", "must be at most 64 bytes, without braces or spaces"));
+        }
 
         let (jwt_key, default_kid) = jwt_key_from(vars, "", dev)?;
         let jwt_kid = get("JWT_KID").map(str::to_owned).unwrap_or(default_kid);
@@ -219,6 +239,10 @@ impl Config {
             database_url: SecretString::from(database_url),
             db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", 16)?.clamp(1, 1000) as u32,
             redis_url,
+            redis_prefix,
+            redis_publish_queue: num("REDIS_PUBLISH_QUEUE", 65_536, 16, 10_000_000)? as usize,
+            redis_timeout: Duration::from_millis(num("REDIS_TIMEOUT_MS", 2_000, 100, 60_000)?),
+            redis_linger: secs("REDIS_ROOM_LINGER_SECS", 30, 0, 3_600)?,
             jwt_key,
             jwt_kid,
             jwt_previous,

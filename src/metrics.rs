@@ -13,6 +13,13 @@ pub const WS_CLOSES: &str = "chatgw_ws_closes_total";
 pub const WS_ERRORS: &str = "chatgw_ws_errors_total";
 pub const WS_HANDSHAKES: &str = "chatgw_ws_handshakes_total";
 pub const COMMIT_BATCH: &str = "chatgw_commit_batch_size";
+pub const BUS_UP: &str = "chatgw_bus_up";
+pub const BUS_RECONNECTS: &str = "chatgw_bus_reconnects_total";
+pub const BUS_DROPPED: &str = "chatgw_bus_events_dropped_total";
+pub const BUS_PUBLISH_QUEUE: &str = "chatgw_bus_publish_queue_depth";
+pub const BUS_ROOMS: &str = "chatgw_bus_subscribed_rooms";
+pub const HUB_GAP_FILLS: &str = "chatgw_hub_gap_fills_total";
+pub const HUB_RESYNCS: &str = "chatgw_hub_resyncs_total";
 
 /// Handles to every metric; cheap to clone.
 #[derive(Clone)]
@@ -36,6 +43,20 @@ pub struct Metrics {
     pub ws_handshakes: IntCounterVec,
     /// Messages per group-commit transaction.
     pub commit_batch_size: Histogram,
+    /// 1 while the bus answers its health check (always 1 in-process).
+    pub bus_up: IntGauge,
+    /// Reconnections of the bus to Redis.
+    pub bus_reconnects: IntCounter,
+    /// Bus events lost, by where (peers recover them from storage).
+    pub bus_events_dropped: IntCounterVec,
+    /// Events waiting in the publish queue (sampled per batch).
+    pub bus_publish_queue: IntGauge,
+    /// Room channels this instance is subscribed to.
+    pub bus_rooms: IntGauge,
+    /// Gaps in a room's sequence filled from storage.
+    pub hub_gap_fills: IntCounter,
+    /// Catch-ups of every room from storage after the bus lost events.
+    pub hub_resyncs: IntCounter,
 }
 
 impl Metrics {
@@ -67,6 +88,18 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
         )
         .expect("valid metric");
+        let bus_up = IntGauge::new(BUS_UP, "Whether the bus answers its health check").expect("valid metric");
+        bus_up.set(1);
+        let bus_reconnects = IntCounter::new(BUS_RECONNECTS, "Bus reconnections to Redis").expect("valid metric");
+        let bus_events_dropped = IntCounterVec::new(Opts::new(BUS_DROPPED, "Bus events lost, by reason"), &["reason"])
+            .expect("valid metric");
+        let bus_publish_queue =
+            IntGauge::new(BUS_PUBLISH_QUEUE, "Events waiting to be published on the bus").expect("valid metric");
+        let bus_rooms = IntGauge::new(BUS_ROOMS, "Room channels subscribed on the bus").expect("valid metric");
+        let hub_gap_fills =
+            IntCounter::new(HUB_GAP_FILLS, "Room sequence gaps filled from storage").expect("valid metric");
+        let hub_resyncs =
+            IntCounter::new(HUB_RESYNCS, "Catch-ups from storage after the bus lost events").expect("valid metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(db_up.clone()),
@@ -77,6 +110,13 @@ impl Metrics {
             Box::new(ws_errors.clone()),
             Box::new(ws_handshakes.clone()),
             Box::new(commit_batch_size.clone()),
+            Box::new(bus_up.clone()),
+            Box::new(bus_reconnects.clone()),
+            Box::new(bus_events_dropped.clone()),
+            Box::new(bus_publish_queue.clone()),
+            Box::new(bus_rooms.clone()),
+            Box::new(hub_gap_fills.clone()),
+            Box::new(hub_resyncs.clone()),
         ] {
             registry.register(m).expect("registered once");
         }
@@ -98,6 +138,13 @@ impl Metrics {
             ws_errors,
             ws_handshakes,
             commit_batch_size,
+            bus_up,
+            bus_reconnects,
+            bus_events_dropped,
+            bus_publish_queue,
+            bus_rooms,
+            hub_gap_fills,
+            hub_resyncs,
         }
     }
 

@@ -11,10 +11,12 @@ use axum::routing::get;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtKeys, Passwords};
 use crate::bus::SharedBus;
 use crate::bus::local::LocalBus;
+use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::config::Config;
 use crate::db::Store;
 use crate::hub::{Hub, HubSettings, frames};
@@ -28,7 +30,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: AppState,
     stop: CancellationToken,
-    tasks: tokio_util::task::TaskTracker,
+    tasks: TaskTracker,
 }
 
 impl Application {
@@ -38,18 +40,25 @@ impl Application {
     /// # Errors
     /// The database is unreachable, a migration fails, or a port is taken.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        if config.redis_url.is_some() {
-            anyhow::bail!("REDIS_URL: the Redis bus is not implemented yet; unset it to run with the in-process bus");
-        }
-        Self::build_with_bus(config, Arc::new(LocalBus::new())).await
+        Self::build_with(config, |_, _, _| Ok(Arc::new(LocalBus::new()))).await
     }
 
     /// Like [`Application::build`] with a given bus; tests link several
-    /// instances in one process through one [`LocalBus`].
+    /// instances in one process through one [`crate::bus::local::LocalNetwork`].
     ///
     /// # Errors
     /// As [`Application::build`].
     pub async fn build_with_bus(config: Config, bus: SharedBus) -> anyhow::Result<Self> {
+        Self::build_with(config, move |_, _, _| Ok(bus)).await
+    }
+
+    /// Builds with the bus the configuration asks for: Redis when
+    /// `REDIS_URL` is set, else `in_process` (given the metrics, the stop
+    /// token and the task tracker the bus runs under).
+    async fn build_with(
+        config: Config,
+        in_process: impl FnOnce(&Metrics, &CancellationToken, &TaskTracker) -> anyhow::Result<SharedBus>,
+    ) -> anyhow::Result<Self> {
         let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections)
             .await
             .context("connecting to DATABASE_URL")?;
@@ -64,7 +73,25 @@ impl Application {
         };
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
-        let tasks = tokio_util::task::TaskTracker::new();
+        let tasks = TaskTracker::new();
+        let bus: SharedBus = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisBus::start(
+                    RedisSettings {
+                        url: url.expose_secret().to_owned(),
+                        prefix: config.redis_prefix.clone(),
+                        publish_queue: config.redis_publish_queue,
+                        timeout: config.redis_timeout,
+                        linger: config.redis_linger,
+                    },
+                    metrics.clone(),
+                    stop.clone(),
+                    &tasks,
+                )
+                .context("REDIS_URL")?,
+            ),
+            None => in_process(&metrics, &stop, &tasks)?,
+        };
         let ws = &config.ws;
         let settings = HubSettings {
             limits: frames::Limits {
@@ -165,10 +192,15 @@ impl Application {
                 tracing::warn!(timeout_secs = timeout.as_secs(), "in-flight requests did not finish in time");
             }
         }
-        // The committer ends once every sender handle is gone; the state
-        // (holding the hub) is dropped below, after the tasks are told to stop.
+        // Every background task watches `stop`: committers store what is
+        // queued and end, the bus listener and publisher end. The bound is
+        // a guard against a stuck database, not something shutdown waits
+        // out.
         tasks.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        if tokio::time::timeout(timeout, tasks.wait()).await.is_err() {
+            tracing::warn!(remaining = tasks.len(), "background tasks did not stop in time");
+        }
+        let _ = tokio::time::timeout(timeout, state.hub.bus().close()).await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

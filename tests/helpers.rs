@@ -148,13 +148,13 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut HashMap<String, Stri
 pub async fn spawn_cluster(db: Db, n: usize) -> Vec<TestApp> {
     init_tracing();
     let test_db = TestDb::new(db).await;
-    let bus: chatgw::bus::SharedBus = std::sync::Arc::new(chatgw::bus::local::LocalBus::new());
+    let net = chatgw::bus::local::LocalNetwork::new();
     let mut apps = Vec::new();
     let mut owner = Some(test_db);
     for i in 0..n {
         let url = owner.as_ref().expect("owned until the last instance").url.clone();
         let config = Config::from_vars(&base_vars(&url)).expect("test config is valid");
-        let app = Application::build_with_bus(config, bus.clone()).await.expect("app builds");
+        let app = Application::build_with_bus(config, std::sync::Arc::new(net.attach())).await.expect("app builds");
         apps.push(start(app, db, if i + 1 == n { owner.take() } else { None }));
     }
     apps

@@ -21,8 +21,9 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok", reason: None })
 }
 
-/// 200 only when the database really answers and the instance is not
-/// draining; 503 with the reason otherwise.
+/// 200 only when the database really answers, the bus is connected (Redis
+/// answers its health check) and the instance is not draining; 503 with the
+/// reason otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let not_ready = |reason: &str| {
@@ -36,6 +37,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     state.metrics.db_up.set(db_ok as i64);
     if !db_ok {
         return not_ready("database unreachable");
+    }
+    if let Err(why) = state.hub.bus().health() {
+        return not_ready(&format!("bus ({}): {why}", state.hub.bus().name()));
     }
     (StatusCode::OK, Json(Health { status: "ok", reason: None }))
 }

@@ -1,67 +1,117 @@
-//! The in-process bus: the embedded default.
+//! The in-process bus: the embedded default, and several hubs in one process
+//! linked as a cluster (the tests' cluster without Redis).
+//!
+//! A [`LocalNetwork`] plays the part of Redis; each instance attaches one
+//! [`LocalBus`] handle to it. Routing follows the same interest rules as the
+//! Redis bus: room events reach only handles watching the room, control
+//! events reach every handle, and nobody hears its own events.
 
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusEvent, Envelope};
+use super::{Bus, BusEvent, BusFuture};
 
-/// Capacity of each subscriber's queue. A subscriber that falls this far
-/// behind gets a [`BusEvent::Resync`] instead of the events it missed.
+/// Capacity of each handle's queue. A handle that falls this far behind
+/// gets a [`BusEvent::Resync`] instead of the events it missed.
 const SUBSCRIBER_QUEUE: usize = 65_536;
 
-/// Fans published events out to every subscriber in the process.
+/// The shared medium handles attach to.
 #[derive(Default)]
-pub struct LocalBus {
-    subscribers: Mutex<Vec<Subscriber>>,
+pub struct LocalNetwork {
+    members: Mutex<Vec<Member>>,
+    next_id: AtomicU64,
 }
 
-struct Subscriber {
-    tx: mpsc::Sender<Envelope>,
-    /// The instance that subscribed: its own events are not sent back to it.
-    origin: String,
+struct Member {
+    id: u64,
+    tx: mpsc::Sender<BusEvent>,
+    rooms: HashSet<Arc<str>>,
     /// Set when an event was dropped; a Resync is owed.
     lagged: bool,
 }
 
+impl LocalNetwork {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A new instance's handle on this network.
+    pub fn attach(self: &Arc<Self>) -> LocalBus {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push(Member { id, tx, rooms: HashSet::new(), lagged: false });
+        LocalBus { net: self.clone(), id, rx: Mutex::new(Some(rx)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One instance's handle on a [`LocalNetwork`].
+pub struct LocalBus {
+    net: Arc<LocalNetwork>,
+    id: u64,
+    rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+}
+
 impl LocalBus {
+    /// A bus of one: the embedded default (nothing is ever published).
     pub fn new() -> Self {
-        Self::default()
+        LocalNetwork::new().attach()
+    }
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for LocalBus {
+    fn drop(&mut self) {
+        self.net.lock().retain(|m| m.id != self.id);
     }
 }
 
 impl Bus for LocalBus {
-    fn publish(&self, event: Envelope) -> Result<(), BusError> {
+    fn publish(&self, event: BusEvent) {
         // Held briefly, never across an await; try_send never blocks.
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|s| !s.tx.is_closed());
-        for s in subs.iter_mut().filter(|s| s.origin != event.origin) {
-            if s.lagged {
-                let resync = Envelope { origin: String::new(), event: BusEvent::Resync };
-                if s.tx.try_send(resync).is_ok() {
-                    s.lagged = false;
-                }
+        let mut members = self.net.lock();
+        let room = event.room();
+        for m in members.iter_mut().filter(|m| m.id != self.id && room.is_none_or(|r| m.rooms.contains(r))) {
+            if m.lagged && m.tx.try_send(BusEvent::Resync).is_ok() {
+                m.lagged = false;
             }
-            if !s.lagged && s.tx.try_send(event.clone()).is_err() {
-                s.lagged = true;
+            if !m.lagged && m.tx.try_send(event.clone()).is_err() {
+                m.lagged = true;
             }
         }
-        Ok(())
     }
 
-    fn subscribe(&self, origin: &str) -> mpsc::Receiver<Envelope> {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let sub = Subscriber { tx, origin: origin.to_owned(), lagged: false };
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(sub);
-        rx
+    fn events(&self) -> mpsc::Receiver<BusEvent> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| mpsc::channel(1).1)
     }
 
-    fn has_peers(&self, origin: &str) -> bool {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|s| s.origin != origin && !s.tx.is_closed())
+    fn watch_room(&self, room: &str) -> BusFuture {
+        if let Some(m) = self.net.lock().iter_mut().find(|m| m.id == self.id) {
+            m.rooms.insert(Arc::from(room));
+        }
+        // In-process: the interest is in effect as soon as it is recorded.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unwatch_room(&self, room: &str) {
+        if let Some(m) = self.net.lock().iter_mut().find(|m| m.id == self.id) {
+            m.rooms.remove(room);
+        }
+    }
+
+    fn has_peers(&self) -> bool {
+        self.net.lock().iter().any(|m| m.id != self.id)
     }
 
     fn name(&self) -> &'static str {
@@ -73,19 +123,35 @@ impl Bus for LocalBus {
 mod tests {
     use super::*;
 
+    fn msg(room: &str) -> BusEvent {
+        BusEvent::Tail { room: Arc::from(room), seq: 1 }
+    }
+
     #[tokio::test]
-    async fn every_subscriber_gets_every_event() {
-        let bus = LocalBus::new();
-        let mut a = bus.subscribe("a");
-        let mut b = bus.subscribe("b");
-        let mut me = bus.subscribe("x");
-        assert!(bus.has_peers("x"));
-        assert!(!LocalBus::new().has_peers("x"), "alone: nobody to publish to");
-        let ev =
-            Envelope { origin: "x".into(), event: BusEvent::SessionRevoked { user: "u".into(), session: "s".into() } };
-        bus.publish(ev.clone()).unwrap();
-        assert_eq!(a.recv().await.unwrap().event, ev.event);
-        assert_eq!(b.recv().await.unwrap().event, ev.event);
-        assert!(me.try_recv().is_err(), "no echo to the publisher");
+    async fn room_events_reach_watchers_and_control_events_reach_all() {
+        let net = LocalNetwork::new();
+        let (a, b, me) = (net.attach(), net.attach(), net.attach());
+        let (mut ra, mut rb, mut rme) = (a.events(), b.events(), me.events());
+        assert!(me.has_peers());
+        assert!(!LocalBus::new().has_peers(), "alone: nobody to publish to");
+
+        a.watch_room("r1").await.unwrap();
+        me.watch_room("r1").await.unwrap();
+        me.publish(msg("r1"));
+        assert_eq!(ra.recv().await.unwrap(), msg("r1"));
+        let control = BusEvent::SessionRevoked { user: "u".into(), session: "s".into() };
+        me.publish(control.clone());
+        assert_eq!(ra.recv().await.unwrap(), control);
+        assert_eq!(rb.recv().await.unwrap(), control, "b watches nothing but hears control events");
+        assert!(rb.try_recv().is_err(), "b does not watch r1");
+        assert!(rme.try_recv().is_err(), "no echo to the publisher");
+
+        a.unwatch_room("r1");
+        me.publish(msg("r1"));
+        me.publish(control.clone());
+        assert_eq!(ra.recv().await.unwrap(), control, "r1's event no longer reaches a");
+        drop(b);
+        drop(a);
+        assert!(!me.has_peers());
     }
 }

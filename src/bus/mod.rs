@@ -2,86 +2,124 @@
 //!
 //! The hub delivers to its own sockets directly and publishes every event to
 //! the bus for the *other* instances; what arrives from the bus is applied
-//! locally. The hub only knows this trait: the embedded default is
-//! [`local::LocalBus`] (in-process; it also links several hubs in one process,
-//! which the tests use), and the Redis implementation plugs in behind it.
+//! locally. The hub only knows this trait:
+//! - [`local::LocalBus`]: in-process, the embedded default (it also links
+//!   several hubs in one process, which the tests use);
+//! - [`redis::RedisBus`]: Redis pub/sub, or sharded pub/sub on a Redis
+//!   Cluster, through fred.
+//!
+//! Interest is per room: an instance receives a room's events only while
+//! one of its sockets is in the room ([`Bus::watch_room`]), plus every
+//! event of the low-volume control channel (sessions, users, membership).
 //!
 //! Delivery over a bus may be lossy (Redis pub/sub is). The hub does not rely
 //! on it for correctness: messages carry their `(room, seq)`, rooms fill gaps
-//! from storage, and [`BusEvent::Resync`] tells the hub to catch up after the
-//! bus lost messages.
+//! from storage, a [`BusEvent::Tail`] tells peers a room moved past events
+//! they may have missed, and [`BusEvent::Resync`] tells the hub to catch up
+//! after the bus itself lost events (overflow, reconnect, outage).
 
 pub mod local;
+pub mod redis;
+pub mod wire;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
-/// Something every instance must apply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Something other instances must apply. Cheap to clone: strings that
+/// travel with every message are shared handles.
+#[derive(Debug, Clone, PartialEq)]
 pub enum BusEvent {
     /// A stored message: its `message` frame, already serialised.
-    Message { room: String, seq: i64, frame: String },
+    Message { room: Arc<str>, seq: i64, frame: Utf8Bytes },
     /// An ephemeral frame (typing, read, presence) for a room's sockets.
-    Ephemeral { room: String, frame: String, from_user: String },
+    Ephemeral { room: Arc<str>, frame: Utf8Bytes },
+    /// The room has stored messages up to at least `seq`: sent after the
+    /// publisher lost some of its own events, so peers fill from storage.
+    Tail { room: Arc<str>, seq: i64 },
     /// A user lost a room (removed, or the room was deleted).
-    MemberRemoved { room: String, user: String, reason: String },
+    MemberRemoved { room: Arc<str>, user: String, reason: String },
     /// A session was revoked (logout, refresh-token reuse): close its sockets.
     SessionRevoked { user: String, session: String },
     /// A user was banned (close 4003) or erased (close 4001).
     UserClosed { user: String, code: u16, reason: String },
-    /// Local only: the bus may have dropped events; catch up from storage.
-    #[serde(skip)]
+    /// Local only, never published: the bus may have lost events; catch up
+    /// from storage.
     Resync,
 }
 
-/// An event with the instance that published it, so an instance can ignore
-/// its own echo.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope {
-    pub origin: String,
-    #[serde(flatten)]
-    pub event: BusEvent,
+impl BusEvent {
+    /// The room whose channel carries this event; `None` for the control
+    /// channel.
+    pub fn room(&self) -> Option<&Arc<str>> {
+        match self {
+            BusEvent::Message { room, .. } | BusEvent::Ephemeral { room, .. } | BusEvent::Tail { room, .. } => {
+                Some(room)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Errors of a bus backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
 }
 
-/// A publish/subscribe channel between instances.
-pub trait Bus: Send + Sync + 'static {
-    /// Publishes to every other instance. Must not block for long: the hub
-    /// calls it on the delivery path.
-    ///
-    /// # Errors
-    /// The backend is unreachable; the event is lost for other instances
-    /// (they recover through gap filling and resync).
-    fn publish(&self, event: Envelope) -> Result<(), BusError>;
+/// A future the hub awaits; boxed so the trait stays object-safe.
+pub type BusFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 
-    /// A stream of events published by the *other* instances: `origin` is
-    /// the subscriber's own instance id, whose events are not echoed back.
-    fn subscribe(&self, origin: &str) -> mpsc::Receiver<Envelope>;
+/// One instance's handle on a publish/subscribe channel between instances.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes to every other instance interested in the event's room (or
+    /// to all, for control events). Never waits: the hub calls it on the
+    /// delivery path. An event that cannot be queued is dropped and counted;
+    /// peers recover it from storage.
+    fn publish(&self, event: BusEvent);
+
+    /// The stream of events published by the *other* instances, for rooms
+    /// this instance watches and for the control channel. Taken once, by
+    /// the hub; later calls get a closed stream.
+    fn events(&self) -> mpsc::Receiver<BusEvent>;
+
+    /// Starts receiving a room's events. Resolves once the subscription is
+    /// confirmed by the backend, so storage read after it plus the events
+    /// received after it miss nothing. The hub calls it when the first local
+    /// socket joins a room; an error means the bus is down (the hub then
+    /// relies on resync).
+    fn watch_room(&self, room: &str) -> BusFuture;
+
+    /// The last local socket left the room. Backends may keep the
+    /// subscription a while, so a socket that leaves and comes back does
+    /// not cost a subscribe/unsubscribe pair each time.
+    fn unwatch_room(&self, room: &str);
 
     /// Whether any other instance may be listening. When not (the embedded
     /// default, one instance), the hub skips building and publishing events
     /// altogether: it is on the delivery path of every message.
-    fn has_peers(&self, origin: &str) -> bool {
-        let _ = origin;
+    fn has_peers(&self) -> bool {
         true
     }
 
-    /// Whether the bus is currently connected (for `/readyz`).
-    fn is_healthy(&self) -> bool {
-        true
+    /// `Ok` while the bus is connected and answering; otherwise why not
+    /// (for `/readyz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
     }
 
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Stops background work and disconnects (shutdown, after the hub has
+    /// drained). Idempotent.
+    fn close(&self) -> BusFuture {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Shared handle to the configured bus.

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use super::frames::message_frame;
@@ -26,18 +27,28 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<AppendOutcome, DbError>>,
 }
 
-/// The committer loop; ends when every sender handle is gone.
+/// The committer loop. At `stop` (after the sockets were drained) the queue
+/// is closed, what is already queued is still stored, and the loop ends.
 ///
 /// Several committers may share one queue (PostgreSQL): while one waits for
 /// its commit, the next batch is already being written. Batches touching the
 /// same room serialise on its row lock, so seqs stay gap-free; their
 /// deliveries may reach the room out of order, which the room's sequencer
 /// puts back in order (see `Hub::deliver`).
-pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: CancellationToken) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
     loop {
         // Only one committer takes from the queue at a time.
-        let n = jobs.lock().await.recv_many(&mut batch, BATCH_MAX).await;
+        let n = {
+            let mut rx = jobs.lock().await;
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH_MAX) => n,
+                () = stop.cancelled() => {
+                    rx.close();
+                    rx.recv_many(&mut batch, BATCH_MAX).await
+                }
+            }
+        };
         if n == 0 {
             return;
         }

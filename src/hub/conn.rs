@@ -16,7 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::frames::{self, ClientFrame, ErrorCode, ServerFrame, close, error_frame, message_frame};
@@ -77,7 +77,7 @@ fn quota(per_sec: u32, burst: u32) -> Quota {
 }
 
 /// Runs one connection until it ends.
-pub async fn run(ws: WebSocket, state: AppState, who: Authenticated) {
+pub async fn run(ws: WebSocket, state: AppState, who: Authenticated, _place: OwnedSemaphorePermit) {
     let hub = state.hub.clone();
     let (shared, rx) = hub.register(&who.user_id, &who.session_id);
     let limits = &hub.settings().limits;
@@ -110,7 +110,7 @@ impl Conn {
         let settings = self.hub.settings().clone();
         let hello = ServerFrame::Hello {
             protocol: 1,
-            session_id: &self.shared.session.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            session_id: &self.shared.session(),
             user_id: &self.shared.user,
             heartbeat_ms: settings.heartbeat.as_millis() as u64,
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
@@ -361,7 +361,7 @@ impl Conn {
                     self.error(id, ErrorCode::Forbidden, "join the room first", Some(&room), None)
                 } else {
                     let f = ServerFrame::Typing { room: &room, user: &self.shared.user }.encode();
-                    self.hub.broadcast(&room, f, Some(self.shared.id), &self.shared.user);
+                    self.hub.broadcast(&room, f, Some(self.shared.id));
                     return None;
                 }
             }
@@ -372,7 +372,7 @@ impl Conn {
                     match self.state.store.set_read_marker(&room, &self.shared.user, seq).await {
                         Ok(stored) => {
                             let f = ServerFrame::Read { room: &room, user: &self.shared.user, seq: stored }.encode();
-                            self.hub.broadcast(&room, f, None, &self.shared.user);
+                            self.hub.broadcast(&room, f, None);
                             return None;
                         }
                         Err(e) => self.db_error(id, &room, e),
@@ -412,8 +412,9 @@ impl Conn {
         }
     }
 
-    /// `join`: subscribe first, then read storage, then replay; anything
-    /// fanned out meanwhile waits in the queue and is filtered by seq.
+    /// `join`: subscribe first (here and, confirmed, on the bus), then read
+    /// storage, then replay; anything fanned out meanwhile waits in the
+    /// queue and is filtered by seq.
     async fn join(
         &mut self,
         id: Option<&RawValue>,
@@ -429,9 +430,14 @@ impl Conn {
             Err(e) => return Ok(self.db_error(id, &room, e)),
         }
         let room_arc: Arc<str> = Arc::from(room.as_str());
-        self.hub.subscribe(&self.shared, &room_arc);
+        let watched = self.hub.subscribe(&self.shared, &room_arc);
         // Until the replay is written, nothing live for this room passes.
         self.joined.insert(room_arc.clone(), i64::MAX);
+        if let Err(e) = watched.await {
+            // The bus is down: storage is read anyway, and the hub catches
+            // the room up once the bus is back (resync).
+            tracing::debug!(error = %e, "joining without a confirmed bus subscription");
+        }
         let last = match store.last_seq(&room).await {
             Ok(Some(l)) => l,
             Ok(None) => {
@@ -445,6 +451,7 @@ impl Conn {
                 return Ok(self.db_error(id, &room, e));
             }
         };
+        self.hub.seed_room(&room, last);
         let mut replayed = 0;
         if let Some(since) = since_seq.filter(|s| *s < last) {
             replayed = self.replay(&room_arc, since, Some(last + 1)).await?;

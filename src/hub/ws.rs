@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::{self, Authenticated};
 use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
@@ -37,7 +38,7 @@ pub async fn handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match admit(&state, peer, &headers, params.ok().and_then(|q| q.0.ticket)).await {
-        Ok(who) => {
+        Ok((who, place)) => {
             let upgrade = match upgrade {
                 Ok(u) => u,
                 Err(_) => {
@@ -60,7 +61,7 @@ pub async fn handler(
                 .max_message_size(limits.max_frame_bytes)
                 .max_frame_size(limits.max_frame_bytes)
                 .on_upgrade(move |socket| async move {
-                    let task = conn::run(socket, state, who);
+                    let task = conn::run(socket, state, who, place);
                     tracing::trace!(task_bytes = std::mem::size_of_val(&task), "connection task");
                     hub.spawn_conn(task);
                 })
@@ -81,7 +82,7 @@ async fn admit(
     peer: SocketAddr,
     headers: &HeaderMap,
     ticket: Option<String>,
-) -> Result<Authenticated, (&'static str, ApiError)> {
+) -> Result<(Authenticated, OwnedSemaphorePermit), (&'static str, ApiError)> {
     if state.readiness.is_draining() || state.hub.is_draining() {
         return Err(("draining", ApiError::Unavailable("server is restarting; reconnect later".into())));
     }
@@ -143,8 +144,10 @@ async fn admit(
     if status.revoked {
         return Err(("unauthorized", ApiError::Unauthorized("session revoked")));
     }
-    if state.hub.connection_count() >= state.hub.settings().max_connections {
-        return Err(("capacity", ApiError::Unavailable("too many connections on this instance".into())));
-    }
-    Ok(who)
+    // Held by the connection task for the socket's life.
+    let place = state
+        .hub
+        .try_reserve_connection()
+        .ok_or(("capacity", ApiError::Unavailable("too many connections on this instance".into())))?;
+    Ok((who, place))
 }

@@ -1,0 +1,139 @@
+//! Who is connected here: connections by id and by user, and the cap on
+//! how many there may be.
+//!
+//! The cap is a semaphore: a handshake takes a permit before it upgrades
+//! and the connection task holds it until the socket is gone, so concurrent
+//! handshakes cannot all pass a count check together.
+
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::frames::close;
+use super::{Hub, Outbound};
+
+/// The part of a connection others touch: its queue and its kill switch.
+pub struct ConnShared {
+    pub id: u64,
+    pub user: Arc<str>,
+    pub session: Mutex<Arc<str>>,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to close the connection with `close_code`.
+    pub kill: CancellationToken,
+    close_code: AtomicU16,
+    close_reason: Mutex<String>,
+}
+
+impl ConnShared {
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.close_code.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            *self.close_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        }
+        self.kill.cancel();
+    }
+
+    pub fn close_request(&self) -> (u16, String) {
+        let code = self.close_code.load(Ordering::SeqCst);
+        (code, self.close_reason.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Queues without waiting; a full queue cuts the connection off (4009)
+    /// so a slow reader never stalls a room.
+    pub(super) fn offer(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(close::SLOW_CONSUMER, "slow consumer: outbound queue full; reconnect and resume");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn session(&self) -> Arc<str> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The connection maps and the cap.
+pub(super) struct Registry {
+    conns: DashMap<u64, Arc<ConnShared>>,
+    users: DashMap<Arc<str>, Vec<Arc<ConnShared>>>,
+    next_id: AtomicU64,
+    permits: Arc<Semaphore>,
+}
+
+impl Registry {
+    pub(super) fn new(max_connections: usize) -> Self {
+        Registry {
+            conns: DashMap::new(),
+            users: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    pub(super) fn all(&self) -> Vec<Arc<ConnShared>> {
+        self.conns.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+impl Hub {
+    pub fn connection_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// A place for one more connection, held for the socket's life; `None`
+    /// at `MAX_CONNECTIONS`.
+    pub fn try_reserve_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.registry.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Registers a new connection and returns its handle and queue.
+    pub fn register(&self, user: &str, session: &str) -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
+        let reg = &self.inner.registry;
+        let (tx, rx) = mpsc::channel(self.inner.settings.outbound_queue);
+        let conn = Arc::new(ConnShared {
+            id: reg.next_id.fetch_add(1, Ordering::Relaxed),
+            user: Arc::from(user),
+            session: Mutex::new(Arc::from(session)),
+            tx,
+            kill: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+            close_reason: Mutex::new(String::new()),
+        });
+        reg.conns.insert(conn.id, conn.clone());
+        reg.users.entry(conn.user.clone()).or_default().push(conn.clone());
+        self.inner.metrics.ws_connections.inc();
+        (conn, rx)
+    }
+
+    /// Forgets a connection and its subscriptions.
+    pub fn unregister(&self, conn: &Arc<ConnShared>, rooms: impl IntoIterator<Item = Arc<str>>) {
+        for room in rooms {
+            self.unsubscribe(conn, &room);
+        }
+        let reg = &self.inner.registry;
+        reg.conns.remove(&conn.id);
+        if let dashmap::Entry::Occupied(mut e) = reg.users.entry(conn.user.clone()) {
+            e.get_mut().retain(|c| c.id != conn.id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        self.inner.metrics.ws_connections.dec();
+    }
+
+    /// This instance's sockets of a user.
+    pub(super) fn user_conns(&self, user: &str) -> Vec<Arc<ConnShared>> {
+        self.inner.registry.users.get(user).map(|v| v.clone()).unwrap_or_default()
+    }
+}

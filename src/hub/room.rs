@@ -1,0 +1,242 @@
+//! Rooms on this instance: who is subscribed, and the sequencer that fans
+//! stored messages out in seq order.
+//!
+//! Each room remembers the last seq it fanned out. A message that arrives
+//! early (from another instance, or from a concurrent committer) is held
+//! until the gap before it is filled, from the bus or from storage; a
+//! duplicate is dropped. Each connection also filters by its own last seq
+//! per room, which makes the replay/live seam of `join` exact.
+//!
+//! The room's bus interest follows its entry here: created with the first
+//! local subscriber, released with the last, both under the entry's guard so
+//! the bus sees them in the order they happened.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+
+use super::frames::{self, ServerFrame};
+use super::{ConnShared, Delivery, Hub, Outbound};
+use crate::bus::BusFuture;
+use crate::metrics::Metrics;
+
+/// Messages fetched per storage read when catching a room up.
+const CATCH_UP_PAGE: i64 = 1000;
+
+#[derive(Default)]
+pub(super) struct RoomEntry {
+    subs: Vec<Arc<ConnShared>>,
+    /// Last seq fanned out here; `None` until known.
+    delivered: Option<i64>,
+    /// Messages that arrived ahead of a gap.
+    pending: BTreeMap<i64, Utf8Bytes>,
+    filling: bool,
+}
+
+/// The rooms with at least one local subscriber.
+#[derive(Default)]
+pub(super) struct Rooms {
+    map: DashMap<Arc<str>, RoomEntry>,
+}
+
+impl Hub {
+    /// Adds the connection to the room's subscribers; announces presence when
+    /// it is the user's first socket in the room here. The returned future
+    /// resolves once the bus confirmed the room's subscription: storage read
+    /// after it misses nothing that other instances publish.
+    pub fn subscribe(&self, conn: &Arc<ConnShared>, room: &Arc<str>) -> BusFuture {
+        let (first, watched) = {
+            let mut entry = self.inner.rooms.map.entry(room.clone()).or_default();
+            // Under the guard: interest changes reach the bus in order.
+            let watched = self.inner.bus.watch_room(room);
+            if entry.subs.iter().any(|c| c.id == conn.id) {
+                return watched;
+            }
+            let first = !entry.subs.iter().any(|c| c.user == conn.user);
+            entry.subs.push(conn.clone());
+            (first, watched)
+        };
+        if first {
+            self.presence(room, &conn.user, "online", Some(conn.id));
+        }
+        watched
+    }
+
+    /// Removes the connection from the room; announces the user's departure
+    /// when it was their last socket in the room here.
+    pub fn unsubscribe(&self, conn: &Arc<ConnShared>, room: &str) {
+        let last = match self.inner.rooms.map.entry(Arc::from(room)) {
+            dashmap::Entry::Occupied(mut e) => {
+                let before = e.get().subs.len();
+                e.get_mut().subs.retain(|c| c.id != conn.id);
+                let removed = e.get().subs.len() != before;
+                let last = removed && !e.get().subs.iter().any(|c| c.user == conn.user);
+                if e.get().subs.is_empty() {
+                    self.inner.bus.unwatch_room(room);
+                    e.remove();
+                }
+                last
+            }
+            dashmap::Entry::Vacant(_) => false,
+        };
+        if last {
+            self.presence(room, &conn.user, "offline", Some(conn.id));
+        }
+    }
+
+    /// The seq a joining socket read from storage: the room's sequencer
+    /// starts there if it had nothing yet, so a later gap is noticed.
+    pub fn seed_room(&self, room: &str, last_seq: i64) {
+        if let Some(mut e) = self.inner.rooms.map.get_mut(room)
+            && e.delivered.is_none()
+        {
+            e.delivered = Some(last_seq);
+        }
+    }
+
+    /// Presence goes to everyone in the room but the socket that caused it.
+    fn presence(&self, room: &str, user: &str, status: &str, exclude: Option<u64>) {
+        let frame = ServerFrame::Presence { room, user, status }.encode();
+        self.broadcast(room, frame, exclude);
+    }
+
+    /// Sends an ephemeral frame to the room's sockets here (except
+    /// `exclude`) and on other instances.
+    pub fn broadcast(&self, room: &str, frame: Utf8Bytes, exclude: Option<u64>) {
+        self.fan_out_event(room, &frame, exclude);
+        self.publish(|| crate::bus::BusEvent::Ephemeral { room: Arc::from(room), frame });
+    }
+
+    pub(super) fn fan_out_event(&self, room: &str, frame: &Utf8Bytes, exclude: Option<u64>) {
+        // Under the room's guard, like message fan-out: `offer` never waits.
+        let Some(entry) = self.inner.rooms.map.get(room) else { return };
+        let shared = Arc::new(frame.clone());
+        for c in entry.subs.iter().filter(|c| Some(c.id) != exclude) {
+            c.offer(Outbound::Event(shared.clone()));
+        }
+    }
+
+    /// Delivers a message to this instance's subscribers in seq order.
+    pub fn deliver(&self, room: &str, seq: i64, frame: Utf8Bytes) {
+        let Some(mut entry) = self.inner.rooms.map.get_mut(room) else { return };
+        let room_arc: Arc<str> = entry.key().clone();
+        let e = entry.value_mut();
+        match e.delivered {
+            Some(d) if seq <= d => return,
+            Some(d) if seq > d + 1 => {
+                e.pending.insert(seq, frame);
+                if !e.filling {
+                    e.filling = true;
+                    let hub = self.clone();
+                    self.spawn_task(async move { hub.fill_gap(room_arc, d, seq).await });
+                }
+                return;
+            }
+            _ => {}
+        }
+        fan_out_message(e, &room_arc, seq, frame, &self.inner.metrics);
+        let mut next = seq + 1;
+        while let Some(f) = e.pending.remove(&next) {
+            fan_out_message(e, &room_arc, next, f, &self.inner.metrics);
+            next += 1;
+        }
+    }
+
+    /// Fetches the messages missing before `until` from storage; gives up
+    /// after a few tries and releases what is held (each connection then
+    /// fills its own gap from storage).
+    async fn fill_gap(&self, room: Arc<str>, after: i64, until: i64) {
+        self.inner.metrics.hub_gap_fills.inc();
+        for attempt in 0..5u64 {
+            match self.inner.store.history(&room, Some(after), Some(until), until - after).await {
+                Ok(page) => {
+                    for m in &page.messages {
+                        self.deliver(&room, m.seq, frames::message_frame(m));
+                    }
+                    if let Some(mut e) = self.inner.rooms.map.get_mut(&room) {
+                        e.filling = false;
+                        let stuck = e.delivered.is_some_and(|d| d < until - 1) && page.messages.is_empty();
+                        if stuck {
+                            release_pending(&mut e, &room, &self.inner.metrics);
+                        }
+                    }
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(room = %room, error = %err, attempt, "gap fill failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))) => {}
+                        () = self.inner.stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        if let Some(mut e) = self.inner.rooms.map.get_mut(&room) {
+            e.filling = false;
+            release_pending(&mut e, &room, &self.inner.metrics);
+        }
+    }
+
+    /// Delivers whatever storage has beyond the room's last delivered seq
+    /// (up to `until`, inclusive, when given).
+    pub(super) async fn catch_up(&self, room: &Arc<str>, until: Option<i64>) {
+        loop {
+            let Some(after) = self.inner.rooms.map.get(room).and_then(|e| e.delivered) else { return };
+            if until.is_some_and(|u| after >= u) {
+                return;
+            }
+            let page = match self.inner.store.history(room, Some(after), until.map(|u| u + 1), CATCH_UP_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "catching a room up from storage failed");
+                    return;
+                }
+            };
+            for m in &page.messages {
+                self.deliver(room, m.seq, frames::message_frame(m));
+            }
+            if !page.has_more || page.messages.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Every room with local subscribers.
+    pub(super) fn local_rooms(&self) -> Vec<Arc<str>> {
+        self.inner.rooms.map.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// The local sockets of `user` in `room`.
+    pub(super) fn room_conns_of(&self, room: &str, user: &str) -> Vec<Arc<ConnShared>> {
+        match self.inner.rooms.map.get(room) {
+            Some(e) => e.subs.iter().filter(|c| &*c.user == user).cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, metrics: &Metrics) {
+    e.delivered = Some(seq);
+    let d = Arc::new(Delivery { room: room.clone(), seq, frame });
+    let mut queued = 0;
+    for c in &e.subs {
+        if c.offer(Outbound::Message(d.clone())) {
+            queued += 1;
+        }
+    }
+    // One shared-counter update per message, not per recipient.
+    metrics.ws_deliveries.inc_by(queued);
+}
+
+/// Releases held messages past a gap that could not be filled.
+fn release_pending(e: &mut RoomEntry, room: &Arc<str>, metrics: &Metrics) {
+    let pending = std::mem::take(&mut e.pending);
+    for (seq, f) in pending {
+        if e.delivered.is_none_or(|d| seq > d) {
+            fan_out_message(e, room, seq, f, metrics);
+        }
+    }
+}
