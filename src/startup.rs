@@ -40,7 +40,7 @@ impl Application {
     /// # Errors
     /// The database is unreachable, a migration fails, or a port is taken.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with(config, |_, _, _| Ok(Arc::new(LocalBus::new()))).await
+        Self::build_with(config, None).await
     }
 
     /// Like [`Application::build`] with a given bus; tests link several
@@ -49,16 +49,12 @@ impl Application {
     /// # Errors
     /// As [`Application::build`].
     pub async fn build_with_bus(config: Config, bus: SharedBus) -> anyhow::Result<Self> {
-        Self::build_with(config, move |_, _, _| Ok(bus)).await
+        Self::build_with(config, Some(bus)).await
     }
 
-    /// Builds with the bus the configuration asks for: Redis when
-    /// `REDIS_URL` is set, else `in_process` (given the metrics, the stop
-    /// token and the task tracker the bus runs under).
-    async fn build_with(
-        config: Config,
-        in_process: impl FnOnce(&Metrics, &CancellationToken, &TaskTracker) -> anyhow::Result<SharedBus>,
-    ) -> anyhow::Result<Self> {
+    /// Builds with `bus` if given, else the one the configuration asks for:
+    /// Redis when `REDIS_URL` is set, in-process otherwise.
+    async fn build_with(config: Config, bus: Option<SharedBus>) -> anyhow::Result<Self> {
         let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections)
             .await
             .context("connecting to DATABASE_URL")?;
@@ -74,8 +70,9 @@ impl Application {
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let bus: SharedBus = match &config.redis_url {
-            Some(url) => Arc::new(
+        let bus: SharedBus = match (bus, &config.redis_url) {
+            (Some(bus), _) => bus,
+            (None, Some(url)) => Arc::new(
                 RedisBus::start(
                     RedisSettings {
                         url: url.expose_secret().to_owned(),
@@ -85,12 +82,10 @@ impl Application {
                         linger: config.redis_linger,
                     },
                     metrics.clone(),
-                    stop.clone(),
-                    &tasks,
                 )
                 .context("REDIS_URL")?,
             ),
-            None => in_process(&metrics, &stop, &tasks)?,
+            (None, None) => Arc::new(LocalBus::new()),
         };
         let ws = &config.ws;
         let settings = HubSettings {
@@ -200,6 +195,7 @@ impl Application {
         if tokio::time::timeout(timeout, tasks.wait()).await.is_err() {
             tracing::warn!(remaining = tasks.len(), "background tasks did not stop in time");
         }
+        // After the committers: their last messages are published first.
         let _ = tokio::time::timeout(timeout, state.hub.bus().close()).await;
         state.store.close().await;
         tracing::info!("stopped");

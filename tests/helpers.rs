@@ -207,6 +207,23 @@ impl Resp {
 }
 
 impl TestApp {
+    /// A view of a gateway running elsewhere (a process of a cluster test):
+    /// the same helpers, with a store on its database for checks.
+    pub async fn remote(addr: SocketAddr, db_url: &str, db: Db) -> TestApp {
+        let store = Store::connect(db_url, 2).await.expect("store on the cluster's database");
+        TestApp {
+            addr,
+            metrics_addr: None,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+            store,
+            db,
+            stop: None,
+            server: None,
+            _test_db: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -287,6 +304,14 @@ impl Drop for TestApp {
             h.abort();
         }
     }
+}
+
+/// A seed for a test's random choices: `CHATGW_TEST_SEED` if set, else a
+/// fresh one. Printed, so a failing run can be replayed.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("CHATGW_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("test seed: {seed} (replay with CHATGW_TEST_SEED={seed})");
+    seed
 }
 
 /// Polls `f` until it returns `Some`, failing after `deadline`.

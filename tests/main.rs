@@ -1,12 +1,15 @@
 //! One integration-test binary: a module per feature, all sharing
 //! `helpers` (the real app on port 0, a fresh database per test).
 
+mod chaos;
 mod helpers;
+mod procs;
 
 mod auth;
 mod bad_input;
 mod binary;
 mod cluster;
+mod cluster_faults;
 mod me;
 mod openapi;
 mod rooms;

@@ -87,7 +87,9 @@ struct Inner {
     /// `None` when healthy, else why not.
     unhealthy: Mutex<Option<String>>,
     metrics: Metrics,
+    /// Cancelled by [`Bus::close`].
     stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 struct RoomSub {
@@ -106,16 +108,13 @@ enum SubCmd {
 impl RedisBus {
     /// Creates the clients and starts connecting in the background: a Redis
     /// that is down at start-up makes the bus unhealthy, not the start fail.
-    /// Background tasks stop with `stop` and are tracked by `tasks`.
+    /// The bus's tasks run until [`Bus::close`], which publishes what is
+    /// still queued first: the hub's last commits at shutdown still reach
+    /// the other instances.
     ///
     /// # Errors
     /// The URL cannot be parsed.
-    pub fn start(
-        settings: RedisSettings,
-        metrics: Metrics,
-        stop: CancellationToken,
-        tasks: &TaskTracker,
-    ) -> Result<RedisBus, BusError> {
+    pub fn start(settings: RedisSettings, metrics: Metrics) -> Result<RedisBus, BusError> {
         let bad = |e: fred::error::Error| BusError::Unavailable(format!("REDIS_URL: {e}"));
         let config = FredConfig::from_url(&settings.url).map_err(bad)?;
         let sharded = config.server.is_clustered();
@@ -155,7 +154,8 @@ impl RedisBus {
             lost: Mutex::new(HashMap::new()),
             unhealthy: Mutex::new(Some("connecting to Redis".into())),
             metrics,
-            stop,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         inner.metrics.bus_up.set(0);
         // Registered before connecting, so the first connect is seen too.
@@ -165,6 +165,7 @@ impl RedisBus {
         // `close`); their handles are not needed.
         drop(inner.publisher.connect());
         drop(inner.subscriber.connect());
+        let tasks = &inner.tasks;
         tasks.spawn(inner.clone().run_publisher(queue_rx));
         tasks.spawn(inner.clone().run_listener(messages));
         tasks.spawn(inner.clone().run_subscriptions(subs_rx));
@@ -239,7 +240,11 @@ impl Inner {
         loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
-                () = self.stop.cancelled() => return,
+                () = self.stop.cancelled() => {
+                    // Closing: publish what is queued, then end.
+                    rx.close();
+                    rx.recv_many(&mut batch, PUBLISH_BATCH).await
+                }
             };
             if n == 0 {
                 return;
@@ -532,13 +537,16 @@ impl Bus for RedisBus {
     }
 
     fn close(&self) -> BusFuture {
-        self.inner.stop.cancel();
-        let (p, s) = (self.inner.publisher.clone(), self.inner.subscriber.clone());
-        let timeout = self.inner.timeout;
+        let inner = self.inner.clone();
         Box::pin(async move {
+            inner.stop.cancel();
+            inner.tasks.close();
+            // The publisher flushes the queue first; commands time out on
+            // their own when Redis is gone.
+            inner.tasks.wait().await;
             // Best effort: a Redis that does not answer QUIT is left behind.
-            let _ = tokio::time::timeout(timeout, p.quit()).await;
-            let _ = tokio::time::timeout(timeout, s.quit()).await;
+            let _ = tokio::time::timeout(inner.timeout, inner.publisher.quit()).await;
+            let _ = tokio::time::timeout(inner.timeout, inner.subscriber.quit()).await;
             Ok(())
         })
     }

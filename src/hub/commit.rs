@@ -59,9 +59,17 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                 // Fan out in seq order per room: outcomes of one room are in
                 // ascending seq already (allocated in batch order).
                 for o in &outcomes {
-                    if let AppendOutcome::Stored(m) = o {
-                        hub.metrics().ws_messages_stored.inc();
-                        hub.deliver_local_commit(&m.room, m.seq, message_frame(m));
+                    match o {
+                        AppendOutcome::Stored(m) => {
+                            hub.metrics().ws_messages_stored.inc();
+                            hub.deliver_local_commit(&m.room, m.seq, message_frame(m));
+                        }
+                        // A re-send: the first attempt may have been stored
+                        // by an instance that died before fanning it out.
+                        // Delivering again is free of duplicates (rooms and
+                        // sockets drop seqs they have) and closes that hole.
+                        AppendOutcome::Duplicate(m) => hub.deliver_local_commit(&m.room, m.seq, message_frame(m)),
+                        _ => {}
                     }
                 }
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
