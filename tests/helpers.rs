@@ -146,15 +146,24 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut HashMap<String, Stri
 /// `n` gateway instances on one database, linked by one in-process bus: a
 /// cluster in one test process (the bus seam is what Redis plugs into).
 pub async fn spawn_cluster(db: Db, n: usize) -> Vec<TestApp> {
+    let net = chatgw::bus::local::LocalNetwork::new();
+    spawn_cluster_with(db, n, |_| std::sync::Arc::new(net.attach())).await
+}
+
+/// `n` instances on one database, instance `i` on the bus `bus(i)`.
+pub async fn spawn_cluster_with(db: Db, n: usize, bus: impl Fn(usize) -> chatgw::bus::SharedBus) -> Vec<TestApp> {
     init_tracing();
     let test_db = TestDb::new(db).await;
-    let net = chatgw::bus::local::LocalNetwork::new();
     let mut apps = Vec::new();
     let mut owner = Some(test_db);
     for i in 0..n {
         let url = owner.as_ref().expect("owned until the last instance").url.clone();
-        let config = Config::from_vars(&base_vars(&url)).expect("test config is valid");
-        let app = Application::build_with_bus(config, std::sync::Arc::new(net.attach())).await.expect("app builds");
+        let mut vars = base_vars(&url);
+        for k in ["WS_SEND_PER_SEC", "WS_SEND_BURST", "WS_EVENTS_PER_SEC", "WS_EVENTS_BURST"] {
+            vars.insert(k.into(), "10000".into());
+        }
+        let config = Config::from_vars(&vars).expect("test config is valid");
+        let app = Application::build_with_bus(config, bus(i)).await.expect("app builds");
         apps.push(start(app, db, if i + 1 == n { owner.take() } else { None }));
     }
     apps
