@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         abuse_strikes: 50,
         max_connections: 1,
         drain_reconnect_max_ms: 1,
+        presence_heartbeat: Duration::from_secs(10),
         committers: std::env::var("COMMITTERS")
             .ok()
             .and_then(|c| c.parse().ok())

@@ -74,6 +74,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// How long an unwatched room stays subscribed.
     pub redis_linger: Duration,
+    /// How long presence entries outlive their instance's last heartbeat.
+    pub presence_ttl: Duration,
     pub jwt_key: JwtKeyConfig,
     /// The `kid` header of tokens signed by `jwt_key`.
     pub jwt_kid: String,
@@ -243,6 +245,7 @@ impl Config {
             redis_publish_queue: num("REDIS_PUBLISH_QUEUE", 65_536, 16, 10_000_000)? as usize,
             redis_timeout: Duration::from_millis(num("REDIS_TIMEOUT_MS", 2_000, 100, 60_000)?),
             redis_linger: secs("REDIS_ROOM_LINGER_SECS", 30, 0, 3_600)?,
+            presence_ttl: secs("PRESENCE_TTL_SECS", 30, 3, 3_600)?,
             jwt_key,
             jwt_kid,
             jwt_previous,

@@ -80,6 +80,7 @@ impl Application {
                         publish_queue: config.redis_publish_queue,
                         timeout: config.redis_timeout,
                         linger: config.redis_linger,
+                        presence_ttl: config.presence_ttl,
                     },
                     metrics.clone(),
                 )
@@ -103,6 +104,7 @@ impl Application {
             abuse_strikes: ws.abuse_strikes,
             max_connections: ws.max_connections,
             drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
+            presence_heartbeat: config.presence_ttl / 3,
             committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
         };
         let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatgw::bus::local::{LocalBus, LocalNetwork};
-use chatgw::bus::{Bus, BusEvent, BusFuture};
+use chatgw::bus::{Bus, BusEvent, BusFuture, PresenceChange};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -117,6 +117,15 @@ impl Bus for LossyBus {
     }
     fn unwatch_room(&self, room: &str) {
         self.inner.unwatch_room(room)
+    }
+    fn presence_set(&self, room: &str, user: &str, here: bool) -> BusFuture<PresenceChange> {
+        self.inner.presence_set(room, user, here)
+    }
+    fn presence_of(&self, room: &str) -> BusFuture<Vec<String>> {
+        self.inner.presence_of(room)
+    }
+    fn presence_refresh(&self, room: &str, users: Vec<String>) -> BusFuture<Vec<String>> {
+        self.inner.presence_refresh(room, users)
     }
     fn has_peers(&self) -> bool {
         self.inner.has_peers()

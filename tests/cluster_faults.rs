@@ -341,3 +341,78 @@ async fn redis_cluster_uses_sharded_pubsub_per_room() {
         t.finish(&c).await;
     }
 }
+
+/// Presence frames about `user` until (and including) one with `status`.
+async fn presence_until(c: &mut WsClient, user: &str, status: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let f = c.next().await;
+        if f["type"] == "presence" && f["user"] == user {
+            let s = f["status"].as_str().unwrap().to_owned();
+            seen.push(s.clone());
+            if s == status {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_sockets_on_every_instance() {
+    let redis = RedisProc::start().await;
+    let c = Cluster::start(3, &redis.url(), &[]).await;
+    let views = [c.gws[1].app(&c.db.url).await, c.gws[2].app(&c.db.url).await];
+    let a = &c.app;
+    let (wes, xia, zed) = (a.register("wes").await, a.register("xia").await, a.register("zed").await);
+    let room = a.create_room(&wes, "presence", &[&xia, &zed]).await;
+    let mut w = WsClient::connect(a, &wes.access).await;
+    let (_, joined) = w.join(&room, None).await;
+    assert_eq!(joined["online"], json!([wes.user_id]), "alone in the room");
+
+    // Xia's phone on B, then her laptop on C; then the phone goes, then the
+    // laptop: Wes on A sees one `online` and one `offline`, nothing between.
+    let mut phone = WsClient::connect(&views[0], &xia.access).await;
+    phone.join(&room, None).await;
+    assert_eq!(presence_until(&mut w, &xia.user_id, "online").await, ["online"]);
+    let mut laptop = WsClient::connect(&views[1], &xia.access).await;
+    let (_, joined) = laptop.join(&room, None).await;
+    let mut online: Vec<&str> = joined["online"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    online.sort_unstable();
+    let mut want = vec![wes.user_id.as_str(), xia.user_id.as_str()];
+    want.sort_unstable();
+    assert_eq!(online, want, "the snapshot spans instances");
+    phone.close().await;
+    // Zed joins on A after the phone left: Xia is still online (laptop).
+    let mut z = WsClient::connect(a, &zed.access).await;
+    let (_, joined) = z.join(&room, None).await;
+    assert!(joined["online"].as_array().unwrap().contains(&json!(xia.user_id)), "{joined}");
+    laptop.close().await;
+    assert_eq!(
+        presence_until(&mut w, &xia.user_id, "offline").await,
+        ["offline"],
+        "no offline while a socket remained"
+    );
+    let (_, joined) = z.join(&room, None).await;
+    assert!(!joined["online"].as_array().unwrap().contains(&json!(xia.user_id)), "{joined}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_leaves_no_presence_ghost_beyond_the_ttl() {
+    let redis = RedisProc::start().await;
+    let mut c = Cluster::start(2, &redis.url(), &[("PRESENCE_TTL_SECS", "3")]).await;
+    let b = c.gws[1].app(&c.db.url).await;
+    let a = &c.app;
+    let (wes, xia) = (a.register("wes").await, a.register("xia").await);
+    let room = a.create_room(&wes, "ghosts", &[&xia]).await;
+    let mut w = WsClient::connect(a, &wes.access).await;
+    w.join(&room, None).await;
+    let mut x = WsClient::connect(&b, &xia.access).await;
+    x.join(&room, None).await;
+    assert_eq!(presence_until(&mut w, &xia.user_id, "online").await, ["online"]);
+    // SIGKILL: B never says goodbye. A's sweep expires B's entries.
+    c.gws[1].kill().await;
+    drop(x);
+    assert_eq!(presence_until(&mut w, &xia.user_id, "offline").await, ["offline"]);
+    let (_, joined) = w.join(&room, None).await;
+    assert_eq!(joined["online"], json!([wes.user_id]), "no ghost in the snapshot");
+}

@@ -6,13 +6,13 @@
 //! Redis bus: room events reach only handles watching the room, control
 //! events reach every handle, and nobody hears its own events.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{Bus, BusEvent, BusFuture};
+use super::{Bus, BusEvent, BusFuture, PresenceChange};
 
 /// Capacity of each handle's queue. A handle that falls this far behind
 /// gets a [`BusEvent::Resync`] instead of the events it missed.
@@ -23,6 +23,8 @@ const SUBSCRIBER_QUEUE: usize = 65_536;
 pub struct LocalNetwork {
     members: Mutex<Vec<Member>>,
     next_id: AtomicU64,
+    /// room -> user -> handles with sockets of the user in the room.
+    presence: Mutex<HashMap<String, HashMap<String, HashSet<u64>>>>,
 }
 
 struct Member {
@@ -49,6 +51,10 @@ impl LocalNetwork {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, HashSet<u64>>>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One instance's handle on a [`LocalNetwork`].
@@ -74,6 +80,11 @@ impl Default for LocalBus {
 impl Drop for LocalBus {
     fn drop(&mut self) {
         self.net.lock().retain(|m| m.id != self.id);
+        for users in self.net.presence().values_mut() {
+            for handles in users.values_mut() {
+                handles.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -108,6 +119,36 @@ impl Bus for LocalBus {
         if let Some(m) = self.net.lock().iter_mut().find(|m| m.id == self.id) {
             m.rooms.remove(room);
         }
+    }
+
+    fn presence_set(&self, room: &str, user: &str, here: bool) -> BusFuture<PresenceChange> {
+        let mut p = self.net.presence();
+        let users = p.entry(room.to_owned()).or_default();
+        let handles = users.entry(user.to_owned()).or_default();
+        let before = !handles.is_empty();
+        if here {
+            handles.insert(self.id);
+        } else {
+            handles.remove(&self.id);
+        }
+        let after = !handles.is_empty();
+        if !after {
+            users.remove(user);
+            if users.is_empty() {
+                p.remove(room);
+            }
+        }
+        Box::pin(async move { Ok(PresenceChange { before, after }) })
+    }
+
+    fn presence_of(&self, room: &str) -> BusFuture<Vec<String>> {
+        let users: Vec<String> = self.net.presence().get(room).map(|u| u.keys().cloned().collect()).unwrap_or_default();
+        Box::pin(async move { Ok(users) })
+    }
+
+    fn presence_refresh(&self, _room: &str, _users: Vec<String>) -> BusFuture<Vec<String>> {
+        // In-process instances share one memory: nothing goes stale.
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn has_peers(&self) -> bool {

@@ -72,7 +72,15 @@ pub enum BusError {
 }
 
 /// A future the hub awaits; boxed so the trait stays object-safe.
-pub type BusFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
+pub type BusFuture<T = ()> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send>>;
+
+/// Whether a user was online in a room anywhere in the cluster before and
+/// after an instance changed its part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub before: bool,
+    pub after: bool,
+}
 
 /// One instance's handle on a publish/subscribe channel between instances.
 pub trait Bus: Send + Sync + 'static {
@@ -98,6 +106,19 @@ pub trait Bus: Send + Sync + 'static {
     /// subscription a while, so a socket that leaves and comes back does
     /// not cost a subscribe/unsubscribe pair each time.
     fn unwatch_room(&self, room: &str);
+
+    /// Presence, one truth for the cluster: records whether this instance
+    /// has sockets of `user` in `room`, and says whether the user was
+    /// online there anywhere before and after. Called in order, by one task.
+    fn presence_set(&self, room: &str, user: &str, here: bool) -> BusFuture<PresenceChange>;
+
+    /// Users with a socket in `room` on any instance.
+    fn presence_of(&self, room: &str) -> BusFuture<Vec<String>>;
+
+    /// Heartbeat: re-asserts this instance's users in `room` (so they do
+    /// not expire) and removes entries of instances that stopped
+    /// heartbeating; returns the users who thereby went offline.
+    fn presence_refresh(&self, room: &str, users: Vec<String>) -> BusFuture<Vec<String>>;
 
     /// Whether any other instance may be listening. When not (the embedded
     /// default, one instance), the hub skips building and publishing events

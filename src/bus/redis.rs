@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, ClientLike, Config as FredConfig, EventInterface, PubsubInterface, ReconnectPolicy, Value,
+    Builder, ClientLike, Config as FredConfig, EventInterface, PubsubInterface, ReconnectPolicy, SetsInterface, Value,
 };
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, watch};
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::wire::{self, Origin};
-use super::{Bus, BusError, BusEvent, BusFuture};
+use super::{Bus, BusError, BusEvent, BusFuture, PresenceChange};
 use crate::metrics::Metrics;
 
 /// How the Redis bus is set up (from `REDIS_*`, see the README).
@@ -53,7 +53,74 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long a room nobody here watches stays subscribed.
     pub linger: Duration,
+    /// How long an instance's presence entries outlive its last heartbeat
+    /// (an instance killed outright leaves no ghost beyond this).
+    pub presence_ttl: Duration,
 }
+
+/// Presence keys, per room (the room in braces is the hash tag, so a room's
+/// keys share one cluster slot):
+/// - `{prefix}p:{room}:{user}`: hash, instance -> "1 <expiry ms>";
+/// - `{prefix}ps:{room}`: set of the users online in the room.
+///
+/// Sets this instance's entry and returns {online before, online after};
+/// expired entries of other instances are removed on the way.
+const PRESENCE_SET: &str = r"
+local function online(key, now)
+  local vals = redis.call('HGETALL', key)
+  local any = false
+  for i = 1, #vals, 2 do
+    local e = tonumber(string.match(vals[i + 1], ' (%d+)$'))
+    if e == nil or e < now then
+      redis.call('HDEL', key, vals[i])
+    else
+      any = true
+    end
+  end
+  return any
+end
+local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local before = online(KEYS[1], now)
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], '1 ' .. (now + ttl))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local after = online(KEYS[1], now)
+if after then
+  redis.call('SADD', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('SREM', KEYS[2], ARGV[5])
+end
+return {before and 1 or 0, after and 1 or 0}
+";
+
+/// Removes users of a room whose every entry expired; returns them.
+/// ARGV: now, the prefix of the room's per-user keys.
+const PRESENCE_SWEEP: &str = r"
+local now = tonumber(ARGV[1])
+local gone = {}
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[2] .. user
+  local vals = redis.call('HGETALL', key)
+  local any = false
+  for i = 1, #vals, 2 do
+    local e = tonumber(string.match(vals[i + 1], ' (%d+)$'))
+    if e == nil or e < now then
+      redis.call('HDEL', key, vals[i])
+    else
+      any = true
+    end
+  end
+  if not any then
+    redis.call('SREM', KEYS[1], user)
+    table.insert(gone, user)
+  end
+end
+return gone
+";
 
 /// Events waiting for the hub; past this the hub is sent a Resync instead.
 const INBOUND_QUEUE: usize = 65_536;
@@ -87,6 +154,11 @@ struct Inner {
     /// `None` when healthy, else why not.
     unhealthy: Mutex<Option<String>>,
     metrics: Metrics,
+    presence_ttl: Duration,
+    presence_set: fred::types::scripts::Script,
+    presence_sweep: fred::types::scripts::Script,
+    /// This instance's id in presence entries.
+    instance: String,
     /// Cancelled by [`Bus::close`].
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -137,8 +209,13 @@ impl RedisBus {
         let (queue, queue_rx) = mpsc::channel(settings.publish_queue.max(1));
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (subs, subs_rx) = mpsc::unbounded_channel();
+        let origin = *uuid::Uuid::new_v4().as_bytes();
         let inner = Arc::new(Inner {
-            origin: *uuid::Uuid::new_v4().as_bytes(),
+            origin,
+            instance: uuid::Uuid::from_bytes(origin).simple().to_string(),
+            presence_ttl: settings.presence_ttl,
+            presence_set: fred::types::scripts::Script::from_lua(PRESENCE_SET),
+            presence_sweep: fred::types::scripts::Script::from_lua(PRESENCE_SWEEP),
             prefix: settings.prefix,
             sharded,
             timeout: settings.timeout,
@@ -189,6 +266,24 @@ impl Inner {
             Some(room) => self.room_channel(room),
             None => self.control_channel(),
         }
+    }
+
+    fn presence_keys(&self, room: &str, user: &str) -> (String, String) {
+        (format!("{}p:{{{room}}}:{user}", self.prefix), format!("{}ps:{{{room}}}", self.prefix))
+    }
+
+    async fn set_presence(&self, room: &str, user: &str, here: bool) -> Result<PresenceChange, BusError> {
+        let (p, s) = self.presence_keys(room, user);
+        let args = vec![
+            self.instance.clone(),
+            if here { "1" } else { "0" }.to_owned(),
+            crate::db::now_ms().to_string(),
+            self.presence_ttl.as_millis().to_string(),
+            user.to_owned(),
+        ];
+        let r: Vec<i64> =
+            self.presence_set.evalsha_with_reload(&self.publisher, vec![p, s], args).await.map_err(unavailable)?;
+        Ok(PresenceChange { before: r.first() == Some(&1), after: r.get(1) == Some(&1) })
     }
 
     fn is_healthy(&self) -> bool {
@@ -469,7 +564,39 @@ impl Inner {
     }
 }
 
+fn unavailable(e: fred::error::Error) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
 impl Bus for RedisBus {
+    fn presence_set(&self, room: &str, user: &str, here: bool) -> BusFuture<PresenceChange> {
+        let (inner, room, user) = (self.inner.clone(), room.to_owned(), user.to_owned());
+        Box::pin(async move { inner.set_presence(&room, &user, here).await })
+    }
+
+    fn presence_of(&self, room: &str) -> BusFuture<Vec<String>> {
+        let inner = self.inner.clone();
+        let (_, key) = inner.presence_keys(room, "");
+        Box::pin(async move { inner.publisher.smembers::<Vec<String>, _>(key).await.map_err(unavailable) })
+    }
+
+    fn presence_refresh(&self, room: &str, users: Vec<String>) -> BusFuture<Vec<String>> {
+        let (inner, room) = (self.inner.clone(), room.to_owned());
+        Box::pin(async move {
+            let refreshed = join_all(users.iter().map(|u| inner.set_presence(&room, u, true))).await;
+            if let Some(Err(e)) = refreshed.into_iter().find(Result::is_err) {
+                return Err(e);
+            }
+            let (_, set) = inner.presence_keys(&room, "");
+            let user_prefix = format!("{}p:{{{room}}}:", inner.prefix);
+            inner
+                .presence_sweep
+                .evalsha_with_reload(&inner.publisher, vec![set], vec![crate::db::now_ms().to_string(), user_prefix])
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     fn publish(&self, event: BusEvent) {
         match self.inner.queue.try_send(event) {
             Ok(()) => {}

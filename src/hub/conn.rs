@@ -458,7 +458,8 @@ impl Conn {
             self.ws.flush().await?;
         }
         self.joined.insert(room_arc, last);
-        Ok(ServerFrame::Joined { id, room: &room, last_seq: last, replayed }.encode())
+        let online = self.hub.presence_snapshot(&room, &self.shared.user).await;
+        Ok(ServerFrame::Joined { id, room: &room, last_seq: last, replayed, online: &online }.encode())
     }
 
     /// Feeds stored messages with `after < seq < until` to the socket, in

@@ -224,6 +224,8 @@ pub enum ServerFrame<'a> {
         room: &'a str,
         last_seq: i64,
         replayed: u64,
+        /// Users online in the room now, across the cluster.
+        online: &'a [String],
     },
     Left {
         #[serde(skip_serializing_if = "Option::is_none")]

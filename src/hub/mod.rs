@@ -6,6 +6,7 @@
 //! - [`room`]: per-room subscribers and the sequencer that fans stored
 //!   messages out in seq order, filling gaps from storage.
 //! - [`bridge`]: what crosses instances through the bus, both ways.
+//! - [`presence`]: who is online, one truth for the cluster.
 //! - [`commit`]: group commit of sends into storage.
 //! - [`drain`]: closing every socket at shutdown.
 //! - [`frames`]: the wire format.
@@ -22,6 +23,7 @@ pub mod commit;
 pub mod conn;
 pub mod drain;
 pub mod frames;
+pub mod presence;
 pub mod registry;
 pub mod room;
 pub mod ws;
@@ -56,6 +58,8 @@ pub struct HubSettings {
     pub drain_reconnect_max_ms: u64,
     /// Concurrent group-commit transactions (1 for SQLite: one writer).
     pub committers: usize,
+    /// How often presence entries are re-asserted (a third of their TTL).
+    pub presence_heartbeat: Duration,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -87,6 +91,7 @@ struct Inner {
     registry: registry::Registry,
     rooms: room::Rooms,
     committer: mpsc::Sender<commit::Job>,
+    presence: mpsc::Sender<presence::Changed>,
     draining: AtomicBool,
     /// Connection tasks, awaited at drain.
     conn_tasks: TaskTracker,
@@ -114,6 +119,7 @@ impl Hub {
         tasks: &TaskTracker,
     ) -> Hub {
         let (committer, jobs) = mpsc::channel(commit::QUEUE);
+        let (presence, changes) = mpsc::channel(presence::QUEUE);
         let events = bus.events();
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -124,6 +130,7 @@ impl Hub {
                 metrics,
                 rooms: room::Rooms::default(),
                 committer,
+                presence,
                 draining: AtomicBool::new(false),
                 conn_tasks: TaskTracker::new(),
                 tasks: tasks.clone(),
@@ -134,6 +141,8 @@ impl Hub {
         for _ in 0..hub.inner.settings.committers.max(1) {
             tasks.spawn(commit::run(hub.clone(), jobs.clone(), stop.clone()));
         }
+        let heartbeat = hub.inner.settings.presence_heartbeat;
+        tasks.spawn(hub.clone().run_presence(changes, heartbeat, stop.clone()));
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
         hub
     }

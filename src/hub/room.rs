@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 
-use super::frames::{self, ServerFrame};
+use super::frames;
 use super::{ConnShared, Delivery, Hub, Outbound};
 use crate::bus::BusFuture;
 use crate::metrics::Metrics;
@@ -60,7 +60,7 @@ impl Hub {
             (first, watched)
         };
         if first {
-            self.presence(room, &conn.user, "online", Some(conn.id));
+            self.presence_changed(room, &conn.user);
         }
         watched
     }
@@ -68,14 +68,15 @@ impl Hub {
     /// Removes the connection from the room; announces the user's departure
     /// when it was their last socket in the room here.
     pub fn unsubscribe(&self, conn: &Arc<ConnShared>, room: &str) {
-        let last = match self.inner.rooms.map.entry(Arc::from(room)) {
+        let room: Arc<str> = Arc::from(room);
+        let last = match self.inner.rooms.map.entry(room.clone()) {
             dashmap::Entry::Occupied(mut e) => {
                 let before = e.get().subs.len();
                 e.get_mut().subs.retain(|c| c.id != conn.id);
                 let removed = e.get().subs.len() != before;
                 let last = removed && !e.get().subs.iter().any(|c| c.user == conn.user);
                 if e.get().subs.is_empty() {
-                    self.inner.bus.unwatch_room(room);
+                    self.inner.bus.unwatch_room(&room);
                     e.remove();
                 }
                 last
@@ -83,7 +84,7 @@ impl Hub {
             dashmap::Entry::Vacant(_) => false,
         };
         if last {
-            self.presence(room, &conn.user, "offline", Some(conn.id));
+            self.presence_changed(&room, &conn.user);
         }
     }
 
@@ -95,12 +96,6 @@ impl Hub {
         {
             e.delivered = Some(last_seq);
         }
-    }
-
-    /// Presence goes to everyone in the room but the socket that caused it.
-    fn presence(&self, room: &str, user: &str, status: &str, exclude: Option<u64>) {
-        let frame = ServerFrame::Presence { room, user, status }.encode();
-        self.broadcast(room, frame, exclude);
     }
 
     /// Sends an ephemeral frame to the room's sockets here (except
@@ -115,6 +110,15 @@ impl Hub {
         let Some(entry) = self.inner.rooms.map.get(room) else { return };
         let shared = Arc::new(frame.clone());
         for c in entry.subs.iter().filter(|c| Some(c.id) != exclude) {
+            c.offer(Outbound::Event(shared.clone()));
+        }
+    }
+
+    /// Like [`Hub::fan_out_event`], skipping every socket of `user`.
+    pub(super) fn fan_out_event_except(&self, room: &str, frame: &Utf8Bytes, user: &str) {
+        let Some(entry) = self.inner.rooms.map.get(room) else { return };
+        let shared = Arc::new(frame.clone());
+        for c in entry.subs.iter().filter(|c| &*c.user != user) {
             c.offer(Outbound::Event(shared.clone()));
         }
     }
@@ -207,6 +211,17 @@ impl Hub {
     /// Every room with local subscribers.
     pub(super) fn local_rooms(&self) -> Vec<Arc<str>> {
         self.inner.rooms.map.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// The users with a socket in `room` here.
+    pub(super) fn local_users(&self, room: &str) -> Vec<Arc<str>> {
+        let mut users: Vec<Arc<str>> = match self.inner.rooms.map.get(room) {
+            Some(e) => e.subs.iter().map(|c| c.user.clone()).collect(),
+            None => Vec::new(),
+        };
+        users.sort_unstable();
+        users.dedup();
+        users
     }
 
     /// The local sockets of `user` in `room`.
