@@ -8,6 +8,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
 COPY src src
 COPY loadtest/src loadtest/src
+COPY benches benches
 COPY migrations migrations
 RUN cargo build --release --locked --bin chatgw
 

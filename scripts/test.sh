@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and runs it.
 #
-# - PostgreSQL and Redis come from apt when they are not installed.
+# - PostgreSQL, Redis (server and redis-cli) and nginx come from apt when they
+#   are not installed. The cluster tests start their own redis-servers (and a
+#   3-master Redis Cluster) on free ports, and nginx with deploy/nginx.
 # - If TEST_DATABASE_URL is set it is used as is; otherwise a PostgreSQL that
 #   already answers on 127.0.0.1:5432 as user postgres without a password is
 #   used, and failing that a throwaway cluster is started on a free port and
@@ -32,6 +34,8 @@ pg_bin() {
 missing=()
 pg_bin >/dev/null || missing+=(postgresql postgresql-client)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)     # cluster creation in the Redis Cluster test
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)   # the proxy test runs deploy/nginx for real
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # key generation in the JWT tests
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then

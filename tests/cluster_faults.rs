@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chaos::{Acked, Addrs, Tally, all_acked, assert_exactly_once, receiver, sender};
 use crate::helpers::{Session, TestApp, TestDb, eventually};
-use crate::procs::{Gateway, RedisCluster, RedisProc, cluster_db, cluster_env, free_port, redis_cmd, test_prefix};
+use crate::procs::{
+    Gateway, Nginx, RedisCluster, RedisProc, cluster_db, cluster_env, free_port, redis_cmd, test_prefix,
+};
 use crate::ws_client::WsClient;
 
 const GUARD: Duration = Duration::from_secs(90);
@@ -21,6 +23,8 @@ const GUARD: Duration = Duration::from_secs(90);
 /// Instances on one database and one Redis URL.
 struct Cluster {
     db: TestDb,
+    /// The Redis key and channel prefix of this test.
+    prefix: String,
     gws: Vec<Gateway>,
     /// A REST view of instance 0.
     app: TestApp,
@@ -30,7 +34,8 @@ struct Cluster {
 impl Cluster {
     async fn start(n: usize, redis_url: &str, tweak: &[(&str, &str)]) -> Cluster {
         let db = cluster_db().await;
-        let mut env = cluster_env(&db.url, redis_url, &test_prefix());
+        let prefix = test_prefix();
+        let mut env = cluster_env(&db.url, redis_url, &prefix);
         for (k, v) in tweak {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
@@ -41,7 +46,7 @@ impl Cluster {
         }
         let app = gws[0].app(&db.url).await;
         let addrs = Addrs::new(gws.iter().map(|g| g.addr).collect());
-        Cluster { db, gws, app, addrs }
+        Cluster { db, prefix, gws, app, addrs }
     }
 
     async fn ready(&self, i: usize) -> (StatusCode, String) {
@@ -298,7 +303,13 @@ async fn redis_cluster_uses_sharded_pubsub_per_room() {
     let env = cluster_env(&db.url, &cluster.url(), &prefix);
     let gws = [Gateway::start(&env).await, Gateway::start(&env).await];
     let app = gws[0].app(&db.url).await;
-    let c = Cluster { app, addrs: Addrs::new(gws.iter().map(|g| g.addr).collect()), gws: gws.into(), db };
+    let c = Cluster {
+        app,
+        addrs: Addrs::new(gws.iter().map(|g| g.addr).collect()),
+        gws: gws.into(),
+        db,
+        prefix: prefix.clone(),
+    };
     c.eventually_ready(0, StatusCode::OK).await;
     c.eventually_ready(1, StatusCode::OK).await;
 
@@ -415,4 +426,80 @@ async fn a_killed_instance_leaves_no_presence_ghost_beyond_the_ttl() {
     assert_eq!(presence_until(&mut w, &xia.user_id, "offline").await, ["offline"]);
     let (_, joined) = w.join(&room, None).await;
     assert_eq!(joined["online"], json!([wes.user_id]), "no ghost in the snapshot");
+}
+
+/// SIGTERM on an idle gateway ends it at once: every background task
+/// (committers, bus, presence, housekeeping) stops on the shutdown signal,
+/// so nothing waits out `SHUTDOWN_TIMEOUT_SECS` (set far beyond the guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_an_idle_gateway_exits_without_waiting_out_a_timeout() {
+    let redis = RedisProc::start().await;
+    let db = cluster_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/idle.db", dir.path().display());
+    for (db_url, redis_url) in [(sqlite.as_str(), None), (db.url.as_str(), Some(redis.url()))] {
+        let mut env = cluster_env(db_url, "", &test_prefix());
+        env.retain(|(k, _)| k != "REDIS_URL" && k != "SHUTDOWN_TIMEOUT_SECS");
+        env.push(("SHUTDOWN_TIMEOUT_SECS".into(), "600".into()));
+        if let Some(r) = &redis_url {
+            env.push(("REDIS_URL".into(), r.clone()));
+        }
+        let mut g = Gateway::start(&env).await;
+        let app = g.app(db_url).await;
+        eventually(GUARD, || async {
+            let r = app.http.get(app.url("/readyz")).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        let clean = tokio::time::timeout(Duration::from_secs(60), g.terminate()).await;
+        assert_eq!(clean, Ok(true), "clean exit on SIGTERM, promptly ({redis_url:?})");
+    }
+}
+
+/// The shipped nginx configuration in front of two instances: REST and the
+/// WebSocket upgrade pass through it, sockets land on both instances, and
+/// a message sent through nginx reaches sockets wherever they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_in_front_of_two_instances() {
+    let redis = RedisProc::start().await;
+    let c = Cluster::start(2, &redis.url(), &[]).await;
+    let nginx = Nginx::start(&[c.gws[0].addr, c.gws[1].addr]).await;
+    let front = TestApp::remote(nginx.addr(), &c.db.url, crate::helpers::Db::Postgres).await;
+    let ready = front.http.get(front.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ann = front.register("ann").await;
+    let mut others = Vec::new();
+    for i in 0..4 {
+        others.push(front.register(&format!("u{i}")).await);
+    }
+    let members: Vec<&Session> = others.iter().collect();
+    let room = front.create_room(&ann, "proxied", &members).await;
+
+    let mut sender = WsClient::connect(&front, &ann.access).await;
+    sender.join(&room, None).await;
+    let mut receivers = Vec::new();
+    for u in &others {
+        let mut r = WsClient::connect(&front, &u.access).await;
+        r.join(&room, None).await;
+        receivers.push(r);
+    }
+    // least_conn spread the sockets over both instances: both subscribed
+    // to the room's channel.
+    let channel = format!("{}r:{room}", c.prefix);
+    eventually(GUARD, || async {
+        let r = redis_cmd(redis.port, &["PUBSUB", "NUMSUB", &channel]).await.unwrap_or_default();
+        r.trim_end().ends_with(":2").then_some(())
+    })
+    .await;
+    for i in 0..10 {
+        sender.send_msg(&room, &format!("m{i}"), "through nginx").await;
+    }
+    for r in &mut receivers {
+        let mut seqs = Vec::new();
+        while seqs.len() < 10 {
+            let f = r.next_of("message").await;
+            seqs.push(f["seq"].as_i64().unwrap());
+        }
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    }
 }

@@ -304,3 +304,79 @@ pub fn test_prefix() -> String {
 pub async fn cluster_db() -> TestDb {
     TestDb::new(Db::Postgres).await
 }
+
+/// nginx in front of gateway instances, with the shipped configuration
+/// (`deploy/nginx/chatgw.conf`): only its port and upstream servers are
+/// replaced.
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub async fn start(upstreams: &[SocketAddr]) -> Nginx {
+        let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nginx is installed (scripts/test.sh installs it)");
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/chatgw.conf"))
+            .expect("deploy/nginx/chatgw.conf");
+        let port = free_port();
+        let servers: String =
+            upstreams.iter().map(|a| format!("    server {a} max_fails=3 fail_timeout=5s;\n")).collect();
+        let mut site = String::new();
+        for line in shipped.lines() {
+            let t = line.trim_start();
+            if t.starts_with("server gw") {
+                continue;
+            } else if t == "least_conn;" {
+                site.push_str(line);
+                site.push('\n');
+                site.push_str(&servers);
+                continue;
+            } else if t == "listen 80;" {
+                site.push_str(&format!("    listen 127.0.0.1:{port};\n"));
+                continue;
+            }
+            site.push_str(line);
+            site.push('\n');
+        }
+        assert!(site.contains(&servers) && site.contains(&format!("listen 127.0.0.1:{port};")), "config rewritten");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("chatgw.conf"), site).unwrap();
+        let main = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{}}\nhttp {{\n  access_log off;\n  \
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/chatgw.conf;\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nginx");
+        eventually(Duration::from_secs(20), || async move {
+            TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+        Nginx { port, child, _dir: dir }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
