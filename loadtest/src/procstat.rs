@@ -57,6 +57,27 @@ impl Source {
     }
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Pid(pid) => write!(f, "pid:{pid}"),
+            Source::Metrics(url) => write!(f, "metrics:{url}"),
+        }
+    }
+}
+
+/// One reading of several processes (the instances of a cluster): CPU and
+/// RSS summed; `None` unless every source answered.
+pub fn sample_all(sources: &[Source]) -> Option<Sample> {
+    if sources.is_empty() {
+        return None;
+    }
+    sources.iter().try_fold(Sample::default(), |acc, s| {
+        let x = s.sample()?;
+        Some(Sample { cpu_secs: acc.cpu_secs + x.cpu_secs, rss_kib: acc.rss_kib + x.rss_kib })
+    })
+}
+
 /// A tiny HTTP/1.0 GET for loopback metrics endpoints.
 fn http_get(url: &str) -> Option<String> {
     let rest = url.strip_prefix("http://")?;

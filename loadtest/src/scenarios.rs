@@ -14,12 +14,36 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Observed, RoomView, Target, Ws};
 
-/// Who connects, as what, to which rooms.
+/// One simulated client: who connects, as what, where, to which rooms.
+#[derive(Clone, Debug, Default)]
+pub struct Client {
+    /// Position in the unsplit population: the same in every shard (it names
+    /// client_msg_ids and picks the source address).
+    pub index: usize,
+    /// Index into [`Ctx::targets`].
+    pub target: usize,
+    /// Bearer token (`None`: the reference server, no auth).
+    pub token: Option<String>,
+    pub rooms: Vec<String>,
+    /// Sends messages (traffic scenarios); otherwise it only receives.
+    pub sender: bool,
+}
+
+/// This process's clients (its shard of the population).
 pub struct Population {
-    /// Bearer token per client (`None`: the reference server, no auth).
-    pub tokens: Vec<Option<String>>,
-    /// Rooms per client.
-    pub rooms: Vec<Vec<String>>,
+    pub clients: Vec<Client>,
+}
+
+/// Where a traffic run is. Clients wait for `Run` before sending, stop
+/// sending at `StopSending`, and read what is still in flight from `Drain`
+/// on. A single process goes straight from `StopSending` to `Drain`; shards
+/// meet in between, so no receiver drains before every sender has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Setup,
+    Run,
+    StopSending,
+    Drain,
 }
 
 /// Shared knobs of a run.
@@ -30,18 +54,30 @@ pub struct Ctx {
     pub run_id: u32,
     /// Spread client sockets over 127.0.0.1 ..= 127.0.0.N.
     pub source_ips: u8,
-    pub start_ns: u64,
+    /// t0 of the timeline (Unix ns): the start of the measured window, the
+    /// same instant in every shard.
+    pub start_ns: AtomicU64,
     pub sends: AtomicU64,
     pub deliveries: AtomicU64,
     pub connected: AtomicUsize,
+    /// Connected clients per target.
+    pub connected_by_target: Vec<AtomicUsize>,
 }
 
 impl Ctx {
-    fn target(&self, i: usize) -> &Target {
-        &self.targets[i % self.targets.len()]
+    fn target(&self, c: &Client) -> &Target {
+        &self.targets[c.target]
     }
-    fn source(&self, i: usize) -> Option<IpAddr> {
-        (self.source_ips > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % self.source_ips as usize) as u8)))
+    fn source(&self, c: &Client) -> Option<IpAddr> {
+        (self.source_ips > 1)
+            .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (c.index % self.source_ips as usize) as u8)))
+    }
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns.load(Ordering::Relaxed)
+    }
+    fn on_connected(&self, c: &Client) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        self.connected_by_target[c.target].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -59,22 +95,22 @@ pub struct Behaviour {
     pub drain: Duration,
 }
 
-/// Runs one traffic client to the end and returns what it saw.
+/// Runs one traffic client to the end and returns what it saw. `b` says how
+/// often it sends; a receiver's `b.send_every` is `None`.
 pub async fn traffic_client(
     ctx: Arc<Ctx>,
-    i: usize,
-    token: Option<String>,
-    rooms: Vec<String>,
+    c: Client,
     b: Behaviour,
     ready: Arc<Barrier>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) -> (Observed, HashMap<String, i64>) {
+    let (i, token, rooms) = (c.index, c.token.clone(), c.rooms.clone());
     let mut obs = Observed::default();
     let mut acked: HashMap<String, i64> = HashMap::new();
     let setup = async {
-        let mut ws = client::connect(ctx.target(i), token.as_deref(), ctx.source(i)).await?;
+        let mut ws = client::connect(ctx.target(&c), token.as_deref(), ctx.source(&c)).await?;
         for room in &rooms {
-            let base = client::join(&mut ws, &mut obs, room, None, ctx.start_ns).await?;
+            let base = client::join(&mut ws, &mut obs, room, None, ctx.start_ns()).await?;
             obs.rooms.insert(room.clone(), RoomView { baseline: base, max_seen: base, ..Default::default() });
         }
         anyhow::Ok(ws)
@@ -88,7 +124,9 @@ pub async fn traffic_client(
             return (obs, acked);
         }
     };
-    ctx.connected.fetch_add(1, Ordering::Relaxed);
+    ctx.on_connected(&c);
+    // Every client of every shard is connected and joined before anyone sends.
+    let _ = phase.wait_for(|p| *p >= Phase::Run).await;
     let mut rng = rand::rngs::StdRng::from_entropy();
     let jitter = |rng: &mut rand::rngs::StdRng, d: Duration| d.mul_f64(rng.gen_range(0.5..1.5));
     let mut next_send = b.send_every.map(|d| tokio::time::Instant::now() + d.mul_f64(rng.gen_range(0.0..1.0)));
@@ -97,8 +135,13 @@ pub async fn traffic_client(
     let mut n = 0u64;
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
     loop {
+        match *phase.borrow_and_update() {
+            Phase::Setup | Phase::Run => {}
+            Phase::StopSending => (next_send, next_reconnect) = (None, None),
+            Phase::Drain => break,
+        }
         tokio::select! {
-            _ = stop.changed() => break,
+            changed = phase.changed() => if changed.is_err() { break },
             () = tokio::time::sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                 let room = &rooms[rng.gen_range(0..rooms.len())];
                 let cmid = format!("{:x}-{i}-{n}", ctx.run_id);
@@ -125,7 +168,7 @@ pub async fn traffic_client(
                                 return (obs, acked);
                             }
                             let since = obs.rooms.get(room).map(|v| v.max_seen).unwrap_or(0);
-                            if client::join(&mut ws, &mut obs, room, Some(since), ctx.start_ns).await.is_err() {
+                            if client::join(&mut ws, &mut obs, room, Some(since), ctx.start_ns()).await.is_err() {
                                 obs.on_close("rejoin failed");
                                 break;
                             }
@@ -144,7 +187,7 @@ pub async fn traffic_client(
                 // was not acknowledged (same client_msg_id).
                 drop(ws);
                 obs.reconnects += 1;
-                match reconnect(&ctx, i, token.as_deref(), &rooms, &mut obs).await {
+                match reconnect(&ctx, &c, &rooms, &mut obs).await {
                     Ok(new) => ws = new,
                     Err(e) => {
                         obs.on_close(&format!("reconnect: {}", client::failure_reason(&e)));
@@ -221,7 +264,7 @@ fn on_msg(
     match msg {
         Some(Ok(Message::Text(t))) => {
             let before = obs.deliveries;
-            if let Some(v) = obs.on_frame(&t, ctx.start_ns)
+            if let Some(v) = obs.on_frame(&t, ctx.start_ns())
                 && v["type"] == "ack"
             {
                 let room = v["room"].as_str().unwrap_or_default().to_owned();
@@ -249,17 +292,11 @@ fn on_msg(
     }
 }
 
-async fn reconnect(
-    ctx: &Ctx,
-    i: usize,
-    token: Option<&str>,
-    rooms: &[String],
-    obs: &mut Observed,
-) -> anyhow::Result<Ws> {
-    let mut ws = client::connect(ctx.target(i), token, ctx.source(i)).await?;
+async fn reconnect(ctx: &Ctx, c: &Client, rooms: &[String], obs: &mut Observed) -> anyhow::Result<Ws> {
+    let mut ws = client::connect(ctx.target(c), c.token.as_deref(), ctx.source(c)).await?;
     for room in rooms {
         let since = obs.rooms.get(room).map(|v| v.max_seen).unwrap_or(0);
-        client::join(&mut ws, obs, room, Some(since), ctx.start_ns).await?;
+        client::join(&mut ws, obs, room, Some(since), ctx.start_ns()).await?;
     }
     Ok(ws)
 }
@@ -267,14 +304,13 @@ async fn reconnect(
 /// Holds idle connections (answering heartbeats) until `stop`.
 pub async fn idle_client(
     ctx: Arc<Ctx>,
-    i: usize,
-    token: Option<String>,
+    c: Client,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> Observed {
     let mut obs = Observed::default();
     let permit = permits.acquire_owned().await;
-    let ws = client::connect(ctx.target(i), token.as_deref(), ctx.source(i)).await;
+    let ws = client::connect(ctx.target(&c), c.token.as_deref(), ctx.source(&c)).await;
     drop(permit);
     let mut ws = match ws {
         Ok(ws) => ws,
@@ -283,7 +319,7 @@ pub async fn idle_client(
             return obs;
         }
     };
-    ctx.connected.fetch_add(1, Ordering::Relaxed);
+    ctx.on_connected(&c);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -313,14 +349,14 @@ pub async fn connect_storm(
 ) -> (Duration, HashMap<String, u64>, Vec<Ws>) {
     let sem = Arc::new(Semaphore::new(concurrency));
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(pop.tokens.len());
-    for (i, token) in pop.tokens.iter().cloned().enumerate() {
+    let mut tasks = Vec::with_capacity(pop.clients.len());
+    for c in pop.clients.iter().cloned() {
         let (ctx, sem) = (ctx.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await;
-            let r = client::connect(ctx.target(i), token.as_deref(), ctx.source(i)).await;
+            let r = client::connect(ctx.target(&c), c.token.as_deref(), ctx.source(&c)).await;
             if r.is_ok() {
-                ctx.connected.fetch_add(1, Ordering::Relaxed);
+                ctx.on_connected(&c);
             }
             r
         }));
