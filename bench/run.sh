@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the figures in BENCHMARKS.md.
 #
-#   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect (default: all)
+#   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect cluster (default: all)
 #
 # The gateway (or the reference server) is pinned to CPU 0 and the load
 # client to CPU 1, so "server CPU per delivery" is not polluted by the client.
@@ -15,7 +15,7 @@ DURATION=${DURATION:-15}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 mkdir -p "$OUT"
 cargo build --release --quiet -p chatgw -p loadtest
-GW=./target/release/chatgw
+GW=${GW:-./target/release/chatgw}   # GW=... benchmarks another build (before/after)
 LT=./target/release/loadtest
 REF=./target/release/refserver
 export JWT_SECRET=bench-secret-0123456789-abcdefghijklmnopqrstuv
@@ -26,7 +26,7 @@ export WS_HANDSHAKES_PER_IP_PER_SEC=1000000 WS_SEND_PER_SEC=10000 WS_SEND_BURST=
 pid=""
 
 stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pid=""; }
-trap stop EXIT
+trap 'stop; stop_all; stop_redis' EXIT
 
 db_url() { # sqlite|postgres
     if [ "$1" = sqlite ]; then
@@ -120,12 +120,89 @@ storm() { # authenticated handshakes per second
     done
 }
 
+# --- cluster: two instances on one PostgreSQL and one Redis (or a 3-master
+# Redis Cluster), against one instance in the same session. 1,000 sockets,
+# 10 rooms of 100, 10 senders per room on instance A, every other member
+# spread over A and B, 500 sends/s. Both gateways share CPU 0 (their CPU is
+# summed); the load client has CPU 1; Redis and PostgreSQL float.
+RPORT=16390
+redis_pids=()
+stop_redis() { for p in "${redis_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; redis_pids=(); rm -rf "$OUT/redis"; }
+start_redis() { # standalone on RPORT
+    mkdir -p "$OUT/redis"
+    redis-server --port $RPORT --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT/redis" >/dev/null 2>&1 &
+    redis_pids+=($!)
+    for _ in $(seq 50); do redis-cli -p $RPORT ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
+}
+start_redis_cluster() { # 3 masters on RPORT..RPORT+2
+    mkdir -p "$OUT/redis"
+    local nodes=()
+    for i in 0 1 2; do
+        local p=$((RPORT + i))
+        redis-server --port $p --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT/redis" \
+            --cluster-enabled yes --cluster-config-file "nodes-$p.conf" >/dev/null 2>&1 &
+        redis_pids+=($!)
+        nodes+=("127.0.0.1:$p")
+    done
+    for i in 0 1 2; do for _ in $(seq 50); do redis-cli -p $((RPORT + i)) ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+    for _ in $(seq 100); do redis-cli -p $RPORT cluster info | grep -q cluster_state:ok && return; sleep 0.1; done
+}
+redis_in_bytes() { # summed over the nodes
+    local total=0
+    for p in "$@"; do
+        total=$((total + $(redis-cli -p "$p" info stats | awk -F: '/^total_net_input_bytes/ {print $2+0}')))
+    done
+    echo $total
+}
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; pids=(); }
+start_two() { # REDIS_URL
+    local db; db=$(db_url postgres)
+    DATABASE_URL=$db $GW seed --users 1000 --rooms 10 --room-size 100 --token-ttl-secs 7200 --out "$OUT/seed.json" >/dev/null
+    for p in $PORT $((PORT + 1)); do
+        DATABASE_URL=$db REDIS_URL=$1 LISTEN_ADDR=127.0.0.1:$p taskset -c 0 $GW >"$OUT/gateway-$p.log" 2>&1 &
+        pids+=($!)
+    done
+    for p in $PORT $((PORT + 1)); do
+        for _ in $(seq 100); do curl -fs "http://127.0.0.1:$p/readyz" >/dev/null && break; sleep 0.1; done
+    done
+}
+CLUSTER_ARGS="--rooms 10 --room-size 100 --rate 500 --senders-per-room 10 --senders-on 0"
+cluster() {
+    local URL2="ws://127.0.0.1:$((PORT + 1))/ws"
+    for run in $(seq "$RUNS"); do
+        start_gateway postgres 1000 10 100
+        lt "cluster-one-$run" fanout --url $URL --seed "$OUT/seed.json" $CLUSTER_ARGS --duration "$DURATION" --gateway-pid $pid
+        stop
+        for kind in redis rediscluster; do
+            if [ $kind = redis ]; then start_redis; url=redis://127.0.0.1:$RPORT; ports=($RPORT)
+            else start_redis_cluster; url="redis-cluster://127.0.0.1:$RPORT?node=127.0.0.1:$((RPORT + 1))&node=127.0.0.1:$((RPORT + 2))"; ports=($RPORT $((RPORT + 1)) $((RPORT + 2))); fi
+            start_two "$url"
+            for p in "${ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
+            local before; before=$(redis_in_bytes "${ports[@]}")
+            lt "cluster-$kind-$run" fanout --url "$URL,$URL2" --seed "$OUT/seed.json" $CLUSTER_ARGS --duration "$DURATION" \
+                --gateway-pid "${pids[0]},${pids[1]}"
+            local after; after=$(redis_in_bytes "${ports[@]}")
+            python3 - "$OUT/cluster-$kind-$run.json" "$((after - before))" <<'PY'
+import json,sys
+r=json.load(open(sys.argv[1])); sent=r.get("sent") or r.get("sends") or 0
+print(f'    redis bytes in: {int(sys.argv[2])}  per message sent: {int(sys.argv[2])/max(sent,1):.0f}')
+PY
+            # Commands by kind, summed over the nodes (publishes vs presence).
+            for p in "${ports[@]}"; do redis-cli -p "$p" info commandstats; done \
+                | awk -F'[:=,]' '/^cmdstat_/ { calls[$1] += $3 } END { for (c in calls) printf "    %s=%d", substr(c, 9), calls[c]; print "" }'
+            stop_all; stop_redis
+        done
+    done
+}
+
 reconnect() { # continuous drop-and-resume under load: zero lost, zero duplicated
     start_gateway postgres 1000 10 100
     lt "reconnect-postgres" reconnect --url $URL --seed "$OUT/seed.json" --rooms 10 --room-size 100 --rate 500 --duration "$DURATION" --reconnect-every 5 --gateway-pid $pid --assert
     stop
 }
 
-for s in "${@:-fanout maxrate throughput idle storm reconnect}"; do
+for s in "${@:-fanout maxrate throughput idle storm reconnect cluster}"; do
     for x in $s; do "$x"; done
 done

@@ -702,3 +702,35 @@ fn token_exp_ms(token: &str) -> i64 {
     let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
     claims["exp"].as_i64().expect("exp") * 1000
 }
+
+/// `MAX_CONNECTIONS` is a permit held by each socket: of many concurrent
+/// handshakes exactly the cap get through and the others get 503 at once;
+/// a closed socket frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_under_concurrent_handshakes() {
+    let app = spawn_app_with(Db::Sqlite, |v| {
+        v.insert("MAX_CONNECTIONS".into(), "5".into());
+        v.insert("WS_HANDSHAKES_PER_IP_PER_SEC".into(), "10000".into());
+    })
+    .await;
+    let u = app.register("capped").await;
+    let attempts =
+        futures_util::future::join_all((0..20).map(|_| WsClient::try_connect(&app, Some(&u.access), None, None))).await;
+    let mut open = Vec::new();
+    for a in attempts {
+        match a {
+            Ok(c) => open.push(c),
+            Err(Refused::Http(status, body)) => {
+                assert_eq!(status, 503, "{body}");
+                assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            }
+        }
+    }
+    assert_eq!(open.len(), 5, "exactly MAX_CONNECTIONS sockets");
+    open.pop().unwrap().close().await;
+    let again = crate::helpers::eventually(Duration::from_secs(20), || async {
+        WsClient::try_connect(&app, Some(&u.access), None, None).await.ok()
+    })
+    .await;
+    assert_eq!(again.hello["type"], "hello");
+}

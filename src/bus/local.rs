@@ -7,7 +7,7 @@
 //! events reach every handle, and nobody hears its own events.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -22,6 +22,9 @@ const SUBSCRIBER_QUEUE: usize = 65_536;
 #[derive(Default)]
 pub struct LocalNetwork {
     members: Mutex<Vec<Member>>,
+    /// How many handles are attached: read on every message (has_peers),
+    /// so without taking the lock.
+    attached: AtomicUsize,
     next_id: AtomicU64,
     /// room -> user -> handles with sockets of the user in the room.
     presence: Mutex<HashMap<String, HashMap<String, HashSet<u64>>>>,
@@ -45,6 +48,7 @@ impl LocalNetwork {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().push(Member { id, tx, rooms: HashSet::new(), lagged: false });
+        self.attached.fetch_add(1, Ordering::SeqCst);
         LocalBus { net: self.clone(), id, rx: Mutex::new(Some(rx)) }
     }
 
@@ -80,6 +84,7 @@ impl Default for LocalBus {
 impl Drop for LocalBus {
     fn drop(&mut self) {
         self.net.lock().retain(|m| m.id != self.id);
+        self.net.attached.fetch_sub(1, Ordering::SeqCst);
         for users in self.net.presence().values_mut() {
             for handles in users.values_mut() {
                 handles.remove(&self.id);
@@ -152,7 +157,7 @@ impl Bus for LocalBus {
     }
 
     fn has_peers(&self) -> bool {
-        self.net.lock().iter().any(|m| m.id != self.id)
+        self.net.attached.load(Ordering::Relaxed) > 1
     }
 
     fn name(&self) -> &'static str {

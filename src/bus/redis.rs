@@ -460,6 +460,10 @@ impl Inner {
         }
     }
 
+    fn has_unconfirmed(&self) -> bool {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).values().any(|s| !*s.confirmed.borrow())
+    }
+
     fn confirm(&self, rooms: &[Arc<str>]) {
         let map = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         for r in rooms {
@@ -526,6 +530,7 @@ impl Inner {
         let period = Duration::from_secs(1).min(self.timeout);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stale_unconfirmed = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -549,12 +554,21 @@ impl Inner {
                 (true, Some(p)) => tracing::warn!(problem = %p, "bus: Redis unhealthy; delivering from storage"),
                 (false, None) => {
                     tracing::info!("bus: Redis healthy");
-                    // Anything may have been lost while it was not.
-                    self.to_hub(BusEvent::Resync);
-                    self.announce_lost().await;
+                    // Subscriptions asked for while it did not answer may
+                    // have failed without a reconnect to redo them (a paused
+                    // Redis keeps its connections): redo them all, then
+                    // resync and announce what was lost.
+                    let _ = self.subs.send(SubCmd::ResubscribeAll);
                 }
                 (false, Some(_)) => self.to_hub(BusEvent::Resync),
                 (true, None) => {
+                    // A subscription that failed while Redis was healthy
+                    // (still unconfirmed a tick later) is retried.
+                    let unconfirmed = self.has_unconfirmed();
+                    if unconfirmed && stale_unconfirmed {
+                        let _ = self.subs.send(SubCmd::ResubscribeAll);
+                    }
+                    stale_unconfirmed = unconfirmed;
                     if !self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
                         self.announce_lost().await;
                     }
