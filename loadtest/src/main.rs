@@ -206,18 +206,8 @@ struct Common {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write an SVG plot (latency over time and its distribution) here.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// Exit non-zero on any loss, duplicate or reorder, or past the limits.
-    #[arg(long)]
-    assert: bool,
-    /// With --assert: the highest acceptable p99 latency in ms.
-    #[arg(long)]
-    max_p99_ms: Option<f64>,
-    /// With --assert: the highest acceptable error rate (errors / attempts).
-    #[arg(long)]
-    max_error_rate: Option<f64>,
+    #[command(flatten)]
+    output: Output,
     /// No progress line (for CI logs).
     #[arg(long)]
     quiet: bool,
@@ -264,7 +254,14 @@ struct MergeArgs {
     /// Write the merged report as JSON here.
     #[arg(short, long)]
     out: Option<PathBuf>,
-    /// Write an SVG plot of the merged run here.
+    #[command(flatten)]
+    output: Output,
+}
+
+/// What to do with a finished report, besides printing it (runs and merges).
+#[derive(Args, Clone)]
+struct Output {
+    /// Write an SVG plot (latency over time and its distribution) here.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Exit non-zero on any loss, duplicate or reorder, or past the limits.
@@ -423,39 +420,25 @@ async fn main() -> anyhow::Result<()> {
                 reports.push(serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))?);
             }
             let report = Report::merge(reports)?;
-            return emit(&report, m.out.as_deref(), m.plot.as_deref(), m.assert, m.max_p99_ms, m.max_error_rate);
+            return emit(&report, m.out.as_deref(), &m.output);
         }
     };
-    emit(
-        &report,
-        common.json.as_deref(),
-        common.plot.as_deref(),
-        common.assert,
-        common.max_p99_ms,
-        common.max_error_rate,
-    )
+    emit(&report, common.json.as_deref(), &common.output)
 }
 
 /// Prints the table, writes JSON and plot, and checks the assertions.
-fn emit(
-    report: &Report,
-    json: Option<&Path>,
-    plot: Option<&Path>,
-    assert: bool,
-    max_p99_ms: Option<f64>,
-    max_error_rate: Option<f64>,
-) -> anyhow::Result<()> {
+fn emit(report: &Report, json: Option<&Path>, out: &Output) -> anyhow::Result<()> {
     println!("{}", report.table());
     if let Some(p) = json {
         std::fs::write(p, serde_json::to_vec_pretty(report)?)?;
         println!("report written to {}", p.display());
     }
-    if let Some(p) = plot {
+    if let Some(p) = &out.plot {
         report.plot(p)?;
         println!("plot written to {}", p.display());
     }
-    if assert {
-        let failures = report.failures(max_p99_ms, max_error_rate);
+    if out.assert {
+        let failures = report.failures(out.max_p99_ms, out.max_error_rate);
         if !failures.is_empty() {
             eprintln!("ASSERTION FAILED: {}", failures.join("; "));
             std::process::exit(1);

@@ -58,14 +58,9 @@ pub struct RedisSettings {
     pub presence_ttl: Duration,
 }
 
-/// Presence keys, per room (the room in braces is the hash tag, so a room's
-/// keys share one cluster slot):
-/// - `{prefix}p:{room}:{user}`: hash, instance -> "1 <expiry ms>";
-/// - `{prefix}ps:{room}`: set of the users online in the room.
-///
-/// Sets this instance's entry and returns {online before, online after};
-/// expired entries of other instances are removed on the way.
-const PRESENCE_SET: &str = r"
+/// Shared by the presence scripts: whether a user's hash still has a live
+/// entry, deleting the expired ones on the way.
+const PRESENCE_LIB: &str = r"
 local function online(key, now)
   local vals = redis.call('HGETALL', key)
   local any = false
@@ -79,6 +74,16 @@ local function online(key, now)
   end
   return any
 end
+";
+
+/// Presence keys, per room (the room in braces is the hash tag, so a room's
+/// keys share one cluster slot):
+/// - `{prefix}p:{room}:{user}`: hash, instance -> "1 <expiry ms>";
+/// - `{prefix}ps:{room}`: set of the users online in the room.
+///
+/// Sets this instance's entry and returns {online before, online after};
+/// expired entries of other instances are removed on the way.
+const PRESENCE_SET: &str = r"
 local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local before = online(KEYS[1], now)
 if ARGV[2] == '1' then
@@ -103,18 +108,7 @@ const PRESENCE_SWEEP: &str = r"
 local now = tonumber(ARGV[1])
 local gone = {}
 for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[2] .. user
-  local vals = redis.call('HGETALL', key)
-  local any = false
-  for i = 1, #vals, 2 do
-    local e = tonumber(string.match(vals[i + 1], ' (%d+)$'))
-    if e == nil or e < now then
-      redis.call('HDEL', key, vals[i])
-    else
-      any = true
-    end
-  end
-  if not any then
+  if not online(ARGV[2] .. user, now) then
     redis.call('SREM', KEYS[1], user)
     table.insert(gone, user)
   end
@@ -214,8 +208,8 @@ impl RedisBus {
             origin,
             instance: uuid::Uuid::from_bytes(origin).simple().to_string(),
             presence_ttl: settings.presence_ttl,
-            presence_set: fred::types::scripts::Script::from_lua(PRESENCE_SET),
-            presence_sweep: fred::types::scripts::Script::from_lua(PRESENCE_SWEEP),
+            presence_set: fred::types::scripts::Script::from_lua(format!("{PRESENCE_LIB}{PRESENCE_SET}")),
+            presence_sweep: fred::types::scripts::Script::from_lua(format!("{PRESENCE_LIB}{PRESENCE_SWEEP}")),
             prefix: settings.prefix,
             sharded,
             timeout: settings.timeout,
