@@ -9,14 +9,14 @@
 //! The last test runs the same against two real gateway instances (in this
 //! process, on one SQLite file, linked by chatgw's in-process bus).
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 
 use chatgw::config::Config;
-use chatgw::seed::SeedArgs;
 use chatgw::startup::Application;
 use serde_json::{Value, json};
 
@@ -281,23 +281,8 @@ impl Drop for Gateways {
 
 async fn gateways(n: usize, users: usize, rooms: usize, room_size: usize) -> Gateways {
     let dir = tempfile::tempdir().unwrap();
-    let vars: HashMap<String, String> = [
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATABASE_URL", format!("sqlite://{}/lt.db", dir.path().display())),
-        ("JWT_SECRET", "cluster-secret-0123456789-abcdefghijklmnop".to_owned()),
-        ("WS_SEND_PER_SEC", "1000".to_owned()),
-        ("WS_SEND_BURST", "1000".to_owned()),
-        ("WS_EVENTS_PER_SEC", "1000".to_owned()),
-        ("WS_EVENTS_BURST", "1000".to_owned()),
-        ("WS_HANDSHAKES_PER_IP_PER_SEC", "100000".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let seed = dir.path().join("seed.json");
-    let args = SeedArgs { users, rooms, room_size, token_ttl_secs: 600, out: seed.clone() };
-    let file = chatgw::seed::run(&Config::from_vars(&vars).unwrap(), &args).await.unwrap();
-    std::fs::write(&seed, serde_json::to_vec(&file).unwrap()).unwrap();
+    let vars = common::gateway_vars(dir.path());
+    let seed = common::seed(&Config::from_vars(&vars).unwrap(), dir.path(), users, rooms, room_size).await;
     let net = chatgw::bus::local::LocalNetwork::new();
     let (mut urls, mut stops) = (Vec::new(), Vec::new());
     for _ in 0..n {

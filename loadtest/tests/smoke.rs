@@ -2,12 +2,12 @@
 //! fresh SQLite file) and of fanout against the reference server: small N,
 //! a few seconds, zero loss and a well-formed report. No timing thresholds.
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use chatgw::config::Config;
-use chatgw::seed::SeedArgs;
 use chatgw::startup::Application;
 use serde_json::Value;
 
@@ -29,25 +29,8 @@ impl Drop for Gateway {
 
 async fn gateway(users: usize, rooms: usize, room_size: usize) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
-    let vars: HashMap<String, String> = [
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATABASE_URL", format!("sqlite://{}/lt.db", dir.path().display())),
-        ("JWT_SECRET", "smoke-secret-0123456789-abcdefghijklmnop".to_owned()),
-        ("WS_SEND_PER_SEC", "1000".to_owned()),
-        ("WS_SEND_BURST", "1000".to_owned()),
-        ("WS_EVENTS_PER_SEC", "1000".to_owned()),
-        ("WS_EVENTS_BURST", "1000".to_owned()),
-        ("WS_HANDSHAKES_PER_IP_PER_SEC", "100000".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let config = Config::from_vars(&vars).unwrap();
-    let seed = dir.path().join("seed.json");
-    let args = SeedArgs { users, rooms, room_size, token_ttl_secs: 600, out: seed.clone() };
-    let file = chatgw::seed::run(&config, &args).await.unwrap();
-    std::fs::write(&seed, serde_json::to_vec(&file).unwrap()).unwrap();
+    let config = Config::from_vars(&common::gateway_vars(dir.path())).unwrap();
+    let seed = common::seed(&config, dir.path(), users, rooms, room_size).await;
     let app = Application::build(config).await.unwrap();
     let ws_url = format!("ws://{}/ws", app.local_addr());
     let metrics_url = format!("http://{}/metrics", app.metrics_addr().unwrap());
