@@ -184,6 +184,8 @@ pub async fn sender(
     while !done(&acked) {
         let Some(mut ws) = connect(addrs.pick(i), &token).await else {
             i += 1;
+            // Pacing between attempts while an instance is down (a client's
+            // backoff, not a wait for a condition).
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -241,6 +243,8 @@ pub async fn sender(
 /// with no duplicate and no gap.
 pub async fn assert_exactly_once(tallies: &[Arc<Mutex<Tally>>], room: &str, expected: usize, guard: Duration) {
     let all_done = || tallies.iter().all(|t| t.lock().unwrap().count(room) >= expected);
+    // Polled with a deadline; on timeout the assertions below say what is
+    // missing, which `eventually` would not.
     let _ = tokio::time::timeout(guard, async {
         while !all_done() {
             tokio::time::sleep(Duration::from_millis(50)).await;

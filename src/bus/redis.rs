@@ -454,6 +454,12 @@ impl Inner {
         }
     }
 
+    /// An immediate error while Redis is known to be down.
+    fn fail_fast<T>(&self) -> Option<BusFuture<T>> {
+        (!self.is_healthy())
+            .then(|| -> BusFuture<T> { Box::pin(async { Err(BusError::Unavailable("Redis is unavailable".into())) }) })
+    }
+
     fn has_unconfirmed(&self) -> bool {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).values().any(|s| !*s.confirmed.borrow())
     }
@@ -578,17 +584,28 @@ fn unavailable(e: fred::error::Error) -> BusError {
 
 impl Bus for RedisBus {
     fn presence_set(&self, room: &str, user: &str, here: bool) -> BusFuture<PresenceChange> {
+        if let Some(down) = self.inner.fail_fast() {
+            return down;
+        }
         let (inner, room, user) = (self.inner.clone(), room.to_owned(), user.to_owned());
         Box::pin(async move { inner.set_presence(&room, &user, here).await })
     }
 
     fn presence_of(&self, room: &str) -> BusFuture<Vec<String>> {
+        // On the join path: a Redis known to be down must not delay joins
+        // by a command timeout.
+        if let Some(down) = self.inner.fail_fast() {
+            return down;
+        }
         let inner = self.inner.clone();
         let (_, key) = inner.presence_keys(room, "");
         Box::pin(async move { inner.publisher.smembers::<Vec<String>, _>(key).await.map_err(unavailable) })
     }
 
     fn presence_refresh(&self, room: &str, users: Vec<String>) -> BusFuture<Vec<String>> {
+        if let Some(down) = self.inner.fail_fast() {
+            return down;
+        }
         let (inner, room) = (self.inner.clone(), room.to_owned());
         Box::pin(async move {
             let refreshed = join_all(users.iter().map(|u| inner.set_presence(&room, u, true))).await;
@@ -640,10 +657,10 @@ impl Bus for RedisBus {
         if *confirmed.borrow() {
             return Box::pin(async { Ok(()) });
         }
-        if !inner.is_healthy() {
-            // Do not make joins wait on a Redis known to be down: the hub
-            // resyncs from storage, and the room is subscribed on reconnect.
-            return Box::pin(async { Err(BusError::Unavailable("Redis is unavailable".into())) });
+        // Do not make joins wait on a Redis known to be down: the hub
+        // resyncs from storage, and the room is subscribed on reconnect.
+        if let Some(down) = inner.fail_fast() {
+            return down;
         }
         let timeout = inner.timeout;
         Box::pin(async move {
