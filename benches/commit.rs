@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         (0..rooms).map(|r| (0..per_room).map(|k| users[(r * per_room + k) % senders].id.clone()).collect()).collect();
     let room_ids = store.seed_rooms("bench", &members).await?;
     let settings = HubSettings {
+        instance: "bench:0".into(),
         limits: frames::Limits {
             max_frame_bytes: 65536,
             max_body_bytes: 4096,

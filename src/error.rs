@@ -43,6 +43,11 @@ pub enum ApiError {
     /// A dependency is down or the process is draining.
     #[error("{0}")]
     Unavailable(String),
+    /// The database failed: unreachable (503 `unavailable`) or otherwise
+    /// (500 `internal`). Kept apart so operators see storage errors in
+    /// `chatgw_db_errors_total{source="http"}`.
+    #[error("{}", if matches!(.0, DbError::Unavailable(_)) { "the database is unavailable" } else { "internal error" })]
+    Storage(DbError),
     /// Anything else; the cause is logged, never returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -51,8 +56,10 @@ pub enum ApiError {
 impl std::fmt::Debug for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{self}")?;
-        if let ApiError::Internal(e) = self {
-            write!(f, ": {e:#}")?;
+        match self {
+            ApiError::Internal(e) => write!(f, ": {e:#}")?,
+            ApiError::Storage(e) => write!(f, ": {e}")?,
+            _ => {}
         }
         Ok(())
     }
@@ -90,6 +97,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Storage(DbError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -107,8 +116,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(e) = &self {
-            tracing::error!(error = format!("{e:#}"), "internal error");
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            ApiError::Storage(DbError::Unavailable(e)) => tracing::warn!(error = %e, "database unavailable"),
+            ApiError::Storage(e) => tracing::error!(error = %e, "database error"),
+            _ => {}
         }
         let retry_after_ms = match &self {
             ApiError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
@@ -116,6 +128,9 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retry_after_ms } };
         let mut resp = (status, axum::Json(body)).into_response();
+        if matches!(self, ApiError::Storage(_)) {
+            resp.extensions_mut().insert(StorageFailure);
+        }
         if let Some(ms) = retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -131,11 +146,7 @@ impl From<DbError> for ApiError {
         match e {
             DbError::NotFound => ApiError::NotFound("resource"),
             DbError::Conflict(what) => ApiError::Conflict(what),
-            DbError::Unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unavailable".into())
-            }
-            DbError::Other(e) => ApiError::Internal(e.into()),
+            e @ (DbError::Unavailable(_) | DbError::Other(_)) => ApiError::Storage(e),
         }
     }
 }
@@ -145,6 +156,10 @@ impl From<anyhow::Error> for ApiError {
         ApiError::Internal(e)
     }
 }
+
+/// Marks a response caused by a storage failure, for the metrics layer.
+#[derive(Clone, Copy)]
+pub struct StorageFailure;
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

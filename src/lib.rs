@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod seed;
 pub mod shutdown;
+pub mod stats;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::State;
+use axum::http::header;
 use axum::routing::get;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -89,7 +91,10 @@ impl Application {
             (None, None) => Arc::new(LocalBus::new()),
         };
         let ws = &config.ws;
+        let instance = instance_name(listener.local_addr().map(|a| a.port()).unwrap_or(0));
+        metrics.ws_max_connections.set(ws.max_connections as i64);
         let settings = HubSettings {
+            instance: Arc::from(instance.as_str()),
             limits: frames::Limits {
                 max_frame_bytes: ws.max_frame_bytes,
                 max_body_bytes: ws.max_body_bytes,
@@ -117,6 +122,7 @@ impl Application {
             passwords: Passwords::new(),
             metrics,
             readiness: Readiness::default(),
+            started: std::time::Instant::now(),
         };
         Ok(Application { listener, metrics_listener, state, stop, tasks })
     }
@@ -150,8 +156,17 @@ impl Application {
 
         tasks.spawn(housekeeping(state.clone(), stop.clone()));
         if let Some(l) = metrics_listener {
-            let metrics = state.metrics.clone();
-            let app = Router::new().route("/metrics", get(move || async move { metrics.render() }));
+            // Scrape-time gauges are read first (one database ping); the
+            // rest are maintained as things happen.
+            let app = Router::new()
+                .route(
+                    "/metrics",
+                    get(|State(state): State<AppState>| async move {
+                        crate::stats::InstanceStats::gather(&state).await;
+                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+                    }),
+                )
+                .with_state(state.clone());
             let stop = stop.clone();
             tasks.spawn(async move {
                 let _ = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
@@ -205,6 +220,18 @@ impl Application {
     }
 }
 
+/// `host:port`: unique per instance even when several share a host, and
+/// what an operator recognises.
+fn instance_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{port}")
+}
+
 /// Periodic upkeep: shrink rate-limiter maps, purge expired tokens.
 async fn housekeeping(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -213,6 +240,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
             _ = tick.tick() => {
                 state.limits.shrink();
                 if let Err(e) = state.store.purge_expired().await {
+                    state.metrics.db_errors.inc("background");
                     tracing::warn!(error = %e, "purging expired tokens failed");
                 }
             }

@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub readiness: Readiness,
     pub hub: Hub,
+    /// When the application was built (uptime in the admin view).
+    pub started: std::time::Instant,
 }
 
 /// Flipped to "draining" first thing on shutdown, so load balancers stop

@@ -34,6 +34,9 @@ async fn openapi_lists_every_route() {
         ("get", "/readyz"),
         ("post", "/api/v1/admin/users/{id}/ban"),
         ("delete", "/api/v1/admin/users/{id}/ban"),
+        ("get", "/api/v1/admin/stats"),
+        ("get", "/api/v1/admin/users/{id}/connections"),
+        ("post", "/api/v1/admin/users/{id}/disconnect"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut listed = 0;

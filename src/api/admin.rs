@@ -1,19 +1,31 @@
-//! Operator endpoints under `/admin`, enabled by `ADMIN_TOKEN`.
+//! Operator endpoints under `/admin`, enabled by `ADMIN_TOKEN`: bans, and
+//! the live view (this instance's numbers, a user's sockets across the
+//! cluster, disconnecting them). `chatgw admin …` calls these.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Router, extract::FromRequestParts};
 use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::extract::ApiJson;
 use super::validate;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::hub::frames::close;
+use crate::hub::live::UserConnections;
 use crate::state::AppState;
+use crate::stats::InstanceStats;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/users/{id}/ban", post(ban).delete(unban))
+    Router::new()
+        .route("/admin/users/{id}/ban", post(ban).delete(unban))
+        .route("/admin/stats", get(stats))
+        .route("/admin/users/{id}/connections", get(connections))
+        .route("/admin/users/{id}/disconnect", post(disconnect))
 }
 
 /// Proof that the caller presented `ADMIN_TOKEN`.
@@ -43,7 +55,7 @@ impl FromRequestParts<AppState> for Admin {
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn ban(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
-    state.store.set_banned(&id, true).await.map_err(|_| ApiError::NotFound("user"))?;
+    state.store.set_banned(&id, true).await.map_err(not_found_or_storage)?;
     state.hub.close_user(&id, close::FORBIDDEN, "banned");
     tracing::info!(user_id = %id, "user banned");
     Ok(StatusCode::NO_CONTENT)
@@ -54,6 +66,89 @@ pub async fn ban(State(state): State<AppState>, _admin: Admin, Path(id): Path<St
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn unban(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
-    state.store.set_banned(&id, false).await.map_err(|_| ApiError::NotFound("user"))?;
+    state.store.set_banned(&id, false).await.map_err(not_found_or_storage)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An unknown user is 404; a database failure stays a storage error (an
+/// operator must not read "no such user" when the database is down).
+fn not_found_or_storage(e: crate::db::DbError) -> ApiError {
+    match e {
+        crate::db::DbError::NotFound => ApiError::NotFound("user"),
+        other => other.into(),
+    }
+}
+
+/// This instance's numbers: connections, rooms, queue depths, bus and
+/// database state, readiness. Answered by whichever instance the request
+/// reaches (address one instance directly to see it).
+#[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = InstanceStats), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<InstanceStats> {
+    Json(InstanceStats::gather(&state).await)
+}
+
+/// A user's live sockets on every instance (each instance answers for its
+/// own within a second; `instances` lists who answered).
+#[utoipa::path(get, path = "/api/v1/admin/users/{id}/connections", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = UserConnections), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn connections(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserConnections>> {
+    validate::id("id", &id)?;
+    Ok(Json(state.hub.connections_of(&id).await))
+}
+
+/// How to close a user's sockets.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnect {
+    /// The close code clients see: 4000–4999 (default 4000, "disconnected
+    /// by an operator"), or 1000/1001/1008. 4001 and 4003 tell clients
+    /// not to reconnect with the same credentials (protocol/README.md).
+    #[serde(default = "default_disconnect_code")]
+    pub code: u16,
+    /// The close reason (at most 120 bytes).
+    #[serde(default = "default_disconnect_reason")]
+    pub reason: String,
+}
+
+fn default_disconnect_code() -> u16 {
+    close::OPERATOR
+}
+
+fn default_disconnect_reason() -> String {
+    "disconnected by an operator".into()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Disconnected {
+    /// Sockets closed on the instance that took the request; the others
+    /// close theirs as the event reaches them.
+    pub closed_here: usize,
+}
+
+/// Closes every socket of a user on every instance with the given code and
+/// reason. The user may reconnect (ban them to prevent it).
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/disconnect", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
+    request_body = Disconnect,
+    responses((status = 202, body = Disconnected), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn disconnect(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<Disconnect>,
+) -> ApiResult<(StatusCode, Json<Disconnected>)> {
+    validate::id("id", &id)?;
+    if !matches!(req.code, 1000 | 1001 | 1008 | 4000..=4999) {
+        return Err(ApiError::bad_request("code: must be 1000, 1001, 1008 or 4000-4999"));
+    }
+    if req.reason.len() > 120 {
+        return Err(ApiError::bad_request("reason: at most 120 bytes"));
+    }
+    let closed_here = state.hub.close_user(&id, req.code, &req.reason);
+    tracing::info!(user_id = %id, code = req.code, closed_here, "user disconnected by an operator");
+    Ok((StatusCode::ACCEPTED, Json(Disconnected { closed_here })))
 }

@@ -26,20 +26,32 @@ pub async fn healthz() -> Json<Health> {
 /// reason otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let not_ready = |reason: &str| {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(reason.to_owned()) }))
-    };
-    if state.readiness.is_draining() {
-        return not_ready("shutting down");
+    match check(&state).await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok", reason: None })),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(reason) })),
     }
-    let db = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
-    let db_ok = matches!(db, Ok(Ok(())));
-    state.metrics.db_up.set(db_ok as i64);
-    if !db_ok {
-        return not_ready("database unreachable");
+}
+
+/// The readiness verdict (`/readyz`, the `chatgw_ready` gauge and the
+/// admin view agree because they share it); sets the database and
+/// readiness gauges on the way.
+pub async fn check(state: &AppState) -> Result<(), String> {
+    let verdict = async {
+        if state.readiness.is_draining() {
+            return Err("shutting down".to_owned());
+        }
+        let db = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
+        let db_ok = matches!(db, Ok(Ok(())));
+        state.metrics.db_up.set(db_ok as i64);
+        if !db_ok {
+            return Err("database unreachable".to_owned());
+        }
+        if let Err(why) = state.hub.bus().health() {
+            return Err(format!("bus ({}): {why}", state.hub.bus().name()));
+        }
+        Ok(())
     }
-    if let Err(why) = state.hub.bus().health() {
-        return not_ready(&format!("bus ({}): {why}", state.hub.bus().name()));
-    }
-    (StatusCode::OK, Json(Health { status: "ok", reason: None }))
+    .await;
+    state.metrics.ready.set(verdict.is_ok() as i64);
+    verdict
 }

@@ -131,13 +131,19 @@ fn security_headers(app: Router) -> Router {
     })
 }
 
-/// Counts requests by route template (never the raw path: ids would explode
-/// the label set).
+/// Counts and times requests by route template (never the raw path: ids
+/// would explode the label set), and counts storage failures.
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    state.metrics.http_requests.with_label_values(&[method.as_str(), &route, resp.status().as_str()]).inc();
+    let m = &state.metrics;
+    m.http_requests.with_label_values(&[method.as_str(), &route, resp.status().as_str()]).inc();
+    m.http_duration.with_label_values(&[method.as_str(), &route]).observe(started.elapsed().as_secs_f64());
+    if resp.extensions().get::<crate::error::StorageFailure>().is_some() {
+        m.db_errors.inc("http");
+    }
     resp.into_response()
 }

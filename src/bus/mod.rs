@@ -44,8 +44,14 @@ pub enum BusEvent {
     MemberRemoved { room: Arc<str>, user: String, reason: String },
     /// A session was revoked (logout, refresh-token reuse): close its sockets.
     SessionRevoked { user: String, session: String },
-    /// A user was banned (close 4003) or erased (close 4001).
+    /// A user was banned (close 4003) or erased (close 4001), or an
+    /// operator disconnected them.
     UserClosed { user: String, code: u16, reason: String },
+    /// An operator asks every instance for a user's live connections.
+    ConnectionsQuery { id: u64, user: String },
+    /// One instance's answer to [`BusEvent::ConnectionsQuery`]: its name and
+    /// the connections as a JSON array (an admin path: JSON is fine here).
+    ConnectionsReply { id: u64, instance: String, json: Utf8Bytes },
     /// Local only, never published: the bus may have lost events; catch up
     /// from storage.
     Resync,

@@ -285,7 +285,7 @@ impl Inner {
     }
 
     fn dropped(&self, reason: &str, n: u64) {
-        self.metrics.bus_events_dropped.with_label_values(&[reason]).inc_by(n);
+        self.metrics.bus_events_dropped.add(reason, n);
     }
 
     /// Remembers that peers may have missed `event` (a stored message or a
@@ -391,7 +391,15 @@ impl Inner {
                 continue;
             }
             match wire::decode(Bytes::clone(&payload)) {
-                Ok((_, event)) => self.to_hub(event),
+                Ok((_, event)) => {
+                    if let (BusEvent::Message { .. }, Some(at)) = (&event, wire::published_at_us(&payload)) {
+                        // Wall clocks of two hosts: skewed clocks skew this
+                        // (NTP keeps it well under the buckets that matter).
+                        let secs = wire::now_us().saturating_sub(at) as f64 / 1e6;
+                        self.metrics.bus_transit_seconds.observe(secs);
+                    }
+                    self.to_hub(event)
+                }
                 Err(e) => {
                     self.dropped("undecodable", 1);
                     tracing::debug!(error = %e, "bus: skipped an envelope");

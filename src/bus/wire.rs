@@ -3,8 +3,11 @@
 //! one frame's bytes, with no JSON-in-JSON escaping.
 //!
 //! ```text
-//! u8 version (1) | u8 kind | 16 bytes origin instance id | fields…
+//! u8 version (2) | u8 kind | 16 bytes origin instance id
+//!   | u64 published at (Unix microseconds) | fields…
 //! ```
+//! Version 1 (no publish time) is still read, so a rolling upgrade from it
+//! loses nothing on the upgraded instances.
 //! Strings are a big-endian `u16` length then UTF-8 bytes; integers are
 //! big-endian; a frame is the rest of the envelope (no length needed).
 
@@ -15,9 +18,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::BusEvent;
 
-const VERSION: u8 = 1;
-/// Bytes before the fields: version, kind, origin.
-pub const HEADER: usize = 2 + 16;
+const VERSION: u8 = 2;
+/// Bytes before the fields: version, kind, origin, publish time.
+pub const HEADER: usize = 2 + 16 + 8;
+/// The header of version 1, which had no publish time.
+const HEADER_V1: usize = 2 + 16;
 
 /// An instance id as it travels on the bus.
 pub type Origin = [u8; 16];
@@ -45,6 +50,8 @@ mod kind {
     pub const MEMBER_REMOVED: u8 = 4;
     pub const SESSION_REVOKED: u8 = 5;
     pub const USER_CLOSED: u8 = 6;
+    pub const CONNECTIONS_QUERY: u8 = 7;
+    pub const CONNECTIONS_REPLY: u8 = 8;
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
@@ -72,6 +79,7 @@ pub fn encode(origin: &Origin, event: &BusEvent) -> Result<Bytes, WireError> {
     let kind_at = buf.len();
     buf.put_u8(0);
     buf.put_slice(origin);
+    buf.put_u64(now_us());
     let k = match event {
         BusEvent::Message { room, seq, frame } => {
             buf.put_i64(*seq);
@@ -106,6 +114,17 @@ pub fn encode(origin: &Origin, event: &BusEvent) -> Result<Bytes, WireError> {
             put_str(&mut buf, reason);
             kind::USER_CLOSED
         }
+        BusEvent::ConnectionsQuery { id, user } => {
+            buf.put_u64(*id);
+            put_str(&mut buf, user);
+            kind::CONNECTIONS_QUERY
+        }
+        BusEvent::ConnectionsReply { id, instance, json } => {
+            buf.put_u64(*id);
+            put_str(&mut buf, instance);
+            buf.put_slice(json.as_bytes());
+            kind::CONNECTIONS_REPLY
+        }
         BusEvent::Resync => return Err(WireError::LocalOnly),
     };
     buf[kind_at] = k;
@@ -115,7 +134,22 @@ pub fn encode(origin: &Origin, event: &BusEvent) -> Result<Bytes, WireError> {
 /// The publisher of an envelope, read without decoding the rest (the
 /// listener drops its own echoes first).
 pub fn origin_of(env: &[u8]) -> Option<&[u8]> {
-    env.get(2..HEADER)
+    env.get(2..HEADER_V1)
+}
+
+/// When the envelope was published (Unix microseconds by the publisher's
+/// clock), if its version says.
+pub fn published_at_us(env: &[u8]) -> Option<u64> {
+    if env.first() != Some(&VERSION) {
+        return None;
+    }
+    let b: [u8; 8] = env.get(HEADER_V1..HEADER)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// Unix microseconds now.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 struct Reader(Bytes);
@@ -127,6 +161,10 @@ impl Reader {
     fn i64(&mut self) -> Result<i64, WireError> {
         self.need(8)?;
         Ok(self.0.get_i64())
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
     }
     fn u16(&mut self) -> Result<u16, WireError> {
         self.need(2)?;
@@ -152,16 +190,19 @@ impl Reader {
 /// # Errors
 /// A truncated envelope, another version, an unknown kind, bad UTF-8.
 pub fn decode(env: Bytes) -> Result<(Origin, BusEvent), WireError> {
-    if env.len() < HEADER {
+    let header = match env.first() {
+        Some(&VERSION) => HEADER,
+        Some(1) => HEADER_V1,
+        Some(v) => return Err(WireError::Version(*v)),
+        None => return Err(WireError::Truncated),
+    };
+    if env.len() < header {
         return Err(WireError::Truncated);
-    }
-    if env[0] != VERSION {
-        return Err(WireError::Version(env[0]));
     }
     let k = env[1];
     let mut origin = [0u8; 16];
-    origin.copy_from_slice(&env[2..HEADER]);
-    let mut r = Reader(env.slice(HEADER..));
+    origin.copy_from_slice(&env[2..HEADER_V1]);
+    let mut r = Reader(env.slice(header..));
     let event = match k {
         kind::MESSAGE => {
             let seq = r.i64()?;
@@ -182,6 +223,15 @@ pub fn decode(env: Bytes) -> Result<(Origin, BusEvent), WireError> {
             let code = r.u16()?;
             BusEvent::UserClosed { code, user: r.string()?, reason: r.string()? }
         }
+        kind::CONNECTIONS_QUERY => {
+            let id = r.u64()?;
+            BusEvent::ConnectionsQuery { id, user: r.string()? }
+        }
+        kind::CONNECTIONS_REPLY => {
+            let id = r.u64()?;
+            let instance = r.string()?;
+            BusEvent::ConnectionsReply { id, instance, json: r.frame()? }
+        }
         other => return Err(WireError::Kind(other)),
     };
     Ok((origin, event))
@@ -200,6 +250,8 @@ mod tests {
             BusEvent::MemberRemoved { room: Arc::from("r"), user: "u".into(), reason: "room_deleted".into() },
             BusEvent::SessionRevoked { user: "u".into(), session: "s".into() },
             BusEvent::UserClosed { user: "u".into(), code: 4003, reason: "banned".into() },
+            BusEvent::ConnectionsQuery { id: u64::MAX, user: "u".into() },
+            BusEvent::ConnectionsReply { id: 7, instance: "host:8080".into(), json: Utf8Bytes::from("[]") },
         ]
     }
 
@@ -209,6 +261,8 @@ mod tests {
         for ev in samples() {
             let bytes = encode(&origin, &ev).unwrap();
             assert_eq!(origin_of(&bytes), Some(&origin[..]));
+            let published = published_at_us(&bytes).unwrap();
+            assert!(published.abs_diff(now_us()) < 60_000_000, "a publish time of now");
             assert_eq!(decode(bytes).unwrap(), (origin, ev));
         }
         assert_eq!(encode(&origin, &BusEvent::Resync), Err(WireError::LocalOnly));
@@ -245,5 +299,18 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] = 0xff;
         assert_eq!(decode(Bytes::from(bad)), Err(WireError::Utf8));
+    }
+
+    #[test]
+    fn version_1_envelopes_are_still_read() {
+        let origin = [3; 16];
+        for ev in samples() {
+            let v2 = encode(&origin, &ev).unwrap();
+            let mut v1 = v2[..HEADER_V1].to_vec();
+            v1[0] = 1;
+            v1.extend_from_slice(&v2[HEADER..]);
+            assert_eq!(published_at_us(&v1), None);
+            assert_eq!(decode(Bytes::from(v1)).unwrap(), (origin, ev));
+        }
     }
 }

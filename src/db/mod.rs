@@ -70,6 +70,15 @@ impl<T> ResultExt<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// One connection pool's occupancy.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PoolStats {
+    pub pool: &'static str,
+    pub idle: usize,
+    pub in_use: usize,
+    pub max: usize,
+}
+
 /// Which database the store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -157,6 +166,19 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The pools' sizes now (PostgreSQL has one pool, reported as `read`;
+    /// SQLite a reader pool and its single-connection `write` pool).
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let stats = |pool: &'static str, p: &AnyPool| {
+            let (size, idle) = (p.size() as usize, p.num_idle());
+            PoolStats { pool, idle, in_use: size.saturating_sub(idle), max: p.options().get_max_connections() as usize }
+        };
+        match self.backend {
+            Backend::Postgres => vec![stats("read", &self.read)],
+            Backend::Sqlite => vec![stats("read", &self.read), stats("write", &self.write)],
+        }
     }
 
     /// Waits for checked-out connections to return, then closes the pools.

@@ -39,7 +39,7 @@ impl Hub {
         for c in self.room_conns_of(room, user) {
             // Unsubscribe first: no message of the room reaches it after this.
             self.unsubscribe(&c, room);
-            c.offer(Outbound::Left(Arc::new((room_arc.clone(), reason))));
+            c.offer(Outbound::Left(Arc::new((room_arc.clone(), reason))), &self.inner.metrics);
         }
     }
 
@@ -57,12 +57,15 @@ impl Hub {
         }
     }
 
-    /// Closes every socket of a user (ban: 4003, erasure: 4001), everywhere.
-    pub fn close_user(&self, user: &str, code: u16, reason: &str) {
+    /// Closes every socket of a user (ban: 4003, erasure: 4001, an
+    /// operator's disconnect), everywhere; returns how many were here.
+    pub fn close_user(&self, user: &str, code: u16, reason: &str) -> usize {
         self.publish(|| BusEvent::UserClosed { user: user.to_owned(), code, reason: reason.to_owned() });
-        for c in self.user_conns(user) {
+        let conns = self.user_conns(user);
+        for c in &conns {
             c.close(code, reason);
         }
+        conns.len()
     }
 
     /// Publishes to other instances; the event is only built when some
@@ -96,6 +99,8 @@ impl Hub {
                         c.close(code, &reason);
                     }
                 }
+                BusEvent::ConnectionsQuery { id, user } => self.answer_connections_query(id, &user),
+                BusEvent::ConnectionsReply { id, instance, json } => self.take_connections_reply(id, instance, json),
                 BusEvent::Resync => self.resync().await,
             }
         }

@@ -79,6 +79,8 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
             }
             Err(e) => {
                 tracing::warn!(error = %e, batch = batch.len(), "storing a batch failed");
+                hub.metrics().commit_failures.inc_by(batch.len() as u64);
+                hub.metrics().db_errors.inc("commit");
                 for job in batch.drain(..) {
                     // Same: a gone sender needs no answer.
                     let _ = job.reply.send(Err(match &e {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesUnordered;
@@ -17,12 +17,14 @@ use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::sleep_until;
+use tracing::Instrument;
 
 use super::frames::{self, ClientFrame, ErrorCode, ServerFrame, close, error_frame, message_frame};
 use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
 use crate::db::{AppendOutcome, DbError, NewMessage, now_ms};
+use crate::metrics::Local;
 use crate::state::AppState;
 
 /// Who the handshake authenticated.
@@ -38,10 +40,13 @@ const REPLAY_PAGE: i64 = 500;
 /// Queued frames written before one flush (write coalescing).
 const WRITE_BATCH: usize = 64;
 
+/// A send waiting for its commit: request id, room, client_msg_id, when it
+/// was received, and the outcome.
 type PendingAck = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = (Option<Box<RawValue>>, String, String, Result<AppendOutcome, DbError>)>
-            + Send,
+        dyn std::future::Future<
+                Output = (Option<Box<RawValue>>, String, String, Instant, Result<AppendOutcome, DbError>),
+            > + Send,
     >,
 >;
 
@@ -61,14 +66,22 @@ struct Conn {
     strikes: u32,
     expires_at: i64,
     last_seen: Instant,
+    /// Frames read and written, for the close log line.
+    frames_in: u64,
+    frames_out: u64,
+    /// Fan-out latency counted here and folded into the shared histogram
+    /// now and then (boxed and made on the first message: idle sockets do
+    /// not carry it).
+    fanout: Option<Box<Local>>,
 }
 
 /// Why the loop ended.
 enum End {
     /// Close with this code and reason.
     Close(u16, String),
-    /// The peer closed or the socket broke: nothing more to send.
-    Gone,
+    /// The peer closed (with this code, if it gave one) or the socket
+    /// broke: nothing more to send.
+    Gone(Option<u16>),
 }
 
 fn quota(per_sec: u32, burst: u32) -> Quota {
@@ -76,10 +89,26 @@ fn quota(per_sec: u32, burst: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
 }
 
-/// Runs one connection until it ends.
-pub async fn run(ws: WebSocket, state: AppState, who: Authenticated, _place: OwnedSemaphorePermit) {
+/// Runs one connection until it ends, in a span carrying its id and user
+/// (never its credential): every line it logs names both.
+pub async fn run(ws: WebSocket, state: AppState, who: Authenticated, place: OwnedSemaphorePermit) {
     let hub = state.hub.clone();
     let (shared, rx) = hub.register(&who.user_id, &who.session_id);
+    let span = tracing::info_span!("conn", conn_id = shared.id, user_id = %shared.user);
+    serve(ws, state, who, place, shared, rx).instrument(span).await;
+}
+
+async fn serve(
+    ws: WebSocket,
+    state: AppState,
+    who: Authenticated,
+    _place: OwnedSemaphorePermit,
+    shared: Arc<ConnShared>,
+    rx: mpsc::Receiver<Outbound>,
+) {
+    let hub = state.hub.clone();
+    let opened = Instant::now();
+    tracing::info!(session_id = %shared.session(), "connected");
     let limits = &hub.settings().limits;
     let mut conn = Conn {
         killed: Some(Box::pin(shared.kill.clone().cancelled_owned())),
@@ -93,15 +122,26 @@ pub async fn run(ws: WebSocket, state: AppState, who: Authenticated, _place: Own
         strikes: 0,
         expires_at: who.expires_at,
         last_seen: Instant::now(),
+        frames_in: 0,
+        frames_out: 0,
+        fanout: None,
     };
     let end = conn.run(rx).await;
     let rooms: Vec<Arc<str>> = conn.joined.keys().cloned().collect();
     hub.unregister(&shared, rooms);
-    if let End::Close(code, reason) = end {
-        hub.metrics().ws_closes.with_label_values(&[&code.to_string()]).inc();
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-        // Best effort: the peer may be gone or not reading.
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.send(Message::Close(Some(frame)))).await;
+    let duration_ms = opened.elapsed().as_millis() as u64;
+    let (frames_in, frames_out) = (conn.frames_in, conn.frames_out);
+    match end {
+        End::Close(code, reason) => {
+            hub.metrics().ws_closes.inc(&code.to_string());
+            tracing::info!(code, reason = %reason, by = "server", duration_ms, frames_in, frames_out, "closed");
+            let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+            // Best effort: the peer may be gone or not reading.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.send(Message::Close(Some(frame)))).await;
+        }
+        End::Gone(code) => {
+            tracing::info!(code, by = "peer", duration_ms, frames_in, frames_out, "closed");
+        }
     }
 }
 
@@ -119,9 +159,9 @@ impl Conn {
         }
         .encode();
         if self.write(hello).await.is_err() {
-            return End::Gone;
+            return End::Gone(None);
         }
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + settings.heartbeat, settings.heartbeat);
         let mut acks: FuturesUnordered<PendingAck> = FuturesUnordered::new();
         // One timer for the token's expiry, reset only when `auth` renews it
         // (re-arming a timer on every loop turn costs a timer-wheel update
@@ -138,35 +178,42 @@ impl Conn {
                 biased;
                 () = killed_or_pending(&mut self.killed) => return self.on_killed(&mut rx).await,
                 item = rx.recv() => {
-                    let Some(item) = item else { return End::Gone };
+                    let Some(item) = item else { return End::Gone(None) };
                     if let Err(end) = self.write_queue(item, &mut rx).await { return end; }
                 }
-                Some((id, room, cmid, res)) = acks.next(), if !acks.is_empty() => {
+                Some((id, room, cmid, received, res)) = acks.next(), if !acks.is_empty() => {
                     let frame = self.ack_frame(id.as_deref(), &room, &cmid, res);
-                    if self.write(frame).await.is_err() { return End::Gone; }
+                    if self.write(frame).await.is_err() { return End::Gone(None); }
+                    self.hub.metrics().persist_seconds.observe(received.elapsed().as_secs_f64());
                 }
                 msg = self.ws.recv() => {
                     self.last_seen = Instant::now();
+                    self.frames_in += 1;
                     match msg {
-                        None | Some(Ok(Message::Close(_))) => return End::Gone,
+                        None => return End::Gone(None),
+                        Some(Ok(Message::Close(frame))) => return End::Gone(frame.map(|f| f.code)),
                         Some(Ok(Message::Text(text))) => {
                             // Boxed: request handling (join, replay, auth) is
                             // a large future that an idle socket need not carry.
                             if let Some(end) = Box::pin(self.on_text(&text, &mut acks)).await { return end; }
                         }
                         Some(Ok(Message::Binary(_))) => {
+                            self.hub.metrics().frames_in.inc("invalid");
                             let f = self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames", None, None);
-                            if self.write(f).await.is_err() { return End::Gone; }
+                            if self.write(f).await.is_err() { return End::Gone(None); }
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.frames_in -= 1,
                         Some(Err(e)) => return self.on_read_error(e).await,
                     }
                 }
                 _ = heartbeat.tick() => {
+                    if let Some(f) = &mut self.fanout {
+                        f.fold(Instant::now());
+                    }
                     if self.last_seen.elapsed() > settings.idle_timeout {
                         return End::Close(1000, "idle timeout".into());
                     }
-                    if self.ws.send(Message::Ping(Default::default())).await.is_err() { return End::Gone; }
+                    if self.ws.send(Message::Ping(Default::default())).await.is_err() { return End::Gone(None); }
                 }
                 () = &mut expiry => {
                     let f = self.error(None, ErrorCode::TokenExpired, "access token expired; renew with an auth frame before token_expires_at", None, None);
@@ -182,7 +229,7 @@ impl Conn {
         let (code, reason) = self.shared.close_request();
         if code == close::GOING_AWAY {
             while let Ok(item) = rx.try_recv() {
-                let flushed = tokio::time::timeout(Duration::from_secs(2), self.write_one(item)).await;
+                let flushed = tokio::time::timeout(Duration::from_secs(2), self.write_one(item, Instant::now())).await;
                 if !matches!(flushed, Ok(Ok(()))) {
                     break;
                 }
@@ -203,7 +250,7 @@ impl Conn {
         } else if text.to_ascii_lowercase().contains("utf-8") {
             End::Close(1007, "invalid UTF-8".into())
         } else {
-            End::Gone
+            End::Gone(None)
         }
     }
 
@@ -215,7 +262,7 @@ impl Conn {
             return Err(End::Close(code, reason));
         }
         // Moved out for the duration, so the writes may borrow `self`.
-        let Some(mut killed) = self.killed.take() else { return Err(End::Gone) };
+        let Some(mut killed) = self.killed.take() else { return Err(End::Gone(None)) };
         let res = tokio::select! {
             biased;
             () = &mut killed => {
@@ -224,10 +271,13 @@ impl Conn {
                 return Err(End::Close(code, reason));
             }
             r = async {
-                self.feed_item(first).await?;
+                // One clock read per batch: the frames of a batch are written
+                // by the same flush.
+                let now = Instant::now();
+                self.feed_item(first, now).await?;
                 for _ in 0..WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(item) => self.feed_item(item).await?,
+                        Ok(item) => self.feed_item(item, now).await?,
                         Err(_) => break,
                     }
                 }
@@ -235,16 +285,16 @@ impl Conn {
             } => r,
         };
         self.killed = Some(killed);
-        res.map_err(|_| End::Gone)
+        res.map_err(|_| End::Gone(None))
     }
 
-    async fn write_one(&mut self, item: Outbound) -> Result<(), axum::Error> {
-        self.feed_item(item).await?;
+    async fn write_one(&mut self, item: Outbound, now: Instant) -> Result<(), axum::Error> {
+        self.feed_item(item, now).await?;
         self.ws.flush().await
     }
 
     /// Feeds one item (without flushing), applying the per-room seq filter.
-    async fn feed_item(&mut self, item: Outbound) -> Result<(), axum::Error> {
+    async fn feed_item(&mut self, item: Outbound, now: Instant) -> Result<(), axum::Error> {
         match item {
             Outbound::Message(d) => {
                 let Some(last) = self.joined.get_mut(&d.room) else { return Ok(()) };
@@ -261,14 +311,22 @@ impl Conn {
                 if let Some(last) = self.joined.get_mut(&d.room) {
                     *last = d.seq;
                 }
+                self.frames_out += 1;
+                let metrics = self.hub.metrics();
+                self.fanout.get_or_insert_with(|| Box::new(Local::new(&metrics.fanout_seconds))).observe(d.ready, now);
                 self.ws.feed(Message::Text(d.frame.clone())).await
             }
-            Outbound::Event(frame) => self.ws.feed(Message::Text((*frame).clone())).await,
+            Outbound::Event(frame) => {
+                self.frames_out += 1;
+                self.ws.feed(Message::Text((*frame).clone())).await
+            }
             Outbound::Left(left) => {
                 let (room, reason) = &*left;
                 if self.joined.remove(room).is_none() {
                     return Ok(());
                 }
+                self.frames_out += 1;
+                self.hub.metrics().frames_out.inc("left");
                 self.ws.feed(Message::Text(ServerFrame::Left { id: None, room, reason }.encode())).await
             }
         }
@@ -279,6 +337,8 @@ impl Conn {
         if self.shared.kill.is_cancelled() {
             return Err(gone());
         }
+        self.frames_out += 1;
+        self.hub.metrics().frames_out.inc(frames::kind_of(&frame));
         tokio::select! {
             biased;
             () = killed_or_pending(&mut self.killed) => Err(gone()),
@@ -294,8 +354,7 @@ impl Conn {
         room: Option<&str>,
         retry: Option<u64>,
     ) -> Utf8Bytes {
-        let label = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        self.hub.metrics().ws_errors.with_label_values(&[&label]).inc();
+        self.hub.metrics().ws_errors.with_label_values(&[code.as_str()]).inc();
         error_frame(id, code, message, room, retry)
     }
 
@@ -304,13 +363,17 @@ impl Conn {
         let (id, frame) = match frames::parse(text, self.hub.settings().limits.max_body_bytes) {
             Ok(f) => f,
             Err(e) => {
+                self.hub.metrics().frames_in.inc("invalid");
                 let f = self.error(e.id.as_deref(), e.code, &e.message, None, None);
-                return self.write(f).await.err().map(|_| End::Gone);
+                return self.write(f).await.err().map(|_| End::Gone(None));
             }
         };
+        self.hub.metrics().frames_in.inc(frame.kind());
         // Rate limits: sends and everything else have separate budgets.
-        let limiter = if matches!(frame, ClientFrame::Send { .. }) { &self.send_limit } else { &self.event_limit };
+        let is_send = matches!(frame, ClientFrame::Send { .. });
+        let limiter = if is_send { &self.send_limit } else { &self.event_limit };
         if let Err(not_until) = limiter.check() {
+            self.hub.metrics().rate_limited.inc(if is_send { "send" } else { "event" });
             self.strikes += 1;
             if self.strikes > self.hub.settings().abuse_strikes {
                 return Some(End::Close(close::RATE_LIMIT, "rate limit abuse".into()));
@@ -323,7 +386,7 @@ impl Conn {
                 None,
                 Some(wait.as_millis().max(1) as u64),
             );
-            return self.write(f).await.err().map(|_| End::Gone);
+            return self.write(f).await.err().map(|_| End::Gone(None));
         }
         self.strikes = 0;
         let id = id.as_deref();
@@ -331,7 +394,7 @@ impl Conn {
             ClientFrame::Ping => ServerFrame::Pong { id }.encode(),
             ClientFrame::Join { room, since_seq } => match self.join(id, room, since_seq).await {
                 Ok(f) => f,
-                Err(_) => return Some(End::Gone),
+                Err(_) => return Some(End::Gone(None)),
             },
             ClientFrame::Leave { room } => {
                 let room: Arc<str> = Arc::from(room);
@@ -350,9 +413,12 @@ impl Conn {
                 };
                 let rx: oneshot::Receiver<_> = self.hub.submit(msg).await;
                 let id = id.map(ToOwned::to_owned);
+                // Set when this frame was read: the start of the persist
+                // latency, at no extra clock read.
+                let received = self.last_seen;
                 acks.push(Box::pin(async move {
                     let res = rx.await.unwrap_or(Err(DbError::Unavailable(sqlx::Error::PoolClosed)));
-                    (id, room, client_msg_id, res)
+                    (id, room, client_msg_id, received, res)
                 }));
                 return None;
             }
@@ -381,11 +447,12 @@ impl Conn {
             }
             ClientFrame::Auth { token } => self.renew(id, &token).await,
         };
-        self.write(reply).await.err().map(|_| End::Gone)
+        self.write(reply).await.err().map(|_| End::Gone(None))
     }
 
     fn db_error(&self, id: Option<&RawValue>, room: &str, e: DbError) -> Utf8Bytes {
         tracing::warn!(error = %e, "storage error on socket request");
+        self.hub.metrics().db_errors.inc("ws");
         self.error(id, ErrorCode::Unavailable, "storage temporarily unavailable; retry", Some(room), None)
     }
 
@@ -480,6 +547,8 @@ impl Conn {
                 after = m.seq;
                 n += 1;
             }
+            self.frames_out += page.messages.len() as u64;
+            self.hub.metrics().frames_out.add("message", page.messages.len() as u64);
             if !page.has_more || page.messages.is_empty() {
                 return Ok(n);
             }
@@ -522,7 +591,7 @@ async fn killed_or_pending(k: &mut Option<Killed>) {
 }
 
 /// The instant a Unix-millisecond time falls at.
-fn deadline_of(unix_ms: i64) -> Instant {
+fn deadline_of(unix_ms: i64) -> tokio::time::Instant {
     let now = now_ms();
-    Instant::now() + Duration::from_millis((unix_ms - now).max(0) as u64)
+    tokio::time::Instant::now() + Duration::from_millis((unix_ms - now).max(0) as u64)
 }

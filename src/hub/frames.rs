@@ -26,8 +26,39 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::TooLarge,
+        ErrorCode::TokenExpired,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+    ];
+
+    /// The code as it appears on the wire (and as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// WebSocket close codes of the protocol.
 pub mod close {
+    /// Disconnected by an operator (the default of the admin disconnect).
+    pub const OPERATOR: u16 = 4000;
     /// Server draining (restart, deploy).
     pub const GOING_AWAY: u16 = 1001;
     /// A frame larger than the frame limit.
@@ -77,6 +108,27 @@ pub enum ClientFrame {
     Read { room: String, seq: i64 },
     Ping,
     Auth { token: String },
+}
+
+impl ClientFrame {
+    /// The frame's `type`, as counted in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Ping => "ping",
+            ClientFrame::Auth { .. } => "auth",
+        }
+    }
+}
+
+/// The `type` of a frame this server encoded (`{"type":"…",…}`: serde
+/// writes the tag first), for counting frames that travel pre-encoded.
+pub fn kind_of(frame: &str) -> &str {
+    frame.strip_prefix(r#"{"type":""#).and_then(|r| r.split('"').next()).unwrap_or("unknown")
 }
 
 /// Why a frame was refused, with the id to echo when one could be read.

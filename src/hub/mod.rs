@@ -23,6 +23,7 @@ pub mod commit;
 pub mod conn;
 pub mod drain;
 pub mod frames;
+pub mod live;
 pub mod presence;
 pub mod registry;
 pub mod room;
@@ -60,6 +61,8 @@ pub struct HubSettings {
     pub committers: usize,
     /// How often presence entries are re-asserted (a third of their TTL).
     pub presence_heartbeat: Duration,
+    /// This instance's name (host:port), in admin views and logs.
+    pub instance: Arc<str>,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -69,6 +72,9 @@ pub struct Delivery {
     pub room: Arc<str>,
     pub seq: i64,
     pub frame: Utf8Bytes,
+    /// When it was handed to the room here (committed, or received from
+    /// the bus): the start of `chatgw_message_fanout_seconds`.
+    pub ready: std::time::Instant,
 }
 
 /// What a connection's writer receives. Kept to two words: every
@@ -93,6 +99,8 @@ struct Inner {
     committer: mpsc::Sender<commit::Job>,
     presence: mpsc::Sender<presence::Changed>,
     draining: AtomicBool,
+    /// Cluster-wide admin queries waiting for answers.
+    queries: live::Queries,
     /// Connection tasks, awaited at drain.
     conn_tasks: TaskTracker,
     /// Background work (committers, bus listener, gap fills): stopped by
@@ -132,6 +140,7 @@ impl Hub {
                 committer,
                 presence,
                 draining: AtomicBool::new(false),
+                queries: Default::default(),
                 conn_tasks: TaskTracker::new(),
                 tasks: tasks.clone(),
                 stop: stop.clone(),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::close;
 use super::{Hub, Outbound};
+use crate::metrics::Metrics;
 
 /// The part of a connection others touch: its queue and its kill switch.
 pub struct ConnShared {
@@ -23,17 +24,22 @@ pub struct ConnShared {
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled to close the connection with `close_code`.
     pub kill: CancellationToken,
+    /// Unix milliseconds.
+    pub connected_at: i64,
     close_code: AtomicU16,
     close_reason: Mutex<String>,
 }
 
 impl ConnShared {
-    /// Asks the connection to close with `code`; the first request wins.
-    pub fn close(&self, code: u16, reason: &str) {
-        if self.close_code.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+    /// Asks the connection to close with `code`; the first request wins
+    /// (and gets `true`).
+    pub fn close(&self, code: u16, reason: &str) -> bool {
+        let first = self.close_code.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        if first {
             *self.close_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
         }
         self.kill.cancel();
+        first
     }
 
     pub fn close_request(&self) -> (u16, String) {
@@ -42,16 +48,29 @@ impl ConnShared {
     }
 
     /// Queues without waiting; a full queue cuts the connection off (4009)
-    /// so a slow reader never stalls a room.
-    pub(super) fn offer(&self, item: Outbound) -> bool {
+    /// so a slow reader never stalls a room (counted and logged once).
+    pub(super) fn offer(&self, item: Outbound, metrics: &Metrics) -> bool {
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(close::SLOW_CONSUMER, "slow consumer: outbound queue full; reconnect and resume");
+                if self.close(close::SLOW_CONSUMER, "slow consumer: outbound queue full; reconnect and resume") {
+                    metrics.slow_consumers.inc();
+                    tracing::warn!(
+                        conn_id = self.id,
+                        user_id = %self.user,
+                        queued = self.tx.max_capacity(),
+                        "slow consumer cut off (4009)"
+                    );
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Frames queued and not yet taken by the connection's writer.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     pub fn session(&self) -> Arc<str> {
@@ -84,6 +103,10 @@ impl Registry {
     pub(super) fn len(&self) -> usize {
         self.conns.len()
     }
+
+    pub(super) fn user_count(&self) -> usize {
+        self.users.len()
+    }
 }
 
 impl Hub {
@@ -107,6 +130,7 @@ impl Hub {
             session: Mutex::new(Arc::from(session)),
             tx,
             kill: CancellationToken::new(),
+            connected_at: crate::db::now_ms(),
             close_code: AtomicU16::new(0),
             close_reason: Mutex::new(String::new()),
         });

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -40,6 +40,12 @@ pub(super) struct RoomEntry {
 #[derive(Default)]
 pub(super) struct Rooms {
     map: DashMap<Arc<str>, RoomEntry>,
+}
+
+impl Rooms {
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 impl Hub {
@@ -109,18 +115,24 @@ impl Hub {
         // Under the room's guard, like message fan-out: `offer` never waits.
         let Some(entry) = self.inner.rooms.map.get(room) else { return };
         let shared = Arc::new(frame.clone());
+        let metrics = &self.inner.metrics;
+        let mut queued = 0;
         for c in entry.subs.iter().filter(|c| Some(c.id) != exclude) {
-            c.offer(Outbound::Event(shared.clone()));
+            queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
         }
+        metrics.frames_out.add(frames::kind_of(frame), queued);
     }
 
     /// Like [`Hub::fan_out_event`], skipping every socket of `user`.
     pub(super) fn fan_out_event_except(&self, room: &str, frame: &Utf8Bytes, user: &str) {
         let Some(entry) = self.inner.rooms.map.get(room) else { return };
         let shared = Arc::new(frame.clone());
+        let metrics = &self.inner.metrics;
+        let mut queued = 0;
         for c in entry.subs.iter().filter(|c| &*c.user != user) {
-            c.offer(Outbound::Event(shared.clone()));
+            queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
         }
+        metrics.frames_out.add(frames::kind_of(frame), queued);
     }
 
     /// Delivers a message to this instance's subscribers in seq order.
@@ -141,10 +153,11 @@ impl Hub {
             }
             _ => {}
         }
-        fan_out_message(e, &room_arc, seq, frame, &self.inner.metrics);
+        let now = Instant::now();
+        fan_out_message(e, &room_arc, seq, frame, now, &self.inner.metrics);
         let mut next = seq + 1;
         while let Some(f) = e.pending.remove(&next) {
-            fan_out_message(e, &room_arc, next, f, &self.inner.metrics);
+            fan_out_message(e, &room_arc, next, f, now, &self.inner.metrics);
             next += 1;
         }
     }
@@ -233,25 +246,31 @@ impl Hub {
     }
 }
 
-fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, metrics: &Metrics) {
+fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, ready: Instant, metrics: &Metrics) {
     e.delivered = Some(seq);
-    let d = Arc::new(Delivery { room: room.clone(), seq, frame });
+    let d = Arc::new(Delivery { room: room.clone(), seq, frame, ready });
     let mut queued = 0;
+    let mut deepest = 0;
     for c in &e.subs {
-        if c.offer(Outbound::Message(d.clone())) {
+        // A load of the queue's own counter, which `try_send` touches anyway.
+        deepest = deepest.max(c.queued());
+        if c.offer(Outbound::Message(d.clone()), metrics) {
             queued += 1;
         }
     }
-    // One shared-counter update per message, not per recipient.
+    // Shared-metric updates per message, never per recipient.
     metrics.ws_deliveries.inc_by(queued);
+    metrics.frames_out.add("message", queued);
+    metrics.outbound_queue_depth.observe(deepest as f64);
 }
 
 /// Releases held messages past a gap that could not be filled.
 fn release_pending(e: &mut RoomEntry, room: &Arc<str>, metrics: &Metrics) {
     let pending = std::mem::take(&mut e.pending);
+    let now = Instant::now();
     for (seq, f) in pending {
         if e.delivered.is_none_or(|d| seq > d) {
-            fan_out_message(e, room, seq, f, metrics);
+            fan_out_message(e, room, seq, f, now, metrics);
         }
     }
 }

@@ -68,13 +68,16 @@ pub async fn handler(
         }
         Err((reason, e)) => {
             count(&state, reason);
+            // Logged once per refusal, with the cause; accepted handshakes
+            // log "connected" in the connection's span.
+            tracing::info!(outcome = reason, peer = %peer.ip(), status = e.status_and_code().0.as_u16(), "handshake refused");
             e.into_response()
         }
     }
 }
 
 fn count(state: &AppState, outcome: &str) {
-    state.metrics.ws_handshakes.with_label_values(&[outcome]).inc();
+    state.metrics.ws_handshakes.inc(outcome);
 }
 
 async fn admit(
