@@ -14,6 +14,7 @@
 //! - [`seed`]: bulk users and tokens for load tests (`chatgw seed`).
 //! - [`state`], [`shutdown`], [`telemetry`]: the plumbing.
 
+pub mod admin_cli;
 pub mod api;
 pub mod auth;
 pub mod bus;
@@ -25,7 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod seed;
 pub mod shutdown;
-pub mod stats;
 pub mod startup;
 pub mod state;
+pub mod stats;
 pub mod telemetry;

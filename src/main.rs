@@ -23,11 +23,20 @@ enum Command {
     /// DATABASE_URL, signed with the configured JWT key; writes a JSON file
     /// for `loadtest`. For load-test databases only.
     Seed(chatgw::seed::SeedArgs),
+    /// Operator commands against a running instance's admin API
+    /// (ADMIN_TOKEN from the environment): stats, connections, disconnect,
+    /// ban, unban.
+    Admin(chatgw::admin_cli::AdminArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A client of a running instance: it needs none of the server's
+    // configuration.
+    if let Some(Command::Admin(args)) = cli.command {
+        return chatgw::admin_cli::run(args).await;
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -82,7 +82,54 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
         let t: serde_json::Value = c.post(format!("{url}/api/v1/auth/ws-ticket")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
         let ticket = t["ticket"].as_str().unwrap().to_owned();
         c.get(format!("{url}/ws?ticket={ticket}")).send().await.unwrap();
-        vec!["Secret.Person@example.com".to_lowercase(), "hunter2-hunter2".into(), access, refresh, ticket]
+        // A socket that lives, sends a message with a private body, and
+        // closes; and a refused handshake.
+        let room: serde_json::Value = c
+            .post(format!("{url}/api/v1/rooms"))
+            .bearer_auth(&access)
+            .json(&serde_json::json!({"name": "logs"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let room = room["id"].as_str().unwrap().to_owned();
+        let ws_url = url.replace("http://", "ws://") + "/ws";
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {access}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("socket");
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let frames = [
+            serde_json::json!({"type": "join", "room": room}),
+            serde_json::json!({"type": "send", "room": room, "client_msg_id": "c1", "body": "the-private-body-1234"}),
+        ];
+        for f in frames {
+            ws.send(Message::text(f.to_string())).await.unwrap();
+        }
+        // hello, joined, ack and the message itself.
+        let mut got = 0;
+        while got < 4 {
+            if let Some(Ok(Message::Text(_))) = ws.next().await {
+                got += 1;
+            }
+        }
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await.unwrap();
+        while ws.next().await.is_some() {}
+        let mut bad = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).unwrap();
+        bad.headers_mut().insert("authorization", "Bearer not-a-token".parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+        vec![
+            "Secret.Person@example.com".to_lowercase(),
+            "hunter2-hunter2".into(),
+            access,
+            refresh,
+            ticket,
+            "the-private-body-1234".into(),
+            "not-a-token".into(),
+        ]
     });
     // SIGTERM: a clean, prompt exit.
     unsafe_kill_term(child.id());
@@ -91,8 +138,37 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
     assert_eq!(status.unwrap(), reqwest::StatusCode::OK);
     let log = log.lock().unwrap();
     assert!(log.iter().any(|l| l.contains("\"request_id\"")), "JSON logs with request ids");
+    let events: Vec<serde_json::Value> = log
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect();
+    for e in &events {
+        for key in ["timestamp", "level", "target"] {
+            assert!(e.get(key).is_some(), "{key} in every line: {e}");
+        }
+    }
+    // The socket's life: one line when it opens and one when it closes,
+    // both in its span (connection id and user id), the close with its
+    // code, duration and frame counts; the refusal with its outcome.
+    let msg = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or_default().to_owned();
+    let connected: Vec<_> = events.iter().filter(|e| msg(e) == "connected").collect();
+    assert_eq!(connected.len(), 1, "one connected line");
+    assert!(
+        connected[0]["span"]["conn_id"].is_u64() && connected[0]["span"]["user_id"].is_string(),
+        "{}",
+        connected[0]
+    );
+    let closed: Vec<_> = events.iter().filter(|e| msg(e) == "closed").collect();
+    assert_eq!(closed.len(), 1, "one closed line");
+    let f = &closed[0]["fields"];
+    assert_eq!(closed[0]["span"]["conn_id"], connected[0]["span"]["conn_id"]);
+    assert_eq!((f["by"].as_str(), f["code"].as_u64()), (Some("peer"), Some(1000)), "{}", closed[0]);
+    assert_eq!((f["frames_in"].as_u64(), f["frames_out"].as_u64()), (Some(2), Some(4)), "{}", closed[0]);
+    assert!(f["duration_ms"].is_u64());
+    let refused: Vec<_> = events.iter().filter(|e| msg(e) == "handshake refused").collect();
+    assert!(refused.iter().any(|e| e["fields"]["outcome"] == "unauthorized"), "a refused handshake line");
     for line in log.iter().filter(|l| l.starts_with('{')) {
-        serde_json::from_str::<serde_json::Value>(line).expect("every log line is JSON");
         let lower = line.to_lowercase();
         for s in &secrets {
             assert!(!lower.contains(&s.to_lowercase()), "a secret reached the logs: {line}");

@@ -162,6 +162,7 @@ pub async fn spawn_cluster_with(db: Db, n: usize, bus: impl Fn(usize) -> chatgw:
         for k in ["WS_SEND_PER_SEC", "WS_SEND_BURST", "WS_EVENTS_PER_SEC", "WS_EVENTS_BURST"] {
             vars.insert(k.into(), "10000".into());
         }
+        vars.insert("ADMIN_TOKEN".into(), crate::operators::ADMIN_TOKEN.into());
         let config = Config::from_vars(&vars).expect("test config is valid");
         let app = Application::build_with_bus(config, bus(i)).await.expect("app builds");
         apps.push(start(app, db, if i + 1 == n { owner.take() } else { None }));

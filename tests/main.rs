@@ -12,6 +12,7 @@ mod cluster;
 mod cluster_faults;
 mod me;
 mod openapi;
+mod operators;
 mod rooms;
 mod storage;
 mod ws;

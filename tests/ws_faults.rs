@@ -352,6 +352,10 @@ async fn slow_consumer_is_cut_off_then_resumes_without_loss(db: Db) {
     };
     assert_eq!(code, 4009, "slow consumer close ({reason}) after seq {last} of {n}");
     assert!(last < n, "Bob was cut off before the end");
+    // Counted (and logged, in the same branch) once, however many fan-outs
+    // found the queue full afterwards.
+    let m = crate::operators::scrape(&app).await;
+    assert_eq!(m.get("chatgw_ws_slow_consumers_total"), Some(&1.0));
 
     // Resume: the replay fills in everything after what Bob processed.
     let mut b = WsClient::connect(&app, &bob.access).await;

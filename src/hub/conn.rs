@@ -161,7 +161,8 @@ impl Conn {
         if self.write(hello).await.is_err() {
             return End::Gone(None);
         }
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + settings.heartbeat, settings.heartbeat);
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + settings.heartbeat, settings.heartbeat);
         let mut acks: FuturesUnordered<PendingAck> = FuturesUnordered::new();
         // One timer for the token's expiry, reset only when `auth` renews it
         // (re-arming a timer on every loop turn costs a timer-wheel update
@@ -188,21 +189,22 @@ impl Conn {
                 }
                 msg = self.ws.recv() => {
                     self.last_seen = Instant::now();
-                    self.frames_in += 1;
                     match msg {
                         None => return End::Gone(None),
                         Some(Ok(Message::Close(frame))) => return End::Gone(frame.map(|f| f.code)),
                         Some(Ok(Message::Text(text))) => {
+                            self.frames_in += 1;
                             // Boxed: request handling (join, replay, auth) is
                             // a large future that an idle socket need not carry.
                             if let Some(end) = Box::pin(self.on_text(&text, &mut acks)).await { return end; }
                         }
                         Some(Ok(Message::Binary(_))) => {
+                            self.frames_in += 1;
                             self.hub.metrics().frames_in.inc("invalid");
                             let f = self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames", None, None);
                             if self.write(f).await.is_err() { return End::Gone(None); }
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.frames_in -= 1,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Err(e)) => return self.on_read_error(e).await,
                     }
                 }

@@ -15,8 +15,8 @@ pub mod batched;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub use batched::{BatchedHistogram, LATENCY_BUCKETS, Local};
@@ -205,7 +205,10 @@ impl Metrics {
             ready: gauge("chatgw_ready", "Whether the instance is ready (database and bus up, not draining)"),
             draining: gauge("chatgw_draining", "Whether the instance is shutting down"),
             ws_connections: gauge("chatgw_ws_connections", "Open WebSocket connections"),
-            ws_max_connections: gauge("chatgw_ws_max_connections", "Most WebSocket connections accepted (MAX_CONNECTIONS)"),
+            ws_max_connections: gauge(
+                "chatgw_ws_max_connections",
+                "Most WebSocket connections accepted (MAX_CONNECTIONS)",
+            ),
             ws_deliveries: counter("chatgw_ws_deliveries_total", "Message frames queued to sockets"),
             ws_messages_stored: counter("chatgw_ws_messages_stored_total", "Messages stored from sends"),
             ws_closes: Counters::new(
