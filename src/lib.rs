@@ -12,10 +12,12 @@
 //! - [`metrics`]: Prometheus metrics on their own listener.
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
 //! - [`seed`]: bulk users and tokens for load tests (`chatgw seed`).
+//! - [`backup`]: an online copy of the embedded SQLite database (`chatgw backup`).
 //! - [`state`], [`shutdown`], [`telemetry`]: the plumbing.
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod config;
 pub mod db;

@@ -1,7 +1,8 @@
 //! The gateway binary: config -> telemetry -> build -> run.
 //!
 //! `chatgw` serves; `chatgw seed …` bootstraps load-test users (see
-//! `chatgw seed --help`).
+//! `chatgw seed --help`); `chatgw backup --out FILE` copies the embedded
+//! SQLite database while a gateway runs.
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,10 @@ enum Command {
     /// DATABASE_URL, signed with the configured JWT key; writes a JSON file
     /// for `loadtest`. For load-test databases only.
     Seed(chatgw::seed::SeedArgs),
+    /// Write a consistent copy of the SQLite database named by DATABASE_URL
+    /// to a new file, while a gateway keeps running (PostgreSQL: use
+    /// pg_dump; see README.md, "Backups and restore").
+    Backup(chatgw::backup::BackupArgs),
 }
 
 #[tokio::main]
@@ -41,6 +46,19 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
         println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
         return Ok(());
+    }
+    if let Some(Command::Backup(args)) = &cli.command {
+        use secrecy::ExposeSecret;
+        match chatgw::backup::run(config.database_url.expose_secret(), &args.out).await {
+            Ok(w) => {
+                println!("backup written to {}: {} bytes in {} ms", w.path.display(), w.bytes, w.duration.as_millis());
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("backup failed: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     chatgw::telemetry::init();
     // One descriptor per socket: raise the soft limit to the hard one.

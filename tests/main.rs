@@ -6,6 +6,7 @@ mod helpers;
 mod procs;
 
 mod auth;
+mod backup;
 mod bad_input;
 mod binary;
 mod cluster;
