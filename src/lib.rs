@@ -13,7 +13,8 @@
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
 //! - [`seed`]: bulk users and tokens for load tests (`chatgw seed`).
 //! - [`backup`]: an online copy of the embedded SQLite database (`chatgw backup`).
-//! - [`state`], [`shutdown`], [`telemetry`]: the plumbing.
+//! - [`telemetry`]: JSON logs, and error tracking in Sentry with secrets scrubbed.
+//! - [`state`], [`shutdown`]: the plumbing.
 
 pub mod api;
 pub mod auth;
