@@ -14,6 +14,7 @@ mod cluster_faults;
 mod me;
 mod openapi;
 mod rooms;
+mod sentry;
 mod storage;
 mod ws;
 mod ws_client;

@@ -34,6 +34,7 @@ async fn openapi_lists_every_route() {
         ("get", "/readyz"),
         ("post", "/api/v1/admin/users/{id}/ban"),
         ("delete", "/api/v1/admin/users/{id}/ban"),
+        ("post", "/api/v1/admin/debug/sentry-test"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut listed = 0;

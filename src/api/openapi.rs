@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, health, me, rooms};
+use super::{admin, auth, debug, health, me, rooms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,7 @@ use super::{admin, auth, health, me, rooms};
         rooms::create_room, rooms::list_rooms, rooms::get_room, rooms::patch_room, rooms::delete_room,
         rooms::add_member, rooms::remove_member, rooms::history,
         health::healthz, health::readyz,
-        admin::ban, admin::unban,
+        admin::ban, admin::unban, debug::sentry_test,
     ),
     modifiers(&BearerAuth)
 )]
