@@ -76,11 +76,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(environment = %s.environment, sample_rate = s.sample_rate, "reporting errors to Sentry");
         }
         let app = Application::build(config).await?;
+        // Installed before the URL is printed (from then on a SIGTERM
+        // drains), not before the build (a hung start-up stays killable).
+        let stop = chatgw::shutdown::signal();
         println!("chatgw listening on http://{}", app.local_addr());
         if let Some(m) = app.metrics_addr() {
             println!("metrics on http://{m}/metrics");
         }
-        app.run_until_stopped(chatgw::shutdown::signal()).await
+        app.run_until_stopped(stop).await
     });
     if let Err(e) = &served {
         // A failed start-up is worth an event too (it is sent before exit).
