@@ -98,6 +98,20 @@ pub struct Config {
     /// Bearer token for the operator endpoints under `/api/v1/admin`;
     /// `None` disables them.
     pub admin_token: Option<SecretString>,
+    /// Error tracking (`SENTRY_*`); `None` when `SENTRY_DSN` is unset.
+    pub sentry: Option<SentryConfig>,
+}
+
+/// Where and how errors and panics are reported to Sentry.
+#[derive(Clone)]
+pub struct SentryConfig {
+    /// The project's DSN, already checked to parse. Its key only allows
+    /// sending events, but it still stays out of logs and errors.
+    pub dsn: SecretString,
+    /// `SENTRY_ENVIRONMENT`, defaulting to the `APP_ENV` name.
+    pub environment: String,
+    /// Share of error events sent, 0.0–1.0.
+    pub sample_rate: f32,
 }
 
 /// WebSocket limits and timers.
@@ -265,6 +279,7 @@ impl Config {
                 Some(t) if t.len() >= MIN_SECRET_BYTES => Some(SecretString::from(t.to_owned())),
                 Some(_) => return Err(err("ADMIN_TOKEN", format!("is shorter than {MIN_SECRET_BYTES} bytes"))),
             },
+            sentry: sentry_config(&get, environment)?,
         })
     }
 
@@ -303,6 +318,37 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         drain_reconnect_max_ms: num("DRAIN_RECONNECT_MAX_MS", 10_000, 1, 600_000)?,
         commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
     })
+}
+
+/// `SENTRY_DSN` turns error tracking on; the other two are checked even
+/// without it, so a typo fails now rather than when the DSN is added.
+fn sentry_config<'a>(
+    get: &dyn Fn(&str) -> Option<&'a str>,
+    environment: Environment,
+) -> Result<Option<SentryConfig>, ConfigError> {
+    let env_name = match get("SENTRY_ENVIRONMENT") {
+        None => match environment {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        },
+        // Sentry's own rules for environment names.
+        Some(v) if v.len() <= 64 && v != "None" && !v.contains('/') && !v.contains(char::is_control) => v,
+        Some(_) => {
+            return Err(err("SENTRY_ENVIRONMENT", "must be at most 64 bytes, without `/` or control characters"));
+        }
+    };
+    let sample_rate = match get("SENTRY_SAMPLE_RATE") {
+        None => 1.0,
+        Some(v) => match v.parse::<f32>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => return Err(err("SENTRY_SAMPLE_RATE", "must be a number between 0.0 and 1.0")),
+        },
+    };
+    let Some(dsn) = get("SENTRY_DSN") else { return Ok(None) };
+    if dsn.parse::<sentry::types::Dsn>().is_err() {
+        return Err(err("SENTRY_DSN", "must be a Sentry DSN: https://<public key>@<host>/<project id>"));
+    }
+    Ok(Some(SentryConfig { dsn: SecretString::from(dsn.to_owned()), environment: env_name.to_owned(), sample_rate }))
 }
 
 fn parse_addr(v: &str, var: &'static str) -> Result<SocketAddr, ConfigError> {
@@ -444,6 +490,25 @@ mod tests {
     }
 
     #[test]
+    fn sentry_is_opt_in_and_its_environment_defaults_to_app_env() {
+        assert!(Config::from_vars(&vars(&[])).unwrap().sentry.is_none());
+        let c = Config::from_vars(&vars(&[("SENTRY_DSN", "https://abc123@o1.ingest.example.com/42")])).unwrap();
+        let s = c.sentry.expect("enabled by SENTRY_DSN");
+        assert_eq!((s.environment.as_str(), s.sample_rate), ("development", 1.0));
+        let c = Config::from_vars(&vars(&[
+            ("APP_ENV", "prod"),
+            ("JWT_SECRET", "q8Jm2vXr7pL0sT4wZ9yB3nC6dF1gH5kA"),
+            ("SENTRY_DSN", "http://public@127.0.0.1:9/1"),
+            ("SENTRY_SAMPLE_RATE", "0.25"),
+        ]))
+        .unwrap();
+        let s = c.sentry.unwrap();
+        assert_eq!((s.environment.as_str(), s.sample_rate), ("production", 0.25));
+        let c = Config::from_vars(&vars(&[("SENTRY_DSN", "http://k@h/1"), ("SENTRY_ENVIRONMENT", "staging-eu")]));
+        assert_eq!(c.unwrap().sentry.unwrap().environment, "staging-eu");
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         for (k, v) in [
             ("LISTEN_ADDR", "nope"),
@@ -455,6 +520,11 @@ mod tests {
             ("ACCESS_TOKEN_TTL_SECS", "1"),
             ("JWT_ALGORITHM", "none"),
             ("APP_ENV", "staging"),
+            ("SENTRY_DSN", "not-a-dsn"),
+            ("SENTRY_DSN", "ftp://key@host/1"),
+            ("SENTRY_SAMPLE_RATE", "1.5"),
+            ("SENTRY_SAMPLE_RATE", "often"),
+            ("SENTRY_ENVIRONMENT", "prod/eu"),
         ] {
             let e = Config::from_vars(&vars(&[(k, v)])).err().unwrap_or_else(|| panic!("{k}={v} accepted"));
             assert_eq!(e.var, k);

@@ -12,11 +12,14 @@
 //! - [`metrics`]: Prometheus metrics on their own listener.
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
 //! - [`seed`]: bulk users and tokens for load tests (`chatgw seed`).
-//! - [`state`], [`shutdown`], [`telemetry`]: the plumbing.
+//! - [`backup`]: an online copy of the embedded SQLite database (`chatgw backup`).
+//! - [`telemetry`]: JSON logs, and error tracking in Sentry with secrets scrubbed.
+//! - [`state`], [`shutdown`]: the plumbing.
 
 pub mod admin_cli;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod config;
 pub mod db;

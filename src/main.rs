@@ -1,7 +1,8 @@
 //! The gateway binary: config -> telemetry -> build -> run.
 //!
 //! `chatgw` serves; `chatgw seed …` bootstraps load-test users (see
-//! `chatgw seed --help`).
+//! `chatgw seed --help`); `chatgw backup --out FILE` copies the embedded
+//! SQLite database while a gateway runs.
 
 use clap::{Parser, Subcommand};
 
@@ -27,16 +28,20 @@ enum Command {
     /// (ADMIN_TOKEN from the environment): stats, connections, disconnect,
     /// ban, unban.
     Admin(chatgw::admin_cli::AdminArgs),
+    /// Write a consistent copy of the SQLite database named by DATABASE_URL
+    /// to a new file, while a gateway keeps running (PostgreSQL: use
+    /// pg_dump; see README.md, "Backups and restore").
+    Backup(chatgw::backup::BackupArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A client of a running instance: it needs none of the server's
     // configuration.
-    if let Some(Command::Admin(args)) = cli.command {
-        return chatgw::admin_cli::run(args).await;
-    }
+    let command = match cli.command {
+        Some(Command::Admin(args)) => return runtime()?.block_on(chatgw::admin_cli::run(args)),
+        other => other,
+    };
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -45,25 +50,78 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    if let Some(Command::Seed(args)) = &cli.command {
-        let file = chatgw::seed::run(&config, args).await?;
-        std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
-        println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
-        return Ok(());
+    match command {
+        Some(Command::Admin(_)) => unreachable!("handled above"),
+        Some(Command::Seed(args)) => runtime()?.block_on(seed(&config, &args)),
+        Some(Command::Backup(args)) => runtime()?.block_on(backup(&config, &args)),
+        None | Some(Command::Serve) => serve(config),
     }
-    chatgw::telemetry::init();
-    // One descriptor per socket: raise the soft limit to the hard one.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(nofile = n, "file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+}
+
+/// The runtime `#[tokio::main]` would build, made by hand so that Sentry
+/// can start before any of its threads exist.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    // Sentry before the runtime: every thread's hub is copied from the main
+    // one, and the panic hook must be in place before any task can panic.
+    // The guard lives until `main` returns, then flushes queued events.
+    let sentry = config.sentry.as_ref().map(chatgw::telemetry::error_tracking::init);
+    if sentry.is_some() {
+        chatgw::telemetry::init_with_sentry();
+    } else {
+        chatgw::telemetry::init();
     }
-    if config.environment == Environment::Development {
-        tracing::warn!("running in development mode (APP_ENV=production for deployments)");
+    let served = runtime()?.block_on(async {
+        // One descriptor per socket: raise the soft limit to the hard one.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => tracing::info!(nofile = n, "file descriptor limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+        }
+        if config.environment == Environment::Development {
+            tracing::warn!("running in development mode (APP_ENV=production for deployments)");
+        }
+        if let Some(s) = &config.sentry {
+            tracing::info!(environment = %s.environment, sample_rate = s.sample_rate, "reporting errors to Sentry");
+        }
+        let app = Application::build(config).await?;
+        // Installed before the URL is printed (from then on a SIGTERM
+        // drains), not before the build (a hung start-up stays killable).
+        let stop = chatgw::shutdown::signal();
+        println!("chatgw listening on http://{}", app.local_addr());
+        if let Some(m) = app.metrics_addr() {
+            println!("metrics on http://{m}/metrics");
+        }
+        app.run_until_stopped(stop).await
+    });
+    if let Err(e) = &served {
+        // A failed start-up is worth an event too (it is sent before exit).
+        tracing::error!(error = format!("{e:#}"), "gateway stopped with an error");
     }
-    let app = Application::build(config).await?;
-    println!("chatgw listening on http://{}", app.local_addr());
-    if let Some(m) = app.metrics_addr() {
-        println!("metrics on http://{m}/metrics");
+    drop(sentry);
+    served
+}
+
+async fn seed(config: &Config, args: &chatgw::seed::SeedArgs) -> anyhow::Result<()> {
+    let file = chatgw::seed::run(config, args).await?;
+    std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
+    println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
+    Ok(())
+}
+
+async fn backup(config: &Config, args: &chatgw::backup::BackupArgs) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    match chatgw::backup::run(config.database_url.expose_secret(), &args.out).await {
+        Ok(w) => {
+            println!("backup written to {}: {} bytes in {} ms", w.path.display(), w.bytes, w.duration.as_millis());
+            Ok(())
+        }
+        Err(e) => {
+            // One line, as for configuration errors.
+            eprintln!("backup failed: {e}");
+            std::process::exit(1);
+        }
     }
-    app.run_until_stopped(chatgw::shutdown::signal()).await
 }

@@ -181,3 +181,28 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
 fn unsafe_kill_term(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
+
+/// A SIGTERM sent the moment the URL appears drains and exits cleanly: the
+/// handler is in place before the URL is printed.
+#[test]
+fn sigterm_as_soon_as_the_url_is_printed_exits_cleanly() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = gateway()
+            .current_dir(dir.path())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gateway");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.map_while(Result::ok) {
+            if line.starts_with("chatgw listening on ") {
+                unsafe_kill_term(child.id());
+                break;
+            }
+        }
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "clean exit: {exit:?}");
+    }
+}

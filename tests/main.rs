@@ -6,6 +6,7 @@ mod helpers;
 mod procs;
 
 mod auth;
+mod backup;
 mod bad_input;
 mod binary;
 mod cluster;
@@ -14,6 +15,7 @@ mod me;
 mod openapi;
 mod operators;
 mod rooms;
+mod sentry;
 mod storage;
 mod ws;
 mod ws_client;

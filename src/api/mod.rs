@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod debug;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -41,6 +42,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     let v1 = Router::new()
         .merge(auth::router())
         .merge(admin::router())
+        .merge(debug::router())
         .merge(me::router())
         .merge(rooms::router())
         .merge(creates)

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, health, me, rooms};
+use super::{admin, auth, debug, health, me, rooms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{admin, auth, health, me, rooms};
         rooms::add_member, rooms::remove_member, rooms::history,
         health::healthz, health::readyz,
         admin::ban, admin::unban, admin::stats, admin::connections, admin::disconnect,
+        debug::sentry_test,
     ),
     modifiers(&BearerAuth)
 )]

@@ -200,12 +200,18 @@ fn sqlite_url_with_create(url: &str) -> String {
 }
 
 fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_path(url)?.parent().filter(|p| !p.as_os_str().is_empty()).map(Into::into)
+}
+
+/// The file a `sqlite:` URL names (`sqlite://./data/chatgw.db?mode=rwc` ->
+/// `./data/chatgw.db`); `None` for other URLs and in-memory databases.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = path.split('?').next()?;
     if path.is_empty() || path.contains(":memory:") {
         return None;
     }
-    std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(Into::into)
+    Some(path.into())
 }
 
 /// Milliseconds since the Unix epoch: the one time format of the schema.

@@ -1,0 +1,51 @@
+//! Structured JSON logs on stdout, filtered by `RUST_LOG`, and optionally
+//! error tracking in Sentry (`SENTRY_DSN`).
+//!
+//! What is logged is chosen at each call site: ids, counts, codes. Request
+//! bodies, tokens, passwords, emails and message bodies never are. What goes
+//! to Sentry is scrubbed once more on the way out ([`scrub`]), because an
+//! error event also carries panic messages and breadcrumbs.
+
+pub mod error_tracking;
+pub mod scrub;
+
+use tracing::Level;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::prelude::*;
+
+/// The target of the events `POST /admin/debug/sentry-test` emits: they
+/// carry fake secrets on purpose, so they go to Sentry (to prove scrubbing)
+/// and never into the logs, where a secret scanner would flag them.
+pub const SENTRY_TEST_TARGET: &str = "chatgw::sentry_test";
+
+/// Installs the global subscriber with logs only (the one process-wide
+/// thing, owned by `main`). Defaults to `info`.
+pub fn init() {
+    install(false);
+}
+
+/// Like [`init`], and forwards events to the Sentry client that
+/// [`error_tracking::init`] installed: `ERROR` events become Sentry events,
+/// `WARN` and `INFO` events breadcrumbs (both as far as `RUST_LOG` lets
+/// them through).
+pub fn init_with_sentry() {
+    install(true);
+}
+
+fn install(sentry: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .with_filter(filter_fn(|m| m.target() != SENTRY_TEST_TARGET));
+    let breadcrumbs = sentry.then(|| {
+        sentry::integrations::tracing::BreadcrumbLayer::new()
+            .with_filter(filter_fn(|m| matches!(*m.level(), Level::WARN | Level::INFO)))
+    });
+    let errors = sentry.then(|| sentry::integrations::tracing::ErrorLayer::new().with_filter(LevelFilter::ERROR));
+    // `try_init` fails only if a subscriber is already set (tests): fine.
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(breadcrumbs).with(errors).try_init();
+}
