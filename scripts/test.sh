@@ -38,6 +38,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)     # cluster cre
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)   # the proxy test runs deploy/nginx for real
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # key generation in the JWT tests
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool and prometheus: the alert rules, /metrics and the dashboard's queries (tests/observability.rs)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from apt"
     SUDO=""

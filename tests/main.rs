@@ -12,6 +12,7 @@ mod binary;
 mod cluster;
 mod cluster_faults;
 mod me;
+mod observability;
 mod openapi;
 mod operators;
 mod rooms;
