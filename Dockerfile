@@ -4,13 +4,16 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
 COPY src src
 COPY loadtest/src loadtest/src
 COPY benches benches
 COPY migrations migrations
-RUN cargo build --release --locked --bin chatgw
+# .git is not in the context: the commit for chatgw_build_info comes in as
+# a build argument (docker build --build-arg CHATGW_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .).
+ARG CHATGW_GIT_COMMIT=unknown
+RUN CHATGW_GIT_COMMIT=$CHATGW_GIT_COMMIT cargo build --release --locked --bin chatgw
 
 FROM debian:bookworm-slim
 RUN apt-get update \

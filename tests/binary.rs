@@ -66,15 +66,19 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
     // A REST flow whose secrets must not reach the logs.
     let secrets = rt.block_on(async {
         let c = reqwest::Client::new();
-        let r: serde_json::Value = c
-            .post(format!("{url}/api/v1/auth/register"))
-            .json(&serde_json::json!({"email": "Secret.Person@example.com", "password": "hunter2-hunter2", "display_name": "Sam"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
+            let mut req = c.post(format!("{url}{path}")).json(&body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            async move { req.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+        };
+        let r = post(
+            "/api/v1/auth/register",
+            None,
+            serde_json::json!({"email": "Secret.Person@example.com", "password": "hunter2-hunter2", "display_name": "Sam"}),
+        )
+        .await;
         let access = r["access_token"].as_str().unwrap().to_owned();
         let refresh = r["refresh_token"].as_str().unwrap().to_owned();
         c.get(format!("{url}/api/v1/me")).bearer_auth(&access).send().await.unwrap();
@@ -84,16 +88,7 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
         c.get(format!("{url}/ws?ticket={ticket}")).send().await.unwrap();
         // A socket that lives, sends a message with a private body, and
         // closes; and a refused handshake.
-        let room: serde_json::Value = c
-            .post(format!("{url}/api/v1/rooms"))
-            .bearer_auth(&access)
-            .json(&serde_json::json!({"name": "logs"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let room = post("/api/v1/rooms", Some(&access), serde_json::json!({"name": "logs"})).await;
         let room = room["id"].as_str().unwrap().to_owned();
         let ws_url = url.replace("http://", "ws://") + "/ws";
         let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str()).unwrap();
