@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the figures in BENCHMARKS.md.
 #
-#   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect cluster (default: all)
+#   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect cluster (default: all),
+#                                  and instructions (callgrind; not in the default set)
 #
 # The gateway (or the reference server) is pinned to CPU 0 and the load
 # client to CPU 1, so "server CPU per delivery" is not polluted by the client.
@@ -194,6 +195,31 @@ PY
                 | awk -F'[:=,]' '/^cmdstat_/ { calls[$1] += $3 } END { for (c in calls) printf "    %s=%d", substr(c, 9), calls[c]; print "" }'
             stop_all; stop_redis
         done
+    done
+}
+
+instructions() { # instructions per delivered message under callgrind: a count, steady on a noisy machine
+    # One room of 100, 5 sends/s for 20 s (valgrind runs the gateway ~50x
+    # slower), SQLite; counting starts when the load does (after start-up).
+    # Compare builds with GW=…; not part of the default set.
+    for run in $(seq "$RUNS"); do
+        local db; db=$(db_url sqlite)
+        DATABASE_URL=$db $GW seed --users 100 --rooms 1 --room-size 100 --token-ttl-secs 7200 --out "$OUT/seed.json" >/dev/null
+        DATABASE_URL=$db LISTEN_ADDR=127.0.0.1:$PORT taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
+            --callgrind-out-file="$OUT/callgrind.out" $GW >"$OUT/gateway.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+        callgrind_control -i on $pid >/dev/null
+        lt "instructions-$run" fanout --url $URL --seed "$OUT/seed.json" --rooms 1 --room-size 100 --rate 5 --duration 20
+        callgrind_control -i off $pid >/dev/null
+        stop
+        python3 - "$OUT/callgrind.out" "$OUT/instructions-$run.json" <<'PY'
+import json, sys
+ir = next(int(l.split()[1]) for l in open(sys.argv[1]) if l.startswith("totals:"))
+r = json.load(open(sys.argv[2]))
+d = r["deliveries"]
+print(f"instructions-{sys.argv[2].split('-')[-1][:-5]}: {ir / d:,.0f} instructions per delivered message ({ir:,} over {d:,.0f})")
+PY
     done
 }
 

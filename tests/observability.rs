@@ -693,6 +693,13 @@ async fn real_prometheus_scrapes_two_instances_and_every_dashboard_and_alert_que
     // Every problem found below is collected, so one run lists them all.
     let mut problems: Vec<String> = Vec::new();
 
+    // Messages crossed Redis both ways: each instance timed their transit.
+    let transit = prom.query("min(chatgw_bus_transit_seconds_count)").await.ok();
+    let crossed = transit.as_ref().and_then(|r| r.first()?["value"][1].as_str()?.parse::<f64>().ok());
+    if !crossed.is_some_and(|n| n > 0.0) {
+        problems.push(format!("chatgw_bus_transit_seconds has no observations on some instance: {transit:?}"));
+    }
+
     // (iii) The rules are loaded, evaluated without error, and complete.
     let rules = eventually(GUARD, || async {
         let data = prom.api("rules", &[("type", "alert")]).await.ok()?;

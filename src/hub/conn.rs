@@ -89,13 +89,20 @@ fn quota(per_sec: u32, burst: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
 }
 
-/// Runs one connection until it ends, in a span carrying its id and user
-/// (never its credential): every line it logs names both.
-pub async fn run(ws: WebSocket, state: AppState, who: Authenticated, place: OwnedSemaphorePermit) {
-    let hub = state.hub.clone();
-    let (shared, rx) = hub.register(&who.user_id, &who.session_id);
+/// Registers one connection and returns its task, which runs until the
+/// connection ends, in a span carrying its id and user (never its
+/// credential): every line it logs names both. (Not an `async fn`: its
+/// arguments would stay in the task beside `serve`'s copies, and every idle
+/// socket carries its task.)
+pub fn run(
+    ws: WebSocket,
+    state: AppState,
+    who: Authenticated,
+    place: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send {
+    let (shared, rx) = state.hub.register(&who.user_id, &who.session_id);
     let span = tracing::info_span!("conn", conn_id = shared.id, user_id = %shared.user);
-    serve(ws, state, who, place, shared, rx).instrument(span).await;
+    serve(ws, state, who, place, shared, rx).instrument(span)
 }
 
 async fn serve(
@@ -210,7 +217,7 @@ impl Conn {
                 }
                 _ = heartbeat.tick() => {
                     if let Some(f) = &mut self.fanout {
-                        f.fold(Instant::now());
+                        f.fold(self.hub.metrics().fanout_seconds.now_ns());
                     }
                     if self.last_seen.elapsed() > settings.idle_timeout {
                         return End::Close(1000, "idle timeout".into());
@@ -231,7 +238,8 @@ impl Conn {
         let (code, reason) = self.shared.close_request();
         if code == close::GOING_AWAY {
             while let Ok(item) = rx.try_recv() {
-                let flushed = tokio::time::timeout(Duration::from_secs(2), self.write_one(item, Instant::now())).await;
+                let now = self.hub.metrics().fanout_seconds.now_ns();
+                let flushed = tokio::time::timeout(Duration::from_secs(2), self.write_one(item, now)).await;
                 if !matches!(flushed, Ok(Ok(()))) {
                     break;
                 }
@@ -275,7 +283,7 @@ impl Conn {
             r = async {
                 // One clock read per batch: the frames of a batch are written
                 // by the same flush.
-                let now = Instant::now();
+                let now = self.hub.metrics().fanout_seconds.now_ns();
                 self.feed_item(first, now).await?;
                 for _ in 0..WRITE_BATCH {
                     match rx.try_recv() {
@@ -290,13 +298,14 @@ impl Conn {
         res.map_err(|_| End::Gone(None))
     }
 
-    async fn write_one(&mut self, item: Outbound, now: Instant) -> Result<(), axum::Error> {
-        self.feed_item(item, now).await?;
+    async fn write_one(&mut self, item: Outbound, now_ns: u64) -> Result<(), axum::Error> {
+        self.feed_item(item, now_ns).await?;
         self.ws.flush().await
     }
 
-    /// Feeds one item (without flushing), applying the per-room seq filter.
-    async fn feed_item(&mut self, item: Outbound, now: Instant) -> Result<(), axum::Error> {
+    /// Feeds one item (without flushing), applying the per-room seq filter;
+    /// `now_ns` is the batch's time on the fan-out histogram's clock.
+    async fn feed_item(&mut self, item: Outbound, now_ns: u64) -> Result<(), axum::Error> {
         match item {
             Outbound::Message(d) => {
                 let Some(last) = self.joined.get_mut(&d.room) else { return Ok(()) };
@@ -315,7 +324,9 @@ impl Conn {
                 }
                 self.frames_out += 1;
                 let metrics = self.hub.metrics();
-                self.fanout.get_or_insert_with(|| Box::new(Local::new(&metrics.fanout_seconds))).observe(d.ready, now);
+                self.fanout
+                    .get_or_insert_with(|| Box::new(Local::new(&metrics.fanout_seconds)))
+                    .observe(d.ready_ns, now_ns);
                 self.ws.feed(Message::Text(d.frame.clone())).await
             }
             Outbound::Event(frame) => {

@@ -73,8 +73,9 @@ pub struct Delivery {
     pub seq: i64,
     pub frame: Utf8Bytes,
     /// When it was handed to the room here (committed, or received from
-    /// the bus): the start of `chatgw_message_fanout_seconds`.
-    pub ready: std::time::Instant,
+    /// the bus), on the fan-out histogram's clock: the start of
+    /// `chatgw_message_fanout_seconds`.
+    pub ready_ns: u64,
 }
 
 /// What a connection's writer receives. Kept to two words: every

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -153,7 +153,7 @@ impl Hub {
             }
             _ => {}
         }
-        let now = Instant::now();
+        let now = self.inner.metrics.fanout_seconds.now_ns();
         fan_out_message(e, &room_arc, seq, frame, now, &self.inner.metrics);
         let mut next = seq + 1;
         while let Some(f) = e.pending.remove(&next) {
@@ -246,9 +246,9 @@ impl Hub {
     }
 }
 
-fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, ready: Instant, metrics: &Metrics) {
+fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, ready_ns: u64, metrics: &Metrics) {
     e.delivered = Some(seq);
-    let d = Arc::new(Delivery { room: room.clone(), seq, frame, ready });
+    let d = Arc::new(Delivery { room: room.clone(), seq, frame, ready_ns });
     let mut queued = 0;
     let mut deepest = 0;
     for c in &e.subs {
@@ -267,7 +267,7 @@ fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Byte
 /// Releases held messages past a gap that could not be filled.
 fn release_pending(e: &mut RoomEntry, room: &Arc<str>, metrics: &Metrics) {
     let pending = std::mem::take(&mut e.pending);
-    let now = Instant::now();
+    let now = metrics.fanout_seconds.now_ns();
     for (seq, f) in pending {
         if e.delivered.is_none_or(|d| seq > d) {
             fan_out_message(e, room, seq, f, now, metrics);

@@ -9,10 +9,16 @@
 //! a second, and when it ends. A scrape may therefore lag by up to a
 //! second per busy connection (longer for a connection that received one
 //! frame and went quiet: it folds at its next heartbeat).
+//!
+//! Times are integer nanoseconds on the histogram's own clock
+//! ([`BatchedHistogram::now_ns`]): a recipient's observation is then a
+//! subtraction and a few compares, with no `Duration` arithmetic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto;
@@ -34,11 +40,13 @@ const BOUNDS_NS: [u64; N] = {
     out
 };
 
-/// How often a [`Local`] folds into the shared histogram at most.
-const FOLD_EVERY: Duration = Duration::from_secs(1);
+/// How often a [`Local`] folds into the shared histogram at most (ns).
+const FOLD_EVERY_NS: u64 = 1_000_000_000;
 
 struct Shared {
     desc: Desc,
+    /// The zero of [`BatchedHistogram::now_ns`].
+    epoch: Instant,
     /// Per bucket (non-cumulative); the last one is `+Inf`.
     buckets: [AtomicU64; N + 1],
     sum_ns: AtomicU64,
@@ -55,9 +63,16 @@ impl BatchedHistogram {
         let desc = Desc::new(name.into(), help.into(), Vec::new(), Default::default()).expect("valid metric");
         BatchedHistogram(Arc::new(Shared {
             desc,
+            epoch: Instant::now(),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_ns: AtomicU64::new(0),
         }))
+    }
+
+    /// Nanoseconds since this histogram was made: the clock observations
+    /// are taken on.
+    pub fn now_ns(&self) -> u64 {
+        self.0.epoch.elapsed().as_nanos() as u64
     }
 
     /// Observations folded in so far (tests).
@@ -104,30 +119,33 @@ pub struct Local {
     buckets: [u32; N + 1],
     sum_ns: u64,
     pending: u32,
-    folded_at: Instant,
+    /// When the next fold is due, on the shared clock.
+    fold_at_ns: u64,
 }
 
 impl Local {
     pub fn new(shared: &BatchedHistogram) -> Self {
-        Local { shared: shared.clone(), buckets: [0; N + 1], sum_ns: 0, pending: 0, folded_at: Instant::now() }
+        let fold_at_ns = shared.now_ns() + FOLD_EVERY_NS;
+        Local { shared: shared.clone(), buckets: [0; N + 1], sum_ns: 0, pending: 0, fold_at_ns }
     }
 
-    /// Records `since..now`; folds when a second has passed since the last
-    /// fold. `now` is passed in so a batch of frames reads the clock once.
-    pub fn observe(&mut self, since: Instant, now: Instant) {
-        let ns = now.saturating_duration_since(since).as_nanos().min(u64::MAX as u128) as u64;
+    /// Records `since_ns..now_ns` (both from [`BatchedHistogram::now_ns`]);
+    /// folds when a second has passed since the last fold. `now_ns` is
+    /// passed in so a batch of frames reads the clock once.
+    pub fn observe(&mut self, since_ns: u64, now_ns: u64) {
+        let ns = now_ns.saturating_sub(since_ns);
         let i = BOUNDS_NS.iter().position(|b| ns <= *b).unwrap_or(N);
         self.buckets[i] += 1;
         self.sum_ns = self.sum_ns.saturating_add(ns);
         self.pending += 1;
-        if now.saturating_duration_since(self.folded_at) >= FOLD_EVERY || self.pending == u32::MAX {
-            self.fold(now);
+        if now_ns >= self.fold_at_ns || self.pending == u32::MAX {
+            self.fold(now_ns);
         }
     }
 
     /// Adds what was counted here to the shared histogram.
-    pub fn fold(&mut self, now: Instant) {
-        self.folded_at = now;
+    pub fn fold(&mut self, now_ns: u64) {
+        self.fold_at_ns = now_ns + FOLD_EVERY_NS;
         if self.pending == 0 {
             return;
         }
@@ -145,7 +163,8 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        self.fold(Instant::now());
+        // The next fold time no longer matters.
+        self.fold(0);
     }
 }
 
@@ -156,14 +175,15 @@ mod tests {
     #[test]
     fn local_buckets_fold_into_the_exported_histogram() {
         let shared = BatchedHistogram::new("t_seconds", "test");
-        let t0 = Instant::now();
+        let t0 = shared.now_ns();
+        let at = |d: Duration| t0 + d.as_nanos() as u64;
         {
             let mut local = Local::new(&shared);
-            local.observe(t0, t0 + Duration::from_micros(300)); // <= 0.0005
-            local.observe(t0, t0 + Duration::from_millis(3)); // <= 0.005
-            local.observe(t0, t0 + Duration::from_secs(60)); // +Inf, and a fold (a second passed)
+            local.observe(t0, at(Duration::from_micros(300))); // <= 0.0005
+            local.observe(t0, at(Duration::from_millis(3))); // <= 0.005
+            local.observe(t0, at(Duration::from_secs(60))); // +Inf, and a fold (a second passed)
             assert_eq!(shared.count(), 3);
-            local.observe(t0, t0 + Duration::from_millis(3));
+            local.observe(at(Duration::from_secs(60)), at(Duration::from_secs(60) + Duration::from_millis(3)));
             assert_eq!(shared.count(), 3, "not folded within the second");
         }
         assert_eq!(shared.count(), 4, "folded at drop");

@@ -13,6 +13,8 @@
 
 pub mod batched;
 
+use std::sync::Arc;
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -84,9 +86,21 @@ impl<const K: usize> Counters<K> {
     }
 }
 
-/// Handles to every metric; cheap to clone.
+/// Handles to every metric: one pointer, cheap to clone. It lives in the
+/// state every connection task holds, so it must stay small.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Series>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Series;
+
+    fn deref(&self) -> &Series {
+        &self.0
+    }
+}
+
+/// Every series, registered in the application's own registry.
+pub struct Series {
     registry: Registry,
     /// Requests by method, route template and status.
     pub http_requests: IntCounterVec,
@@ -189,7 +203,7 @@ impl Metrics {
         )
         .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CHATGW_GIT_COMMIT")]).set(1);
-        let m = Metrics {
+        let m = Series {
             http_requests: IntCounterVec::new(
                 Opts::new("chatgw_http_requests_total", "HTTP requests by route and status"),
                 &["method", "route", "status"],
@@ -343,7 +357,7 @@ impl Metrics {
         m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
-        m
+        Metrics(Arc::new(m))
     }
 
     /// The text exposition format.
