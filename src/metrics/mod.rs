@@ -64,16 +64,8 @@ impl<const K: usize> Counters<K> {
         Counters { names, counters, vec }
     }
 
-    /// The counter for `name`; an unknown name gets its own series (kept
-    /// for callers outside the fixed set; bounded by the callers' codes).
-    pub fn get(&self, name: &str) -> IntCounter {
-        match self.names.iter().position(|n| *n == name) {
-            Some(i) => self.counters[i].clone(),
-            None => self.vec.with_label_values(&[name]),
-        }
-    }
-
-    /// Increments `name` by `n` without cloning a handle.
+    /// Increments `name` by `n`. A name outside the fixed set gets its own
+    /// series (still bounded: callers pass codes and kinds, never ids).
     pub fn add(&self, name: &str, n: u64) {
         match self.names.iter().position(|x| *x == name) {
             Some(i) => self.counters[i].inc_by(n),
