@@ -270,10 +270,8 @@ async fn rate_limit_then_abuse_close() {
 /// How many sockets the server closed with `code`, from its own metrics:
 /// the only way to see a cut-off without reading the cut-off socket.
 async fn server_closes(app: &TestApp, code: u16) -> u64 {
-    let addr = app.metrics_addr.expect("a metrics listener");
-    let text = app.http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
     let key = format!("chatgw_ws_closes_total{{code=\"{code}\"}}");
-    text.lines().find_map(|l| l.strip_prefix(key.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+    crate::operators::scrape(app).await.get(&key).map_or(0, |v| *v as u64)
 }
 
 /// A socket that stops reading is cut off with 4009 once its bounded queue
