@@ -93,6 +93,14 @@ pub struct Config {
     pub login_attempts_per_minute: u32,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's headers (slowloris
+    /// bound; it covers the WebSocket upgrade request too).
+    pub header_timeout: Duration,
+    /// Threads hashing passwords (argon2id, 19 MiB each while running).
+    pub password_hash_threads: usize,
+    /// Sign-ins and registrations waiting for a hashing thread; beyond it they
+    /// are answered 503 at once.
+    pub password_hash_queue: usize,
     /// Socket settings (`WS_*`, `MAX_CONNECTIONS`).
     pub ws: WsConfig,
     /// Bearer token for the operator endpoints under `/api/v1/admin`;
@@ -132,6 +140,11 @@ pub struct WsConfig {
     pub drain_reconnect_max_ms: u64,
     /// Concurrent group-commit transactions on PostgreSQL.
     pub commit_concurrency: usize,
+    /// Rooms one socket may have joined at once (each costs a subscription
+    /// and a slot in every fan-out to that room).
+    pub max_rooms_per_socket: usize,
+    /// Sockets one user may hold open on this instance at once.
+    pub max_sockets_per_user: usize,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -233,6 +246,7 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         };
 
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let num = |k: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
             let n = parse_num(get(k), k, default)?;
             if n < min || n > max {
@@ -273,6 +287,9 @@ impl Config {
             login_attempts_per_minute: parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?
                 .clamp(1, 100_000) as u32,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?,
+            header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1, 600)?,
+            password_hash_threads: num("PASSWORD_HASH_THREADS", cores as u64, 1, 256)? as usize,
+            password_hash_queue: num("PASSWORD_HASH_QUEUE", 4 * cores as u64, 0, 100_000)? as usize,
             ws: ws_config(&num)?,
             admin_token: match get("ADMIN_TOKEN") {
                 None => None,
@@ -317,6 +334,8 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         handshakes_per_ip_per_sec: num("WS_HANDSHAKES_PER_IP_PER_SEC", 100, 1, 1_000_000)? as u32,
         drain_reconnect_max_ms: num("DRAIN_RECONNECT_MAX_MS", 10_000, 1, 600_000)?,
         commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
+        max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
+        max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
     })
 }
 

@@ -43,6 +43,10 @@ pub enum ApiError {
     /// A dependency is down or the process is draining.
     #[error("{0}")]
     Unavailable(String),
+    /// A bounded resource (password hashing) is saturated; answered at once
+    /// with `Retry-After` rather than queued.
+    #[error("{what} is busy; retry later")]
+    Busy { what: &'static str, retry_after_ms: u64 },
     /// The database failed: unreachable (503 `unavailable`) or otherwise
     /// (500 `internal`). Kept apart so operators see storage errors in
     /// `chatgw_db_errors_total{source="http"}`.
@@ -96,7 +100,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Storage(DbError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -123,7 +127,7 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let retry_after_ms = match &self {
-            ApiError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            ApiError::RateLimited { retry_after_ms } | ApiError::Busy { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         };
         let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retry_after_ms } };
@@ -147,6 +151,15 @@ impl From<DbError> for ApiError {
             DbError::NotFound => ApiError::NotFound("resource"),
             DbError::Conflict(what) => ApiError::Conflict(what),
             e @ (DbError::Unavailable(_) | DbError::Other(_)) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<crate::auth::HashError> for ApiError {
+    fn from(e: crate::auth::HashError) -> Self {
+        match e {
+            crate::auth::HashError::Busy { retry_after_ms } => ApiError::Busy { what: "sign-in", retry_after_ms },
+            crate::auth::HashError::Failed(e) => ApiError::Internal(e),
         }
     }
 }

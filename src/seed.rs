@@ -67,7 +67,7 @@ pub async fn run(config: &Config, args: &SeedArgs) -> anyhow::Result<SeedFile> {
     store.migrate().await?;
     let keys = JwtKeys::from_config(config)?;
     let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let hash = Passwords::new().hash(crate::auth::tokens::new_token("")).await?;
+    let hash = Passwords::new(1, 1).hash(crate::auth::tokens::new_token("")).await?;
     let users = store.seed_users(&prefix, args.users, &hash).await?;
     let plan: Vec<Vec<usize>> =
         (0..args.rooms).map(|r| (0..args.room_size).map(|k| (r * args.room_size + k) % args.users).collect()).collect();

@@ -113,13 +113,14 @@ impl Application {
             committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
         };
         let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);
+        let passwords = Passwords::new(config.password_hash_threads, config.password_hash_queue);
         let state = AppState {
             limits: Arc::new(Limits::new(config.login_attempts_per_minute, config.ws.handshakes_per_ip_per_sec)),
             hub,
             config: Arc::new(config),
             store,
             keys: Arc::new(keys),
-            passwords: Passwords::new(),
+            passwords,
             metrics,
             readiness: Readiness::default(),
             started: std::time::Instant::now(),

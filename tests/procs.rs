@@ -380,3 +380,113 @@ impl Drop for Nginx {
         let _ = self.child.start_kill();
     }
 }
+
+/// A PostgreSQL cluster owned by one test, on a free port, that the test
+/// stops and starts again (the machine's shared server is never touched).
+pub struct PgProc {
+    pub port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl PgProc {
+    /// `initdb` and start; a few seconds.
+    pub async fn start() -> PgProc {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test.sh installs them)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|b| b.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg = PgProc { port: free_port(), bin, dir };
+        if pg.as_root() {
+            // PostgreSQL refuses to run as root.
+            let ok = std::process::Command::new("chown").arg("-R").arg("postgres:").arg(pg.dir.path()).status();
+            assert!(ok.is_ok_and(|s| s.success()), "chown the cluster directory to postgres");
+        }
+        let data = pg.dir.path().join("data");
+        let status = pg
+            .command("initdb")
+            .args(["-D", &data.display().to_string(), "-U", "postgres", "-A", "trust", "--no-sync"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("run initdb");
+        assert!(status.success(), "initdb");
+        pg.start_again().await;
+        pg
+    }
+
+    fn as_root(&self) -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        let mut c = if self.as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut c = self.command("pg_ctl");
+        c.args(["-D", &self.dir.path().join("data").display().to_string()]).args(args);
+        c
+    }
+
+    /// Starts the (stopped) server and waits until it accepts connections.
+    pub async fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let status = self
+            .pg_ctl(&["-l", &log, "-w", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("pg_ctl");
+        assert!(status.success(), "pg_ctl start");
+    }
+
+    /// A fast shutdown: sessions are terminated, the port closes.
+    pub async fn stop(&self) {
+        let status = self.pg_ctl(&["-m", "fast", "-w", "stop"]).stdout(Stdio::null()).status().await.expect("pg_ctl");
+        assert!(status.success(), "pg_ctl stop");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgProc {
+    fn drop(&mut self) {
+        let mut c = std::process::Command::new(if self.as_root() { "runuser" } else { "sh" });
+        let data = self.dir.path().join("data");
+        let pg_ctl = self.bin.join("pg_ctl");
+        if self.as_root() {
+            c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+        } else {
+            c.arg("-c").arg(format!("exec {} \"$@\"", pg_ctl.display())).arg("pg_ctl");
+        }
+        let _ = c
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

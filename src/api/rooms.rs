@@ -94,6 +94,15 @@ async fn role_of(state: &AppState, room: &str, user: &AuthUser) -> ApiResult<Rol
     state.store.role_in(room, &user.user_id).await?.ok_or(ApiError::NotFound("room"))
 }
 
+/// A missing room (or one the caller is not in) is 404; a database failure
+/// stays 503/500: a client told 404 would drop a room it still belongs to.
+fn room_not_found(e: crate::db::DbError) -> ApiError {
+    match e {
+        crate::db::DbError::NotFound => ApiError::NotFound("room"),
+        other => other.into(),
+    }
+}
+
 async fn require_owner(state: &AppState, room: &str, user: &AuthUser) -> ApiResult<()> {
     match role_of(state, room, user).await? {
         Role::Owner => Ok(()),
@@ -141,7 +150,7 @@ pub async fn get_room(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RoomDetail>> {
     validate::id("room id", &id)?;
-    let room = state.store.room_for_member(&id, &user.user_id).await.map_err(|_| ApiError::NotFound("room"))?;
+    let room = state.store.room_for_member(&id, &user.user_id).await.map_err(room_not_found)?;
     let members = state.store.members(&id).await?;
     Ok(Json(RoomDetail { room, members }))
 }

@@ -8,4 +8,4 @@ pub mod tokens;
 
 pub use extractor::AuthUser;
 pub use jwt::{Claims, JwtKeys, TokenError};
-pub use password::Passwords;
+pub use password::{HashError, Passwords};

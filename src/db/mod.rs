@@ -50,7 +50,19 @@ impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => DbError::NotFound,
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => DbError::Unavailable(e),
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => DbError::Unavailable(e),
+            // A server going away says so before the socket closes:
+            // connection exceptions (class 08), shutdown or crash (57P01-03),
+            // too many connections (53300). All are outages, not bugs.
+            sqlx::Error::Database(ref d)
+                if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300") =>
+            {
+                DbError::Unavailable(e)
+            }
             other => DbError::Other(other),
         }
     }
