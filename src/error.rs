@@ -43,6 +43,10 @@ pub enum ApiError {
     /// A dependency is down or the process is draining.
     #[error("{0}")]
     Unavailable(String),
+    /// A per-user cap (sockets open at once) is reached: 429 with
+    /// `Retry-After`, and a code of its own so clients tell it from a rate.
+    #[error("too many {what}")]
+    LimitExceeded { what: &'static str, retry_after_ms: u64 },
     /// A bounded resource (password hashing) is saturated; answered at once
     /// with `Retry-After` rather than queued.
     #[error("{what} is busy; retry later")]
@@ -79,8 +83,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable identifier: bad_request, unauthorized, forbidden, not_found,
-    /// conflict, too_large, unsupported_media_type, rate_limited, timeout,
-    /// unavailable, internal.
+    /// conflict, too_large, unsupported_media_type, rate_limited,
+    /// limit_exceeded, timeout, unavailable, internal.
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "limit_exceeded"),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Unavailable(_) | ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Storage(DbError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -127,7 +132,9 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let retry_after_ms = match &self {
-            ApiError::RateLimited { retry_after_ms } | ApiError::Busy { retry_after_ms, .. } => Some(*retry_after_ms),
+            ApiError::RateLimited { retry_after_ms }
+            | ApiError::Busy { retry_after_ms, .. }
+            | ApiError::LimitExceeded { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         };
         let body = ErrorBody { error: ErrorDetail { code, message: self.to_string(), retry_after_ms } };

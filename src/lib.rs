@@ -3,6 +3,7 @@
 //! The components, from the edge inwards:
 //! - [`config`]: the typed configuration, read once from the environment.
 //! - [`startup`]: [`startup::Application`] builds, binds and runs everything.
+//! - [`serve`]: the accept loop, with a deadline for request headers.
 //! - [`hub`]: the WebSocket hub: sockets, rooms, group commit, ordered fan-out.
 //! - [`bus`]: the seam between instances ([`bus::Bus`]; in-process by default).
 //! - [`api`]: the REST layer under `/api/v1` and its middleware.
@@ -28,6 +29,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod seed;
+pub mod serve;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -102,6 +102,7 @@ impl Application {
                 send_burst: ws.send_burst,
                 events_per_sec: ws.events_per_sec,
                 events_burst: ws.events_burst,
+                max_rooms: ws.max_rooms_per_socket,
             },
             heartbeat: ws.heartbeat,
             idle_timeout: ws.idle_timeout,
@@ -188,19 +189,11 @@ impl Application {
                 stop.cancel();
             }
         };
-        // Chat frames are small and latency-sensitive: no Nagle delay.
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(drain);
-        let mut server = std::pin::pin!(server.into_future());
+        let server = crate::serve::serve(listener, app, state.config.header_timeout, drain);
+        let mut server = std::pin::pin!(server);
         let timeout = state.config.shutdown_timeout;
         tokio::select! {
-            r = &mut server => r.context("serving HTTP")?,
+            () = &mut server => {}
             () = async { stop.cancelled().await; tokio::time::sleep(timeout).await } => {
                 tracing::warn!(timeout_secs = timeout.as_secs(), "in-flight requests did not finish in time");
             }

@@ -501,6 +501,11 @@ impl Conn {
         room: String,
         since_seq: Option<i64>,
     ) -> Result<Utf8Bytes, axum::Error> {
+        let max_rooms = self.hub.settings().limits.max_rooms;
+        if self.joined.len() >= max_rooms && !self.joined.contains_key(room.as_str()) {
+            let msg = format!("this socket has joined {max_rooms} rooms (limits.max_rooms); leave one first");
+            return Ok(self.error(id, ErrorCode::LimitExceeded, &msg, Some(&room), None));
+        }
         let store = self.state.store.clone();
         match store.role_in(&room, &self.shared.user).await {
             Ok(Some(_)) => {}

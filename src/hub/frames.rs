@@ -24,10 +24,12 @@ pub enum ErrorCode {
     TokenExpired,
     Internal,
     Unavailable,
+    /// A per-socket cap (rooms joined at once) is reached.
+    LimitExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -37,6 +39,7 @@ impl ErrorCode {
         ErrorCode::TokenExpired,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::LimitExceeded,
     ];
 
     /// The code as it appears on the wire (and as a metric label).
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 }
@@ -254,6 +258,8 @@ pub struct Limits {
     pub send_burst: u32,
     pub events_per_sec: u32,
     pub events_burst: u32,
+    /// Rooms one socket may have joined at once.
+    pub max_rooms: usize,
 }
 
 /// Frames the server sends. Serialised once per event; message frames are

@@ -156,6 +156,11 @@ impl Hub {
         self.inner.metrics.ws_connections.dec();
     }
 
+    /// How many sockets the user has open on this instance.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        self.inner.registry.users.get(user).map_or(0, |v| v.len())
+    }
+
     /// This instance's sockets of a user.
     pub(super) fn user_conns(&self, user: &str) -> Vec<Arc<ConnShared>> {
         self.inner.registry.users.get(user).map(|v| v.clone()).unwrap_or_default()

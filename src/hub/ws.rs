@@ -147,6 +147,19 @@ async fn admit(
     if status.revoked {
         return Err(("unauthorized", ApiError::Unauthorized("session revoked")));
     }
+    // A stolen or scripted account cannot hold an instance's sockets; a real
+    // user's stale sockets (a phone that changed networks) vanish within the
+    // idle timeout, hence the Retry-After.
+    let cap = state.config.ws.max_sockets_per_user;
+    if state.hub.user_connection_count(&who.user_id) >= cap {
+        return Err((
+            "user_cap",
+            ApiError::LimitExceeded {
+                what: "open sockets for this user (WS_MAX_SOCKETS_PER_USER)",
+                retry_after_ms: state.config.ws.idle_timeout.as_millis() as u64,
+            },
+        ));
+    }
     // Held by the connection task for the socket's life.
     let place = state
         .hub

@@ -29,7 +29,7 @@ pub const FRAMES_IN: [&str; 8] = ["join", "leave", "send", "typing", "read", "pi
 pub const FRAMES_OUT: [&str; 11] =
     ["hello", "joined", "left", "ack", "message", "typing", "read", "presence", "pong", "auth_ok", "error"];
 /// Handshake outcomes (`ok` or why it was refused).
-pub const HANDSHAKE_OUTCOMES: [&str; 10] = [
+pub const HANDSHAKE_OUTCOMES: [&str; 11] = [
     "ok",
     "unauthorized",
     "origin",
@@ -37,6 +37,7 @@ pub const HANDSHAKE_OUTCOMES: [&str; 10] = [
     "banned",
     "erased",
     "capacity",
+    "user_cap",
     "draining",
     "unavailable",
     "not_websocket",
@@ -117,7 +118,7 @@ pub struct Series {
     /// Error frames sent, by code.
     pub ws_errors: IntCounterVec,
     /// Handshake outcomes (`ok`, or the refusal reason).
-    pub ws_handshakes: Counters<10>,
+    pub ws_handshakes: Counters<11>,
     /// Client frames by type.
     pub frames_in: Counters<8>,
     /// Server frames by type.

@@ -2,4 +2,5 @@
 //! the documented refusal and that the gateway and other clients are fine
 //! afterwards.
 
+mod limits;
 mod outage;
