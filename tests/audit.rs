@@ -351,6 +351,49 @@ async fn a_failed_audit_write_is_counted_not_returned(db: Db) {
     assert_eq!(app.get(&alice.access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED, "the logout took effect");
 }
 
+/// `chatgw admin audit` pages and filters like the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_reads_the_log() {
+    let app = app(Db::Sqlite).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    for s in [&alice, &bob] {
+        from(&app, "198.51.100.1", app.http.post(app.url("/api/v1/auth/logout")).bearer_auth(&s.access)).await;
+    }
+    let run = |args: Vec<String>| {
+        let base = app.base.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_chatgw"))
+                .arg("admin")
+                .arg("--url")
+                .arg(base)
+                .arg("audit")
+                .args(args)
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .output()
+                .expect("run chatgw admin audit")
+        })
+    };
+    let page = |out: std::process::Output| -> Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    };
+    let all = page(run(vec![]).await.unwrap());
+    assert_eq!(all["records"].as_array().unwrap().len(), 2);
+    let mine =
+        page(run(vec!["--user".into(), alice.user_id.clone(), "--action".into(), "logout".into()]).await.unwrap());
+    let recs: Vec<Rec> = mine["records"].as_array().unwrap().iter().map(rec).collect();
+    assert_eq!(recs, vec![by(&alice, "logout", "198.51.100.1")]);
+    let first = page(run(vec!["--limit".into(), "1".into()]).await.unwrap());
+    let before = first["next_before"].as_i64().expect("a next page").to_string();
+    let second = page(run(vec!["--limit".into(), "1".into(), "--before".into(), before]).await.unwrap());
+    assert_eq!(rec(&second["records"][0]), by(&alice, "logout", "198.51.100.1"));
+    assert_eq!(rec(&first["records"][0]), by(&bob, "logout", "198.51.100.1"));
+    let out = run(vec!["--action".into(), "nope".into()]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("400"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 both_backends!(
     each_action_is_recorded_once_with_ids_only,
     admin_api_pages_and_filters,

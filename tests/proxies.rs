@@ -285,3 +285,91 @@ both_backends!(
     handshake_limit_follows_the_forwarded_client,
     handshake_limit_ignores_spoofed_headers,
 );
+
+/// The real binary's JSON log lines name the client behind a trusted proxy
+/// (request spans, a socket's span, a refused handshake), and the peer
+/// when the proxy is not trusted; a spoofed left entry never shows.
+#[test]
+fn logs_name_the_forwarded_client_only_behind_a_trusted_proxy() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    for trust in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgw"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if trust {
+            cmd.env("TRUSTED_PROXIES", "127.0.0.1");
+        }
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("chatgw listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let url = rx.recv_timeout(Duration::from_secs(60)).expect("gateway printed its URL");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = reqwest::Client::new();
+            let r = c
+                .post(format!("{url}/api/v1/auth/register"))
+                .header("x-forwarded-for", "6.6.6.6, 203.0.113.77")
+                .json(&json!({"email": "sam@example.com", "password": "correct horse battery", "display_name": "Sam"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let access = r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+            let ws_url = url.replace("http://", "ws://") + "/ws";
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url.as_str())
+                    .unwrap();
+            req.headers_mut().insert("authorization", format!("Bearer {access}").parse().unwrap());
+            req.headers_mut().insert("x-forwarded-for", "203.0.113.78".parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("socket");
+            use futures_util::StreamExt;
+            // The hello frame: the socket's span has logged `connected`.
+            ws.next().await.expect("hello").expect("hello frame");
+            ws.close(None).await.unwrap();
+            while ws.next().await.is_some() {}
+            let r = c.get(format!("{url}/ws")).header("x-forwarded-for", "203.0.113.79").send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        });
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        assert!(child.wait().unwrap().success(), "clean exit");
+        let lines = reader.join().unwrap();
+        let events: Vec<serde_json::Value> =
+            lines.iter().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let msg = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or_default().to_owned();
+        let (register, socket, refused) = if trust {
+            ("203.0.113.77", "203.0.113.78", "203.0.113.79")
+        } else {
+            ("127.0.0.1", "127.0.0.1", "127.0.0.1")
+        };
+        assert!(
+            events.iter().any(|e| e["span"]["path"] == "/api/v1/auth/register" && e["span"]["client"] == register),
+            "a request line with client {register}"
+        );
+        let connected: Vec<_> = events.iter().filter(|e| msg(e) == "connected").collect();
+        assert_eq!(connected.len(), 1);
+        assert_eq!(connected[0]["span"]["client"], socket, "{}", connected[0]);
+        let refusal = events.iter().find(|e| msg(e) == "handshake refused").expect("a refused handshake line");
+        assert_eq!(refusal["fields"]["client"], refused, "{refusal}");
+        assert!(lines.iter().all(|l| !l.contains("6.6.6.6")), "a spoofed entry reached the logs");
+        if !trust {
+            assert!(lines.iter().all(|l| !l.contains("203.0.113.")), "an untrusted header reached the logs");
+        }
+    }
+}

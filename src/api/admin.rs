@@ -178,6 +178,7 @@ pub const AUDIT_DEFAULT_LIMIT: i64 = 100;
 pub const AUDIT_MAX_LIMIT: i64 = 1_000;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// Only records where this user is the actor or the target.
