@@ -128,9 +128,13 @@ pub async fn login(
         audit::record(&state, AuditEvent::about(AuditAction::LoginFailed, known.as_deref(), client.0)).await;
         return Err(FAILED);
     };
-    audit::record(&state, AuditEvent::by_user(AuditAction::LoginSucceeded, &user.id, client.0)).await;
     tracing::info!(user_id = %user.id, "login");
-    Ok(Json(start_session(&state, user).await?))
+    let user_id = user.id.clone();
+    let session = start_session(&state, user).await?;
+    // Recorded once the session exists: a login that failed to start one
+    // did not succeed.
+    audit::record(&state, AuditEvent::by_user(AuditAction::LoginSucceeded, &user_id, client.0)).await;
+    Ok(Json(session))
 }
 
 /// Rotates a refresh token. Presenting an already-spent token revokes the
