@@ -36,6 +36,22 @@ enum AdminCommand {
     Ban { user_id: String },
     /// Lift a ban.
     Unban { user_id: String },
+    /// The audit log, newest first (one page; `--before` the answer's
+    /// `next_before` for the next).
+    Audit {
+        /// Only records where this user is the actor or the target.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this action, e.g. login_failed.
+        #[arg(long)]
+        action: Option<String>,
+        /// Records older than this id.
+        #[arg(long)]
+        before: Option<i64>,
+        /// Records per page (1-1000, default 100).
+        #[arg(long)]
+        limit: Option<i64>,
+    },
 }
 
 /// Runs one admin command; the answer goes to stdout.
@@ -59,6 +75,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Ban { user_id } => http.post(user_path(user_id, "ban")),
         AdminCommand::Unban { user_id } => http.delete(user_path(user_id, "ban")),
+        AdminCommand::Audit { user, action, before, limit } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            query.extend(user.iter().map(|u| ("user_id", u.clone())));
+            query.extend(action.iter().map(|a| ("action", a.clone())));
+            query.extend(before.iter().map(|b| ("before", b.to_string())));
+            query.extend(limit.iter().map(|l| ("limit", l.to_string())));
+            http.get(format!("{base}/api/v1/admin/audit")).query(&query)
+        }
     };
     let resp = req.bearer_auth(token).send().await.with_context(|| format!("reaching {base}"))?;
     let status = resp.status();

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::net::{ForwardedHeader, TrustedProxies};
+
 /// A configuration value that cannot be used; `Display` is the one line the
 /// process prints before exiting.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,12 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// Error tracking (`SENTRY_*`); `None` when `SENTRY_DSN` is unset.
     pub sentry: Option<SentryConfig>,
+    /// Reverse proxies whose forwarding header is believed
+    /// (`TRUSTED_PROXIES`, `TRUSTED_PROXY_HEADER`); empty trusts nobody.
+    pub trusted_proxies: TrustedProxies,
+    /// How long audit records are kept (`AUDIT_RETENTION_DAYS`); `None`
+    /// keeps them forever.
+    pub audit_retention: Option<Duration>,
 }
 
 /// Where and how errors and panics are reported to Sentry.
@@ -297,6 +305,11 @@ impl Config {
                 Some(_) => return Err(err("ADMIN_TOKEN", format!("is shorter than {MIN_SECRET_BYTES} bytes"))),
             },
             sentry: sentry_config(&get, environment)?,
+            trusted_proxies: trusted_proxies(&get)?,
+            audit_retention: match num("AUDIT_RETENTION_DAYS", 365, 0, 36_500)? {
+                0 => None,
+                days => Some(Duration::from_secs(days * 86_400)),
+            },
         })
     }
 
@@ -368,6 +381,18 @@ fn sentry_config<'a>(
         return Err(err("SENTRY_DSN", "must be a Sentry DSN: https://<public key>@<host>/<project id>"));
     }
     Ok(Some(SentryConfig { dsn: SecretString::from(dsn.to_owned()), environment: env_name.to_owned(), sample_rate }))
+}
+
+/// `TRUSTED_PROXIES` (CIDRs) and the header those proxies write.
+fn trusted_proxies<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> Result<TrustedProxies, ConfigError> {
+    let header = match get("TRUSTED_PROXY_HEADER").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+        Some("forwarded") => ForwardedHeader::Forwarded,
+        Some(_) => return Err(err("TRUSTED_PROXY_HEADER", "must be `x-forwarded-for` or `forwarded`")),
+    };
+    let nets = TrustedProxies::parse_list(get("TRUSTED_PROXIES").unwrap_or(""))
+        .map_err(|reason| err("TRUSTED_PROXIES", format!("comma-separated CIDRs: {reason}")))?;
+    Ok(TrustedProxies::new(nets, header))
 }
 
 fn parse_addr(v: &str, var: &'static str) -> Result<SocketAddr, ConfigError> {
@@ -544,6 +569,10 @@ mod tests {
             ("SENTRY_SAMPLE_RATE", "1.5"),
             ("SENTRY_SAMPLE_RATE", "often"),
             ("SENTRY_ENVIRONMENT", "prod/eu"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,nope"),
+            ("TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("TRUSTED_PROXY_HEADER", "x-real-ip"),
+            ("AUDIT_RETENTION_DAYS", "-3"),
         ] {
             let e = Config::from_vars(&vars(&[(k, v)])).err().unwrap_or_else(|| panic!("{k}={v} accepted"));
             assert_eq!(e.var, k);

@@ -9,6 +9,7 @@
 //! - [`api`]: the REST layer under `/api/v1` and its middleware.
 //! - [`auth`]: access tokens, passwords, refresh tokens, tickets, [`auth::AuthUser`].
 //! - [`db`]: the [`db::Store`] over PostgreSQL or SQLite, with its migrations.
+//! - [`net`]: the client address behind trusted proxies ([`net::ClientAddr`]).
 //! - [`limits`]: rate limits (governor).
 //! - [`metrics`]: Prometheus metrics on their own listener.
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;

@@ -20,7 +20,7 @@ use crate::bus::SharedBus;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::config::Config;
-use crate::db::Store;
+use crate::db::{DbError, PURGE_BATCH, Store};
 use crate::hub::{Hub, HubSettings, frames};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -226,7 +226,8 @@ fn instance_name(port: u16) -> String {
     format!("{host}:{port}")
 }
 
-/// Periodic upkeep: shrink rate-limiter maps, purge expired tokens.
+/// Periodic upkeep: shrink rate-limiter maps, purge expired tokens and
+/// audit records past `AUDIT_RETENTION_DAYS`.
 async fn housekeeping(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -237,8 +238,42 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
                     state.metrics.db_errors.inc("background");
                     tracing::warn!(error = %e, "purging expired tokens failed");
                 }
+                if let Some(retention) = state.config.audit_retention {
+                    match purge_audit_log(&state.store, retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "audit records past retention purged"),
+                        Err(e) => {
+                            state.metrics.db_errors.inc("background");
+                            tracing::warn!(error = %e, "purging the audit log failed");
+                        }
+                    }
+                }
             }
             () = stop.cancelled() => return,
         }
     }
+}
+
+/// Batches of [`PURGE_BATCH`] deleted per housekeeping round at most: a
+/// backlog (retention just shortened) drains over several minutes instead
+/// of holding the writer for one long delete.
+const PURGE_BATCHES_PER_ROUND: usize = 50;
+
+/// Deletes audit records older than `retention`, in batches, at most
+/// [`PURGE_BATCHES_PER_ROUND`] of them; returns how many went. The
+/// housekeeping loop calls it every minute.
+///
+/// # Errors
+/// The database failed; what was deleted before stays deleted.
+pub async fn purge_audit_log(store: &Store, retention: Duration) -> Result<u64, DbError> {
+    let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
+    let mut total = 0;
+    for _ in 0..PURGE_BATCHES_PER_ROUND {
+        let n = store.purge_audit_batch(cutoff, PURGE_BATCH).await?;
+        total += n;
+        if n < PURGE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(total)
 }

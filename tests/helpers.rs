@@ -234,6 +234,13 @@ impl TestApp {
         }
     }
 
+    /// The URL of the test's database, for checks that must bypass the
+    /// gateway (raw rows, refused statements); `None` on instances that do
+    /// not own it.
+    pub fn db_url(&self) -> Option<&str> {
+        self._test_db.as_ref().map(|d| d.url.as_str())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

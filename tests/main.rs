@@ -5,6 +5,7 @@ mod chaos;
 mod helpers;
 mod procs;
 
+mod audit;
 mod auth;
 mod backup;
 mod bad_input;
@@ -15,6 +16,7 @@ mod me;
 mod observability;
 mod openapi;
 mod operators;
+mod proxies;
 mod rooms;
 mod security;
 mod sentry;

@@ -37,6 +37,7 @@ async fn openapi_lists_every_route() {
         ("get", "/api/v1/admin/stats"),
         ("get", "/api/v1/admin/users/{id}/connections"),
         ("post", "/api/v1/admin/users/{id}/disconnect"),
+        ("get", "/api/v1/admin/audit"),
         ("post", "/api/v1/admin/debug/sentry-test"),
     ];
     let paths = doc["paths"].as_object().unwrap();

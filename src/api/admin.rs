@@ -1,6 +1,7 @@
-//! Operator endpoints under `/admin`, enabled by `ADMIN_TOKEN`: bans, and
-//! the live view (this instance's numbers, a user's sockets across the
-//! cluster, disconnecting them). `chatgw admin …` calls these.
+//! Operator endpoints under `/admin`, enabled by `ADMIN_TOKEN`: bans, the
+//! live view (this instance's numbers, a user's sockets across the
+//! cluster, disconnecting them) and the audit log. `chatgw admin …` calls
+//! these.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,13 +11,16 @@ use axum::routing::{get, post};
 use axum::{Router, extract::FromRequestParts};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::ApiJson;
+use super::audit;
+use super::extract::{ApiJson, ApiQuery};
 use super::validate;
+use crate::db::{AuditAction, AuditEvent, AuditQuery, AuditRecord};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::hub::frames::close;
 use crate::hub::live::UserConnections;
+use crate::net::ClientAddr;
 use crate::state::AppState;
 use crate::stats::InstanceStats;
 
@@ -26,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/stats", get(stats))
         .route("/admin/users/{id}/connections", get(connections))
         .route("/admin/users/{id}/disconnect", post(disconnect))
+        .route("/admin/audit", get(audit_log))
 }
 
 /// Proof that the caller presented `ADMIN_TOKEN`.
@@ -53,9 +58,15 @@ impl FromRequestParts<AppState> for Admin {
 /// open sockets close with 4003 on every instance.
 #[utoipa::path(post, path = "/api/v1/admin/users/{id}/ban", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn ban(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn ban(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
     state.store.set_banned(&id, true).await.map_err(not_found_or_storage)?;
+    audit::record(&state, AuditEvent::about(AuditAction::Ban, Some(&id), client.0)).await;
     state.hub.close_user(&id, close::FORBIDDEN, "banned");
     tracing::info!(user_id = %id, "user banned");
     Ok(StatusCode::NO_CONTENT)
@@ -64,9 +75,15 @@ pub async fn ban(State(state): State<AppState>, _admin: Admin, Path(id): Path<St
 /// Lifts a ban.
 #[utoipa::path(delete, path = "/api/v1/admin/users/{id}/ban", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn unban(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn unban(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
     state.store.set_banned(&id, false).await.map_err(not_found_or_storage)?;
+    audit::record(&state, AuditEvent::about(AuditAction::Unban, Some(&id), client.0)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -137,6 +154,7 @@ pub struct Disconnected {
     responses((status = 202, body = Disconnected), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn disconnect(
     State(state): State<AppState>,
+    client: ClientAddr,
     _admin: Admin,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<Disconnect>,
@@ -149,6 +167,67 @@ pub async fn disconnect(
         return Err(ApiError::bad_request("reason: at most 120 bytes"));
     }
     let closed_here = state.hub.close_user(&id, req.code, &req.reason);
+    // The reason is operator free text: it stays out of the audit record.
+    audit::record(&state, AuditEvent::about(AuditAction::AdminDisconnect, Some(&id), client.0)).await;
     tracing::info!(user_id = %id, code = req.code, closed_here, "user disconnected by an operator");
     Ok((StatusCode::ACCEPTED, Json(Disconnected { closed_here })))
+}
+
+/// Records per page of `GET /admin/audit` by default, and at most.
+pub const AUDIT_DEFAULT_LIMIT: i64 = 100;
+pub const AUDIT_MAX_LIMIT: i64 = 1_000;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Only records where this user is the actor or the target.
+    pub user_id: Option<String>,
+    /// Only this action (`login_succeeded`, `login_failed`,
+    /// `refresh_token_reused`, `logout`, `erasure`, `password_changed`,
+    /// `ban`, `unban`, `admin_disconnect`).
+    pub action: Option<String>,
+    /// Only records older than this id: the previous page's `next_before`.
+    pub before: Option<i64>,
+    /// 1–1000, default 100.
+    pub limit: Option<i64>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Pass as `before` for the next (older) page; `null` on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// The audit log of security events, newest first, keyset-paged by id and
+/// filtered by user (actor or target) and action.
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", security(("bearer" = [])), params(AuditParams),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> ApiResult<Json<AuditPage>> {
+    let limit = p.limit.unwrap_or(AUDIT_DEFAULT_LIMIT);
+    if !(1..=AUDIT_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: must be between 1 and {AUDIT_MAX_LIMIT}")));
+    }
+    if let Some(u) = &p.user_id {
+        validate::id("user_id", u)?;
+    }
+    let action = match p.action.as_deref() {
+        None => None,
+        Some(a) => {
+            Some(AuditAction::parse(a).ok_or_else(|| ApiError::bad_request("action: not a known audit action"))?)
+        }
+    };
+    if p.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::bad_request("before: must be >= 1"));
+    }
+    let records = state.store.audit_page(&AuditQuery { user_id: p.user_id, action, before: p.before, limit }).await?;
+    // A full page may have a next one; a short page is the last.
+    let next_before = if records.len() as i64 == limit { records.last().map(|r| r.id) } else { None };
+    Ok(Json(AuditPage { records, next_before }))
 }

@@ -1,20 +1,20 @@
 //! `/auth`: register, login, refresh, logout, WebSocket tickets.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router, routing::post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::audit;
 use super::extract::ApiJson;
 use super::validate;
 use crate::auth::AuthUser;
 use crate::auth::tokens::{REFRESH_PREFIX, TICKET_PREFIX, hash_token, looks_like, new_token};
-use crate::db::{DbError, RefreshOutcome, User, now_ms};
+use crate::db::{AuditAction, AuditEvent, DbError, RefreshOutcome, User, now_ms};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::net::ClientAddr;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -85,13 +85,13 @@ async fn start_session(state: &AppState, user: User) -> ApiResult<AuthResponse> 
     responses((status = 201, body = AuthResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let email = validate::email(&req.email)?;
     validate::password(&req.password)?;
     let display_name = validate::display_name(&req.display_name)?;
-    state.limits.check_register(peer.ip()).map_err(ApiError::rate_limited)?;
+    state.limits.check_register(client.0).map_err(ApiError::rate_limited)?;
     let hash = state.passwords.hash(req.password).await?;
     let user = state.store.create_user(&email, &display_name, &hash).await.map_err(|e| match e {
         DbError::Conflict(_) => ApiError::Conflict("email already registered"),
@@ -107,25 +107,34 @@ pub async fn register(
     responses((status = 200, body = AuthResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
     const FAILED: ApiError = ApiError::Unauthorized("invalid email or password");
     if req.email.len() > validate::EMAIL_MAX_BYTES || req.password.len() > validate::PASSWORD_MAX_BYTES {
         return Err(ApiError::bad_request("email or password too long"));
     }
-    state.limits.check_login(&req.email.trim().to_lowercase(), peer.ip()).map_err(ApiError::rate_limited)?;
+    state.limits.check_login(&req.email.trim().to_lowercase(), client.0).map_err(ApiError::rate_limited)?;
     let found = state.store.find_login(req.email.trim()).await?;
+    // A banned or erased account is named in the audit record (its id,
+    // never the email); an unknown email leaves the target empty.
+    let known = found.as_ref().map(|(u, _)| u.id.clone());
     let (user, hash) = match found {
         Some((u, h)) if u.is_active() => (Some(u), Some(h)),
         _ => (None, None),
     };
-    if !state.passwords.verify(req.password, hash).await? {
+    let user = if state.passwords.verify(req.password, hash).await? { user } else { None };
+    let Some(user) = user else {
+        audit::record(&state, AuditEvent::about(AuditAction::LoginFailed, known.as_deref(), client.0)).await;
         return Err(FAILED);
-    }
-    let user = user.ok_or(FAILED)?;
+    };
     tracing::info!(user_id = %user.id, "login");
-    Ok(Json(start_session(&state, user).await?))
+    let user_id = user.id.clone();
+    let session = start_session(&state, user).await?;
+    // Recorded once the session exists: a login that failed to start one
+    // did not succeed.
+    audit::record(&state, AuditEvent::by_user(AuditAction::LoginSucceeded, &user_id, client.0)).await;
+    Ok(Json(session))
 }
 
 /// Rotates a refresh token. Presenting an already-spent token revokes the
@@ -135,6 +144,7 @@ pub async fn login(
     responses((status = 200, body = AuthResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
     if !looks_like(&req.refresh_token, REFRESH_PREFIX) {
@@ -156,9 +166,14 @@ pub async fn refresh(
         }
         RefreshOutcome::Invalid => Err(ApiError::Unauthorized("invalid refresh token")),
         RefreshOutcome::Reused => {
-            if let Ok(Some(who)) = state.store.session_of_refresh_token(&hash_token(&req.refresh_token)).await {
+            let who = state.store.session_of_refresh_token(&hash_token(&req.refresh_token)).await.ok().flatten();
+            if let Some(who) = &who {
                 state.hub.session_revoked(&who.user_id, &who.session_id);
             }
+            // Whoever presented the token is unknown (the victim or the
+            // thief): the record names the account, not an actor.
+            let target = who.as_ref().map(|w| w.user_id.as_str());
+            audit::record(&state, AuditEvent::about(AuditAction::RefreshTokenReused, target, client.0)).await;
             tracing::warn!("refresh token reuse detected; session revoked");
             Err(ApiError::Unauthorized("refresh token reuse detected; session revoked"))
         }
@@ -169,8 +184,9 @@ pub async fn refresh(
 /// working at once.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
-pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+pub async fn logout(State(state): State<AppState>, client: ClientAddr, user: AuthUser) -> ApiResult<StatusCode> {
     state.store.revoke_session(&user.user_id, &user.session_id).await?;
+    audit::record(&state, AuditEvent::by_user(AuditAction::Logout, &user.user_id, client.0)).await;
     // Its sockets close with 4001 on every instance.
     state.hub.session_revoked(&user.user_id, &user.session_id);
     tracing::info!(user_id = %user.user_id, "logout");

@@ -7,11 +7,13 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::audit;
 use super::extract::ApiJson;
 use super::validate;
 use crate::auth::AuthUser;
-use crate::db::{Export, User};
+use crate::db::{AuditAction, AuditEvent, Export, User};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::net::ClientAddr;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -50,6 +52,7 @@ pub async fn get_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn patch_me(
     State(state): State<AppState>,
+    client: ClientAddr,
     user: AuthUser,
     ApiJson(req): ApiJson<PatchMe>,
 ) -> ApiResult<Json<User>> {
@@ -71,7 +74,11 @@ pub async fn patch_me(
     if name.is_none() && hash.is_none() {
         return Err(ApiError::bad_request("nothing to update"));
     }
-    Ok(Json(state.store.update_user(&user.user_id, name.as_deref(), hash.as_deref()).await?))
+    let updated = state.store.update_user(&user.user_id, name.as_deref(), hash.as_deref()).await?;
+    if hash.is_some() {
+        audit::record(&state, AuditEvent::by_user(AuditAction::PasswordChanged, &user.user_id, client.0)).await;
+    }
+    Ok(Json(updated))
 }
 
 /// Erases the account: credentials and sessions deleted, profile anonymised,
@@ -79,15 +86,18 @@ pub async fn patch_me(
 /// to the longest-standing member or deleted when empty.
 #[utoipa::path(delete, path = "/api/v1/me", tag = "me", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
-pub async fn delete_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+pub async fn delete_me(State(state): State<AppState>, client: ClientAddr, user: AuthUser) -> ApiResult<StatusCode> {
     state.store.erase_user(&user.user_id).await?;
+    // Kept after the erasure: it holds the id only, nothing erased.
+    audit::record(&state, AuditEvent::by_user(AuditAction::Erasure, &user.user_id, client.0)).await;
     state.hub.close_user(&user.user_id, crate::hub::frames::close::AUTH, "account erased");
     tracing::info!(user_id = %user.user_id, "account erased");
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// All the caller's data: profile, rooms with roles and read markers,
-/// every message they sent, their sessions.
+/// every message they sent, their sessions, and the audit records where
+/// they are the actor or the target.
 #[utoipa::path(get, path = "/api/v1/me/export", tag = "me", security(("bearer" = [])),
     responses((status = 200, body = Export), (status = 401, body = ErrorBody)))]
 pub async fn export_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Export>> {

@@ -3,6 +3,7 @@
 //! headers, JSON errors for unknown routes and methods.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod debug;
 pub mod extract;
@@ -30,6 +31,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::error::ApiError;
+use crate::net::ClientAddr;
 use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -77,13 +79,16 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         Some(c) => app.layer(c),
         None => app,
     };
+    let trusted = config.trusted_proxies.clone();
     security_headers(app)
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
+                .make_span_with(move |req: &Request| {
                     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    // The client behind trusted proxies, as the limits see it.
+                    let client = ClientAddr::of(req.extensions(), req.headers(), &trusted);
                     // Path only: the query may carry a ws ticket.
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client = %client)
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )

@@ -11,6 +11,7 @@
 //! queue in the pool and readers keep going (WAL). On PostgreSQL both pools
 //! are the same pool.
 
+mod audit;
 mod idempotency;
 mod messages;
 mod rooms;
@@ -18,6 +19,7 @@ mod seed;
 mod sessions;
 mod users;
 
+pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditRecord, PURGE_BATCH};
 pub use idempotency::IdempotencyRecord;
 pub use messages::{AppendOutcome, HistoryPage, NewMessage, StoredMessage};
 pub use rooms::{Member, Role, Room, RoomForUser};

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{DbError, ResultExt, RoomForUser, Store, StoredMessage, new_id, now_ms};
+use super::{AuditRecord, DbError, ResultExt, RoomForUser, Store, StoredMessage, new_id, now_ms};
 
 /// A user as the API shows it to its owner.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -36,6 +36,9 @@ pub struct Export {
     pub messages: Vec<StoredMessage>,
     /// Unix milliseconds of each login session still known.
     pub sessions: Vec<ExportSession>,
+    /// Audit records where the user is the actor or the target, oldest
+    /// first (kept for `AUDIT_RETENTION_DAYS`).
+    pub audit: Vec<AuditRecord>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -281,6 +284,7 @@ impl Store {
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Export { profile, rooms, messages, sessions })
+        let audit = self.audit_of_user(id).await?;
+        Ok(Export { profile, rooms, messages, sessions, audit })
     }
 }

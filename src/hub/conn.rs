@@ -25,6 +25,7 @@ use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
 use crate::db::{AppendOutcome, DbError, NewMessage, now_ms};
 use crate::metrics::Local;
+use crate::net::ClientAddr;
 use crate::state::AppState;
 
 /// Who the handshake authenticated.
@@ -90,8 +91,8 @@ fn quota(per_sec: u32, burst: u32) -> Quota {
 }
 
 /// Registers one connection and returns its task, which runs until the
-/// connection ends, in a span carrying its id and user (never its
-/// credential): every line it logs names both. (Not an `async fn`: its
+/// connection ends, in a span carrying its id, user (never its
+/// credential) and client address: every line it logs names both. (Not an `async fn`: its
 /// arguments would stay in the task beside `serve`'s copies, and every idle
 /// socket carries its task.)
 pub fn run(
@@ -99,9 +100,11 @@ pub fn run(
     state: AppState,
     who: Authenticated,
     place: OwnedSemaphorePermit,
+    client: ClientAddr,
 ) -> impl std::future::Future<Output = ()> + Send {
     let (shared, rx) = state.hub.register(&who.user_id, &who.session_id);
-    let span = tracing::info_span!("conn", conn_id = shared.id, user_id = %shared.user);
+    // `client` lives in the span only, not in the task.
+    let span = tracing::info_span!("conn", conn_id = shared.id, user_id = %shared.user, client = %client);
     serve(ws, state, who, place, shared, rx).instrument(span)
 }
 

@@ -1,11 +1,11 @@
 //! `GET /ws`: everything is checked before the upgrade, so a refused client
 //! gets a plain HTTP error and never a socket.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::conn::{self, Authenticated};
 use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
 use crate::error::ApiError;
+use crate::net::ClientAddr;
 use crate::state::AppState;
 
 /// Bytes read per socket read: client frames are small; a larger frame just
@@ -32,12 +33,12 @@ pub struct WsParams {
 /// ban, capacity; then the upgrade with small buffers.
 pub async fn handler(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     headers: HeaderMap,
     params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match admit(&state, peer, &headers, params.ok().and_then(|q| q.0.ticket)).await {
+    match admit(&state, client.0, &headers, params.ok().and_then(|q| q.0.ticket)).await {
         Ok((who, place)) => {
             let upgrade = match upgrade {
                 Ok(u) => u,
@@ -61,7 +62,7 @@ pub async fn handler(
                 .max_message_size(limits.max_frame_bytes)
                 .max_frame_size(limits.max_frame_bytes)
                 .on_upgrade(move |socket| async move {
-                    let task = conn::run(socket, state, who, place);
+                    let task = conn::run(socket, state, who, place, client);
                     tracing::trace!(task_bytes = std::mem::size_of_val(&task), "connection task");
                     hub.spawn_conn(task);
                 })
@@ -70,7 +71,7 @@ pub async fn handler(
             count(&state, reason);
             // Logged once per refusal, with the cause; accepted handshakes
             // log "connected" in the connection's span.
-            tracing::info!(outcome = reason, peer = %peer.ip(), status = e.status_and_code().0.as_u16(), "handshake refused");
+            tracing::info!(outcome = reason, client = %client, status = e.status_and_code().0.as_u16(), "handshake refused");
             e.into_response()
         }
     }
@@ -82,7 +83,7 @@ fn count(state: &AppState, outcome: &str) {
 
 async fn admit(
     state: &AppState,
-    peer: SocketAddr,
+    client: IpAddr,
     headers: &HeaderMap,
     ticket: Option<String>,
 ) -> Result<(Authenticated, OwnedSemaphorePermit), (&'static str, ApiError)> {
@@ -98,7 +99,7 @@ async fn admit(
             return Err(("origin", ApiError::Forbidden("origin not allowed")));
         }
     }
-    if let Err(retry_after_ms) = state.limits.check_handshake(peer.ip()) {
+    if let Err(retry_after_ms) = state.limits.check_handshake(client) {
         return Err(("rate_limited", ApiError::RateLimited { retry_after_ms }));
     }
     let bearer = headers

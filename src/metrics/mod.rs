@@ -45,7 +45,7 @@ pub const HANDSHAKE_OUTCOMES: [&str; 11] = [
 /// Server close codes (protocol/README.md).
 pub const CLOSE_CODES: [&str; 8] = ["1000", "1001", "1007", "1009", "4001", "4003", "4008", "4009"];
 /// Where a storage error surfaced.
-pub const DB_ERROR_SOURCES: [&str; 4] = ["http", "ws", "commit", "background"];
+pub const DB_ERROR_SOURCES: [&str; 5] = ["http", "ws", "commit", "background", "audit"];
 /// Why the bus lost events.
 pub const BUS_DROP_REASONS: [&str; 5] =
     ["publish_queue_full", "publish_failed", "inbound_full", "inbound_lagged", "undecodable"];
@@ -144,7 +144,7 @@ pub struct Series {
     /// Sends waiting for the committer (set at scrape).
     pub commit_queue_depth: IntGauge,
     /// Storage errors surfaced to a caller, by where.
-    pub db_errors: Counters<4>,
+    pub db_errors: Counters<5>,
     /// Pool connections by pool and state (set at scrape).
     pub db_pool_connections: IntGaugeVec,
     /// Pool sizes by pool.
