@@ -62,6 +62,8 @@ async fn run(st: &Path, app: &TestApp, token: &str, ids: &Ids, filters: &[&str])
         .arg(report.path())
         .args(filters)
         .env("NO_COLOR", "1")
+        // Its cache goes to the report's temporary directory, not the repo.
+        .current_dir(report.path())
         .kill_on_drop(true)
         .output()
         .await
