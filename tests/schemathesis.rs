@@ -128,10 +128,11 @@ async fn seed(app: &TestApp) -> (Session, Ids) {
     (alice, ids)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_answer_matches_the_openapi_document() {
+crate::both_backends!(every_answer_matches_the_openapi_document);
+
+async fn every_answer_matches_the_openapi_document(db: Db) {
     let st = cli();
-    let app = spawn_app_with(Db::Postgres, |v| {
+    let app = spawn_app_with(db, |v| {
         v.insert("ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
     })
     .await;
