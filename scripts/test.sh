@@ -9,6 +9,8 @@
 #   used, and failing that a throwaway cluster is started on a free port and
 #   removed afterwards. Redis likewise (TEST_REDIS_URL, then :6379, then a
 #   throwaway redis-server).
+# - schemathesis (PyPI, the version pinned in tests/schemathesis/) goes into a
+#   venv at target/schemathesis for tests/schemathesis.rs.
 # - Then: cargo test for the whole workspace, with the lock file as committed.
 #
 # Tests never rely on state in these servers: each creates and drops its own
@@ -39,6 +41,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)     # cluster cre
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # key generation in the JWT tests
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool and prometheus: the alert rules, /metrics and the dashboard's queries (tests/observability.rs)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)   # schemathesis (tests/schemathesis.rs) runs from a venv
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from apt"
     SUDO=""
@@ -46,6 +49,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# schemathesis, pinned, into target/schemathesis (from PyPI, once).
+SCHEMATHESIS="$(tests/schemathesis/install.sh)"
+export SCHEMATHESIS
 
 cleanup_cmds=()
 cleanup() {

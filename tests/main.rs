@@ -18,6 +18,7 @@ mod openapi;
 mod operators;
 mod proxies;
 mod rooms;
+mod schemathesis;
 mod security;
 mod sentry;
 mod storage;

@@ -108,7 +108,7 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<Instanc
 /// A user's live sockets on every instance (each instance answers for its
 /// own within a second; `instances` lists who answered).
 #[utoipa::path(get, path = "/api/v1/admin/users/{id}/connections", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = UserConnections), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = UserConnections), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn connections(
     State(state): State<AppState>,
     _admin: Admin,
@@ -151,7 +151,7 @@ pub struct Disconnected {
 /// reason. The user may reconnect (ban them to prevent it).
 #[utoipa::path(post, path = "/api/v1/admin/users/{id}/disconnect", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
     request_body = Disconnect,
-    responses((status = 202, body = Disconnected), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 202, body = Disconnected), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn disconnect(
     State(state): State<AppState>,
     client: ClientAddr,

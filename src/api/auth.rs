@@ -29,10 +29,15 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// One `@` and a dotted domain, at most 254 bytes.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// 8 characters to 256 bytes.
+    #[schema(min_length = 8)]
     pub password: String,
-    /// 1–64 characters, no control characters.
+    /// 1–64 characters (after trimming), no control, bidi or zero-width
+    /// characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: String,
 }
 

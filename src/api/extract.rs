@@ -51,3 +51,91 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         )
     }
 }
+
+#[cfg(test)]
+mod props {
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::extract::DefaultBodyLimit;
+    use axum::http::{Request, StatusCode, header};
+    use axum::routing::post;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::api::auth::RegisterRequest;
+
+    const LIMIT: usize = 256;
+
+    /// Posts `body` through a router with the gateway's extractor and a
+    /// body limit; returns the status and the JSON error code, if any.
+    fn post_body(body: Vec<u8>, content_type: Option<&str>) -> (StatusCode, Option<String>) {
+        let app = Router::new()
+            .route("/", post(|ApiJson(_): ApiJson<RegisterRequest>| async { StatusCode::OK }))
+            .layer(DefaultBodyLimit::max(LIMIT));
+        let mut req = Request::builder().method("POST").uri("/");
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(Body::from(body)).expect("a valid request");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let resp = app.oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let bytes = to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            (status, v["error"]["code"].as_str().map(str::to_owned))
+        })
+    }
+
+    /// Nested arrays and objects, `depth` deep.
+    fn nested(depth: usize, objects: bool) -> Vec<u8> {
+        let (open, close) = if objects { (r#"{"a":"#, "}") } else { ("[", "]") };
+        format!("{}1{}", open.repeat(depth), close.repeat(depth)).into_bytes()
+    }
+
+    fn status_for(code: &str) -> StatusCode {
+        match code {
+            "bad_request" => StatusCode::BAD_REQUEST,
+            "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any bytes with a JSON content type: accepted, or refused with the
+        /// one error shape as `bad_request` (or `too_large` over the limit).
+        #[test]
+        fn arbitrary_json_bodies(body in prop::collection::vec(any::<u8>(), 0..2 * LIMIT)) {
+            let over = body.len() > LIMIT;
+            let (status, code) = post_body(body, Some("application/json"));
+            if status != StatusCode::OK {
+                let code = code.expect("an error body");
+                prop_assert_eq!(status, status_for(&code));
+                prop_assert_eq!(code, if over { "too_large" } else { "bad_request" });
+            }
+        }
+
+        /// Without a JSON content type: 415 `unsupported_media_type`.
+        #[test]
+        fn other_content_types(body in prop::collection::vec(any::<u8>(), 0..64), ct in prop::option::of("[a-z]{1,10}/[a-z+.-]{1,12}")) {
+            prop_assume!(!ct.as_deref().is_some_and(|c| c == "application/json" || c.ends_with("+json")));
+            let (status, code) = post_body(body, ct.as_deref());
+            prop_assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            prop_assert_eq!(code.as_deref(), Some("unsupported_media_type"));
+        }
+
+        /// Deeply nested JSON is refused as `bad_request` (or `too_large`),
+        /// never a stack overflow or a 500.
+        #[test]
+        fn deep_nesting(depth in 0usize..2000, objects in any::<bool>()) {
+            let body = nested(depth, objects);
+            let over = body.len() > LIMIT;
+            let (status, code) = post_body(body, Some("application/json"));
+            prop_assert_eq!(code.as_deref(), Some(if over { "too_large" } else { "bad_request" }), "{}", status);
+        }
+    }
+}

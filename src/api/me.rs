@@ -26,8 +26,12 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchMe {
+    /// As at registration: 1–64 characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: Option<String>,
-    /// Changing the password requires `current_password`.
+    /// Changing the password requires `current_password`; 8 characters to
+    /// 256 bytes.
+    #[schema(min_length = 8)]
     pub password: Option<String>,
     pub current_password: Option<String>,
 }
@@ -49,7 +53,8 @@ pub async fn get_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<
 }
 
 #[utoipa::path(patch, path = "/api/v1/me", tag = "me", security(("bearer" = [])), request_body = PatchMe,
-    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "current_password is wrong")))]
 pub async fn patch_me(
     State(state): State<AppState>,
     client: ClientAddr,

@@ -39,21 +39,26 @@ pub const HISTORY_MAX_LIMIT: i64 = 200;
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
-    /// Other users to add as members (at most 1000).
+    /// Other users to add as members (at most 1000 user ids).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub members: Vec<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRoom {
+    /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub user_id: String,
 }
 
@@ -188,7 +193,8 @@ pub async fn delete_room(
 /// Adds a member (owner only). 201 when added, 200 when already a member.
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path),
     ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request")), request_body = AddMember,
-    responses((status = 201, body = Membership), (status = 200, body = Membership), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = Membership), (status = 200, body = Membership), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a request with this Idempotency-Key is still in progress")))]
 pub async fn add_member(
     State(state): State<AppState>,
     user: AuthUser,

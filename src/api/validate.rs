@@ -39,8 +39,20 @@ pub fn password(v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A human-visible name: trimmed, 1..=max characters, no control characters
-/// (which would let one user corrupt another's terminal or layout).
+/// Characters a name may not contain: control characters, Unicode's
+/// `Bidi_Control` set (which reorders the text around the name), zero-width
+/// characters and the line and paragraph separators. Each lets one user
+/// corrupt another's terminal or layout, or pass for someone else.
+pub fn forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// A human-visible name: trimmed, 1..=max characters, none of them
+/// [`forbidden_in_name`].
 pub fn name(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
     let v = v.trim();
     if v.is_empty() {
@@ -49,9 +61,7 @@ pub fn name(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
     if v.chars().count() > max {
         return Err(ApiError::bad_request(format!("{field}: must be at most {max} characters")));
     }
-    if v.chars().any(|c| {
-        c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    }) {
+    if v.chars().any(forbidden_in_name) {
         return Err(ApiError::bad_request(format!(
             "{field}: must not contain control or direction-override characters"
         )));
@@ -109,6 +119,127 @@ mod tests {
         assert!(id("id", "0193-abc_DEF").is_ok());
         for bad in ["", "a/b", "a b", "'; drop table users; --", &"x".repeat(65)] {
             assert!(id("id", bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Unicode's `Bidi_Control` characters, listed independently of the
+    /// code under test.
+    const BIDI_CONTROL: [char; 12] = [
+        '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}',
+        '\u{2067}', '\u{2068}', '\u{2069}',
+    ];
+
+    fn code(e: ApiError) -> &'static str {
+        e.status_and_code().1
+    }
+
+    /// Strings with the characters validators care about mixed in.
+    fn tricky() -> impl Strategy<Value = String> {
+        let c = prop_oneof![
+            6 => any::<char>(),
+            3 => proptest::char::range('a', 'z'),
+            1 => prop::sample::select(BIDI_CONTROL.to_vec()),
+            1 => prop::sample::select(vec![' ', '\t', '\n', '\u{0}', '\u{7F}', '\u{85}', '\u{A0}', '\u{3000}', '\u{2028}', '@', '.']),
+        ];
+        prop::collection::vec(c, 0..120).prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest! {
+        /// An accepted name is trimmed, 1..=max characters (not bytes),
+        /// without control or bidi characters, and accepted unchanged
+        /// again; a refused one is `bad_request`.
+        #[test]
+        fn names(v in tricky(), max in 1usize..80) {
+            match name("name", &v, max) {
+                Ok(n) => {
+                    prop_assert_eq!(n.as_str(), n.trim());
+                    prop_assert!((1..=max).contains(&n.chars().count()));
+                    prop_assert!(!n.chars().any(|c| c.is_control() || BIDI_CONTROL.contains(&c)), "{:?}", n);
+                    prop_assert!(!n.contains(['\u{2028}', '\u{2029}', '\u{200B}']), "{:?}", n);
+                    prop_assert_eq!(name("name", &n, max).ok(), Some(n.clone()));
+                }
+                Err(e) => prop_assert_eq!(code(e), "bad_request"),
+            }
+        }
+
+        /// Any control, `Bidi_Control`, zero-width or line-separator
+        /// character anywhere in an otherwise fine name gets it refused.
+        #[test]
+        fn invisible_and_reordering_characters_are_refused(
+            base in "[a-zA-Z]{2,20}",
+            at in any::<prop::sample::Index>(),
+            c in prop_oneof![
+                prop::sample::select(BIDI_CONTROL.to_vec()),
+                prop::sample::select(vec!['\u{200B}', '\u{200C}', '\u{200D}', '\u{2028}', '\u{2029}']),
+                proptest::char::range('\u{0}', '\u{1F}'),
+                proptest::char::range('\u{7F}', '\u{9F}'),
+            ],
+        ) {
+            let mut v = base.clone();
+            v.insert(at.index(base.len() - 1) + 1, c);
+            prop_assert_eq!(display_name(&v).map_err(code), Err("bad_request"), "{:?}", v);
+        }
+
+        /// Names a person might really have, in any script, are accepted.
+        #[test]
+        fn ordinary_names_pass(v in "[\\p{L}\\p{N}][\\p{L}\\p{N}\\p{M} '.-]{0,30}[\\p{L}\\p{N}]") {
+            prop_assert!(display_name(&v).is_ok(), "{:?}", v);
+        }
+
+        /// An accepted email is trimmed, at most 254 bytes, without spaces
+        /// or control characters, one `@` with a dotted domain; a refused
+        /// one is `bad_request`.
+        #[test]
+        fn emails(v in tricky()) {
+            match email(&v) {
+                Ok(e) => {
+                    prop_assert_eq!(e.as_str(), v.trim());
+                    prop_assert!(e.len() <= EMAIL_MAX_BYTES);
+                    prop_assert!(!e.chars().any(|c| c.is_whitespace() || c.is_control()));
+                    let (local, domain) = e.split_once('@').expect("an @");
+                    prop_assert!(!local.is_empty() && !domain.contains('@'));
+                    prop_assert!(domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'));
+                }
+                Err(e) => prop_assert_eq!(code(e), "bad_request"),
+            }
+        }
+
+        #[test]
+        fn ordinary_emails_pass(v in "[a-z0-9._+-]{1,30}@[a-z0-9-]{1,30}(\\.[a-z]{2,8}){1,3}") {
+            prop_assert_eq!(email(&v).ok(), Some(v));
+        }
+
+        /// Passwords: at least 8 characters, at most 256 bytes, nothing else.
+        #[test]
+        fn passwords(v in prop_oneof![tricky(), "\\PC{60,90}"]) {
+            let want = v.chars().count() >= PASSWORD_MIN_CHARS && v.len() <= PASSWORD_MAX_BYTES;
+            match password(&v) {
+                Ok(()) => prop_assert!(want),
+                Err(e) => {
+                    prop_assert!(!want);
+                    prop_assert_eq!(code(e), "bad_request");
+                }
+            }
+        }
+
+        /// Ids: exactly `[A-Za-z0-9_-]{1,64}`.
+        #[test]
+        fn ids(v in prop_oneof!["[A-Za-z0-9_-]{0,70}", tricky()]) {
+            let want = (1..=ID_MAX_BYTES).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            match id("id", &v) {
+                Ok(()) => prop_assert!(want),
+                Err(e) => {
+                    prop_assert!(!want, "{:?}", v);
+                    prop_assert_eq!(code(e), "bad_request");
+                }
+            }
         }
     }
 }

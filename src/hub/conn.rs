@@ -21,6 +21,7 @@ use tokio::time::sleep_until;
 use tracing::Instrument;
 
 use super::frames::{self, ClientFrame, ErrorCode, ServerFrame, close, error_frame, message_frame};
+use super::sequencer::{self, Admit};
 use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
 use crate::db::{AppendOutcome, DbError, NewMessage, now_ms};
@@ -311,16 +312,17 @@ impl Conn {
     async fn feed_item(&mut self, item: Outbound, now_ns: u64) -> Result<(), axum::Error> {
         match item {
             Outbound::Message(d) => {
-                let Some(last) = self.joined.get_mut(&d.room) else { return Ok(()) };
-                if d.seq <= *last {
-                    return Ok(());
-                }
-                if d.seq > *last + 1 {
-                    // A gap (should not happen: the room orders delivery);
-                    // fill it from storage rather than skip messages. Boxed:
-                    // the rare path must not grow every idle task.
-                    let from = *last;
-                    Box::pin(self.replay(&d.room, from, Some(d.seq))).await?;
+                let Some(last) = self.joined.get(&d.room) else { return Ok(()) };
+                match sequencer::admit(*last, d.seq) {
+                    Admit::Stale => return Ok(()),
+                    Admit::Next => {}
+                    Admit::AfterReplay { after } => {
+                        // A gap (the room orders delivery, but gives up on a
+                        // gap storage could not fill): fill it from storage
+                        // rather than skip messages. Boxed: the rare path
+                        // must not grow every idle task.
+                        Box::pin(self.replay(&d.room, after, Some(d.seq))).await?;
+                    }
                 }
                 if let Some(last) = self.joined.get_mut(&d.room) {
                     *last = d.seq;
@@ -380,7 +382,7 @@ impl Conn {
             Ok(f) => f,
             Err(e) => {
                 self.hub.metrics().frames_in.inc("invalid");
-                let f = self.error(e.id.as_deref(), e.code, &e.message, None, None);
+                let f = self.error(e.id.as_deref(), e.code, &e.message, e.room.as_deref(), None);
                 return self.write(f).await.err().map(|_| End::Gone(None));
             }
         };

@@ -5,6 +5,8 @@
 //! - [`registry`]: who is connected (by id and by user), the connection cap.
 //! - [`room`]: per-room subscribers and the sequencer that fans stored
 //!   messages out in seq order, filling gaps from storage.
+//! - [`sequencer`]: the seq filters themselves (the room's order, each
+//!   connection's cursor), pure and property-tested.
 //! - [`bridge`]: what crosses instances through the bus, both ways.
 //! - [`presence`]: who is online, one truth for the cluster.
 //! - [`commit`]: group commit of sends into storage.
@@ -27,6 +29,7 @@ pub mod live;
 pub mod presence;
 pub mod registry;
 pub mod room;
+mod sequencer;
 pub mod ws;
 
 use std::sync::Arc;

@@ -11,7 +11,6 @@
 //! local subscriber, released with the last, both under the entry's guard so
 //! the bus sees them in the order they happened.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 
 use super::frames;
+use super::sequencer::{Offered, Sequencer};
 use super::{ConnShared, Delivery, Hub, Outbound};
 use crate::bus::BusFuture;
 use crate::metrics::Metrics;
@@ -29,10 +29,9 @@ const CATCH_UP_PAGE: i64 = 1000;
 #[derive(Default)]
 pub(super) struct RoomEntry {
     subs: Vec<Arc<ConnShared>>,
-    /// Last seq fanned out here; `None` until known.
-    delivered: Option<i64>,
-    /// Messages that arrived ahead of a gap.
-    pending: BTreeMap<i64, Utf8Bytes>,
+    /// The order messages are fanned out in, and those held past a gap.
+    seq: Sequencer<Utf8Bytes>,
+    /// A task is filling the room's gaps from storage.
     filling: bool,
 }
 
@@ -97,10 +96,8 @@ impl Hub {
     /// The seq a joining socket read from storage: the room's sequencer
     /// starts there if it had nothing yet, so a later gap is noticed.
     pub fn seed_room(&self, room: &str, last_seq: i64) {
-        if let Some(mut e) = self.inner.rooms.map.get_mut(room)
-            && e.delivered.is_none()
-        {
-            e.delivered = Some(last_seq);
+        if let Some(mut e) = self.inner.rooms.map.get_mut(room) {
+            e.seq.seed(last_seq);
         }
     }
 
@@ -140,68 +137,86 @@ impl Hub {
         let Some(mut entry) = self.inner.rooms.map.get_mut(room) else { return };
         let room_arc: Arc<str> = entry.key().clone();
         let e = entry.value_mut();
-        match e.delivered {
-            Some(d) if seq <= d => return,
-            Some(d) if seq > d + 1 => {
-                e.pending.insert(seq, frame);
-                if !e.filling {
-                    e.filling = true;
-                    let hub = self.clone();
-                    self.spawn_task(async move { hub.fill_gap(room_arc, d, seq).await });
-                }
-                return;
-            }
-            _ => {}
-        }
-        let now = self.inner.metrics.fanout_seconds.now_ns();
-        fan_out_message(e, &room_arc, seq, frame, now, &self.inner.metrics);
-        let mut next = seq + 1;
-        while let Some(f) = e.pending.remove(&next) {
-            fan_out_message(e, &room_arc, next, f, now, &self.inner.metrics);
-            next += 1;
+        let metrics = &self.inner.metrics;
+        // One clock read for the run this message releases, none for a
+        // duplicate.
+        let mut now = None;
+        let subs = &e.subs;
+        let offered = e.seq.offer(seq, frame, |s, f| {
+            let ready = *now.get_or_insert_with(|| metrics.fanout_seconds.now_ns());
+            fan_out_message(subs, &room_arc, s, f, ready, metrics);
+        });
+        if matches!(offered, Offered::Held { .. }) && !e.filling {
+            e.filling = true;
+            let hub = self.clone();
+            self.spawn_task(async move { hub.fill_gap(room_arc).await });
         }
     }
 
-    /// Fetches the messages missing before `until` from storage; gives up
-    /// after a few tries and releases what is held (each connection then
-    /// fills its own gap from storage).
-    async fn fill_gap(&self, room: Arc<str>, after: i64, until: i64) {
+    /// Fills the room's gaps from storage, one after the other, until none
+    /// is left. A gap storage cannot fill (nothing more there, or five
+    /// failed reads in a row, or shutdown) is given up: what is held is
+    /// released and each connection fills its own gap from storage.
+    async fn fill_gap(&self, room: Arc<str>) {
         self.inner.metrics.hub_gap_fills.inc();
-        for attempt in 0..5u64 {
+        let mut failures = 0u64;
+        while let Some((after, until)) = self.next_gap(&room) {
             match self.inner.store.history(&room, Some(after), Some(until), until - after).await {
                 Ok(page) => {
+                    failures = 0;
                     for m in &page.messages {
                         self.deliver(&room, m.seq, frames::message_frame(m));
                     }
-                    if let Some(mut e) = self.inner.rooms.map.get_mut(&room) {
-                        e.filling = false;
-                        let stuck = e.delivered.is_some_and(|d| d < until - 1) && page.messages.is_empty();
-                        if stuck {
-                            release_pending(&mut e, &room, &self.inner.metrics);
-                        }
+                    // No progress: the first missing seq is not in storage.
+                    let delivered = self.inner.rooms.map.get(&room).and_then(|e| e.seq.delivered());
+                    if delivered.is_none_or(|d| d <= after) {
+                        self.give_up_gap(&room);
+                        return;
                     }
-                    return;
                 }
                 Err(err) => {
-                    tracing::warn!(room = %room, error = %err, attempt, "gap fill failed");
+                    tracing::warn!(room = %room, error = %err, attempt = failures, "gap fill failed");
+                    failures += 1;
+                    if failures >= 5 {
+                        break;
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))) => {}
+                        () = tokio::time::sleep(Duration::from_millis(100 * failures)) => {}
                         () = self.inner.stop.cancelled() => break,
                     }
                 }
             }
         }
-        if let Some(mut e) = self.inner.rooms.map.get_mut(&room) {
+        self.give_up_gap(&room);
+    }
+
+    /// The room's first open gap. With none left, clears `filling` under the
+    /// same guard: a message held after that starts a new fill.
+    fn next_gap(&self, room: &str) -> Option<(i64, i64)> {
+        let mut e = self.inner.rooms.map.get_mut(room)?;
+        let gap = e.seq.gap();
+        if gap.is_none() {
             e.filling = false;
-            release_pending(&mut e, &room, &self.inner.metrics);
         }
+        gap
+    }
+
+    /// Releases what the room holds past a gap that could not be filled.
+    fn give_up_gap(&self, room: &Arc<str>) {
+        let Some(mut entry) = self.inner.rooms.map.get_mut(room) else { return };
+        let e = entry.value_mut();
+        e.filling = false;
+        let metrics = &self.inner.metrics;
+        let now = metrics.fanout_seconds.now_ns();
+        let subs = &e.subs;
+        e.seq.release(|s, f| fan_out_message(subs, room, s, f, now, metrics));
     }
 
     /// Delivers whatever storage has beyond the room's last delivered seq
     /// (up to `until`, inclusive, when given).
     pub(super) async fn catch_up(&self, room: &Arc<str>, until: Option<i64>) {
         loop {
-            let Some(after) = self.inner.rooms.map.get(room).and_then(|e| e.delivered) else { return };
+            let Some(after) = self.inner.rooms.map.get(room).and_then(|e| e.seq.delivered()) else { return };
             if until.is_some_and(|u| after >= u) {
                 return;
             }
@@ -246,12 +261,18 @@ impl Hub {
     }
 }
 
-fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Bytes, ready_ns: u64, metrics: &Metrics) {
-    e.delivered = Some(seq);
+fn fan_out_message(
+    subs: &[Arc<ConnShared>],
+    room: &Arc<str>,
+    seq: i64,
+    frame: Utf8Bytes,
+    ready_ns: u64,
+    metrics: &Metrics,
+) {
     let d = Arc::new(Delivery { room: room.clone(), seq, frame, ready_ns });
     let mut queued = 0;
     let mut deepest = 0;
-    for c in &e.subs {
+    for c in subs {
         // A load of the queue's own counter, which `try_send` touches anyway.
         deepest = deepest.max(c.queued());
         if c.offer(Outbound::Message(d.clone()), metrics) {
@@ -262,15 +283,4 @@ fn fan_out_message(e: &mut RoomEntry, room: &Arc<str>, seq: i64, frame: Utf8Byte
     metrics.ws_deliveries.inc_by(queued);
     metrics.frames_out.add("message", queued);
     metrics.outbound_queue_depth.observe(deepest as f64);
-}
-
-/// Releases held messages past a gap that could not be filled.
-fn release_pending(e: &mut RoomEntry, room: &Arc<str>, metrics: &Metrics) {
-    let pending = std::mem::take(&mut e.pending);
-    let now = metrics.fanout_seconds.now_ns();
-    for (seq, f) in pending {
-        if e.delivered.is_none_or(|d| seq > d) {
-            fan_out_message(e, room, seq, f, now, metrics);
-        }
-    }
 }
