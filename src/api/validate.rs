@@ -39,8 +39,17 @@ pub fn password(v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Characters a name may not hold: every Unicode bidi control (a name that
+/// reverses the text after it, e.g. U+202E, could make another user's
+/// message read differently) and the invisible ones (zero-width space and
+/// joiners, word joiner, BOM) that let two names look the same.
+fn invisible_or_bidi(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// A human-visible name: trimmed, 1..=max characters, no control characters
-/// (which would let one user corrupt another's terminal or layout).
+/// (which would let one user corrupt another's terminal or layout), no bidi
+/// controls and no invisible characters ([`invisible_or_bidi`]).
 pub fn name(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
     let v = v.trim();
     if v.is_empty() {
@@ -49,9 +58,7 @@ pub fn name(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
     if v.chars().count() > max {
         return Err(ApiError::bad_request(format!("{field}: must be at most {max} characters")));
     }
-    if v.chars().any(|c| {
-        c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    }) {
+    if v.chars().any(|c| c.is_control() || invisible_or_bidi(c)) {
         return Err(ApiError::bad_request(format!(
             "{field}: must not contain control or direction-override characters"
         )));
@@ -100,6 +107,9 @@ mod tests {
         assert!(display_name("").is_err());
         assert!(display_name("a\u{0007}b").is_err());
         assert!(display_name("evil\u{202E}txt").is_err());
+        for c in ['\u{0}', '\u{061C}', '\u{200B}', '\u{2060}', '\u{2067}', '\u{FEFF}'] {
+            assert!(display_name(&format!("a{c}b")).is_err(), "{c:?}");
+        }
         assert!(display_name(&"x".repeat(65)).is_err());
         assert!(display_name("Zoë 🚀").is_ok());
     }
