@@ -3,7 +3,7 @@
 //! cluster, disconnecting them). `chatgw admin …` calls these.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::validate;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::hub::frames::close;
@@ -53,7 +53,7 @@ impl FromRequestParts<AppState> for Admin {
 /// open sockets close with 4003 on every instance.
 #[utoipa::path(post, path = "/api/v1/admin/users/{id}/ban", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn ban(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn ban(State(state): State<AppState>, _admin: Admin, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
     state.store.set_banned(&id, true).await.map_err(not_found_or_storage)?;
     state.hub.close_user(&id, close::FORBIDDEN, "banned");
@@ -64,7 +64,11 @@ pub async fn ban(State(state): State<AppState>, _admin: Admin, Path(id): Path<St
 /// Lifts a ban.
 #[utoipa::path(delete, path = "/api/v1/admin/users/{id}/ban", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn unban(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn unban(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
     state.store.set_banned(&id, false).await.map_err(not_found_or_storage)?;
     Ok(StatusCode::NO_CONTENT)
@@ -95,7 +99,7 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<Instanc
 pub async fn connections(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<UserConnections>> {
     validate::id("id", &id)?;
     Ok(Json(state.hub.connections_of(&id).await))
@@ -138,7 +142,7 @@ pub struct Disconnected {
 pub async fn disconnect(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<Disconnect>,
 ) -> ApiResult<(StatusCode, Json<Disconnected>)> {
     validate::id("id", &id)?;
