@@ -16,6 +16,7 @@ mod observability;
 mod openapi;
 mod operators;
 mod rooms;
+mod security;
 mod sentry;
 mod storage;
 mod ws;
