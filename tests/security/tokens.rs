@@ -4,6 +4,10 @@
 //! open socket. The documented refusals (protocol/README.md 2.4, 4.7;
 //! README "REST API"): 401 `unauthorized`, except a banned or erased user's
 //! handshake, which is 403 `forbidden`.
+//!
+//! Issuer and audience are not used: the gateway verifies only tokens it
+//! signed itself, by `kid` (src/auth/jwt.rs), so a token from another issuer
+//! fails as "unknown kid" or "wrong secret" below.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
