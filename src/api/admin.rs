@@ -4,7 +4,7 @@
 //! these.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::audit;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
 use crate::db::{AuditAction, AuditEvent, AuditQuery, AuditRecord};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -62,7 +62,7 @@ pub async fn ban(
     State(state): State<AppState>,
     client: ClientAddr,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
     state.store.set_banned(&id, true).await.map_err(not_found_or_storage)?;
@@ -79,7 +79,7 @@ pub async fn unban(
     State(state): State<AppState>,
     client: ClientAddr,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     validate::id("id", &id)?;
     state.store.set_banned(&id, false).await.map_err(not_found_or_storage)?;
@@ -112,7 +112,7 @@ pub async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<Instanc
 pub async fn connections(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<UserConnections>> {
     validate::id("id", &id)?;
     Ok(Json(state.hub.connections_of(&id).await))
@@ -156,7 +156,7 @@ pub async fn disconnect(
     State(state): State<AppState>,
     client: ClientAddr,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<Disconnect>,
 ) -> ApiResult<(StatusCode, Json<Disconnected>)> {
     validate::id("id", &id)?;

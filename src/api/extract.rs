@@ -52,6 +52,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// `Path<T>` with [`ApiError`] rejections: a segment that is not UTF-8 once
+/// percent-decoded (`/rooms/%FF`) or does not fit `T` is a 400 in the one
+/// error shape, not axum's plain-text rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|_| ApiError::bad_request("invalid path: each segment must be UTF-8 and a valid id"))
+    }
+}
+
 #[cfg(test)]
 mod props {
     use axum::Router;

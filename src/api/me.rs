@@ -1,6 +1,6 @@
 //! `/me`: the caller's profile, export and erasure; `/users/{id}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::audit;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::validate;
 use crate::auth::AuthUser;
 use crate::db::{AuditAction, AuditEvent, Export, User};
@@ -115,7 +115,7 @@ pub async fn export_me(State(state): State<AppState>, user: AuthUser) -> ApiResu
 pub async fn get_user(
     State(state): State<AppState>,
     _caller: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<PublicUser>> {
     validate::id("id", &id)?;
     let u = state.store.get_user(&id).await.map_err(|e| match e {

@@ -72,6 +72,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::bad_request("method not allowed on this route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_announced_oversize))
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
         .with_state(state);
 
@@ -136,6 +137,18 @@ fn security_headers(app: Router) -> Router {
     headers.into_iter().fold(app, |app, (name, value)| {
         app.layer(SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value)))
     })
+}
+
+/// A body announced (`Content-Length`) larger than `MAX_BODY_BYTES` is 413
+/// at once, before any of it is read: the body limit alone counts bytes as
+/// they arrive, so a client announcing a gigabyte and sending nothing would
+/// hold its request open until the request timeout.
+async fn refuse_announced_oversize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+        return ApiError::TooLarge.into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts and times requests by route template (never the raw path: ids

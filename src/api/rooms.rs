@@ -4,14 +4,14 @@
 //! for the room and everything under it (its existence is not revealed); a
 //! member who is not the owner gets 403 for owner-only actions.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
 use crate::auth::AuthUser;
 use crate::db::{HistoryPage, Member, Role, RoomForUser};
@@ -152,7 +152,7 @@ pub async fn list_rooms(State(state): State<AppState>, user: AuthUser) -> ApiRes
 pub async fn get_room(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<RoomDetail>> {
     validate::id("room id", &id)?;
     let room = state.store.room_for_member(&id, &user.user_id).await.map_err(room_not_found)?;
@@ -165,7 +165,7 @@ pub async fn get_room(
 pub async fn patch_room(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PatchRoom>,
 ) -> ApiResult<Json<RoomForUser>> {
     require_owner(&state, &id, &user).await?;
@@ -179,7 +179,7 @@ pub async fn patch_room(
 pub async fn delete_room(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     require_owner(&state, &id, &user).await?;
     let members = state.store.members(&id).await?;
@@ -198,7 +198,7 @@ pub async fn delete_room(
 pub async fn add_member(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AddMember>,
 ) -> ApiResult<(StatusCode, Json<Membership>)> {
     require_owner(&state, &id, &user).await?;
@@ -220,7 +220,7 @@ pub async fn add_member(
 pub async fn remove_member(
     State(state): State<AppState>,
     user: AuthUser,
-    Path((id, member)): Path<(String, String)>,
+    ApiPath((id, member)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let role = role_of(&state, &id, &user).await?;
     validate::id("user_id", &member)?;
@@ -249,7 +249,7 @@ pub async fn remove_member(
 pub async fn history(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> ApiResult<Json<HistoryPage>> {
     role_of(&state, &id, &user).await?;

@@ -39,15 +39,22 @@ pub fn password(v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Characters a name may not contain: control characters, Unicode's
-/// `Bidi_Control` set (which reorders the text around the name), zero-width
-/// characters and the line and paragraph separators. Each lets one user
-/// corrupt another's terminal or layout, or pass for someone else.
+/// Characters a name may not contain: control characters, every Unicode
+/// bidi control (a name that reverses the text after it, e.g. U+202E, makes
+/// another user's message read differently), the invisible ones (zero-width
+/// space and joiners, word joiner, BOM) that let two names look the same, and
+/// the line and paragraph separators that break layouts.
 pub fn forbidden_in_name(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
         )
 }
 
@@ -110,6 +117,9 @@ mod tests {
         assert!(display_name("").is_err());
         assert!(display_name("a\u{0007}b").is_err());
         assert!(display_name("evil\u{202E}txt").is_err());
+        for c in ['\u{0}', '\u{061C}', '\u{200B}', '\u{2060}', '\u{2067}', '\u{FEFF}'] {
+            assert!(display_name(&format!("a{c}b")).is_err(), "{c:?}");
+        }
         assert!(display_name(&"x".repeat(65)).is_err());
         assert!(display_name("Zoë 🚀").is_ok());
     }

@@ -26,6 +26,10 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// How far ahead of this instance's clock a token's `iat` may be: the
+/// clocks of a cluster's instances differ by this much at most.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 60;
+
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -133,7 +137,11 @@ impl JwtKeys {
     }
 
     /// Verifies signature, algorithm (the one the `kid` names; never the
-    /// token's own choice) and expiry.
+    /// token's own choice), expiry, and that the token is already valid: an
+    /// `nbf` (if present) not in the future, an `iat` at most
+    /// [`MAX_CLOCK_SKEW_SECS`] ahead. This gateway never issues a token
+    /// from the future; one is forged with a leaked key or signed by an
+    /// instance whose clock is wrong, and either way refused.
     ///
     /// # Errors
     /// [`TokenError::Expired`] or [`TokenError::Invalid`].
@@ -146,10 +154,15 @@ impl JwtKeys {
         let (key, alg) = self.decoding.get(&kid).ok_or(TokenError::Invalid)?;
         let mut v = Validation::new(*alg);
         v.leeway = 0;
+        v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "sub", "iat"]);
-        decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
+        let claims = decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid,
-        })
+        })?;
+        if claims.iat > now_ms() / 1000 + MAX_CLOCK_SKEW_SECS {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
     }
 }

@@ -199,10 +199,17 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Moves the read marker forward (never back); returns the marker now
-    /// stored, which may be higher than `seq` if another device read further.
+    /// Moves the read marker forward (never back, never past the room's last
+    /// message); returns the marker now stored, which may be higher than
+    /// `seq` if another device read further.
     pub async fn set_read_marker(&self, room: &str, user: &str, seq: i64) -> Result<i64, DbError> {
         let mut tx = self.write.begin().await?;
+        // No marker past the room's last message: a client claiming to have
+        // read seq 2^63-1 would otherwise freeze its marker (it only moves
+        // forward) and break every unread count derived from it.
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1").bind(room).fetch_optional(&mut *tx).await?;
+        let seq = seq.min(last.unwrap_or(0));
         sqlx::query(
             "INSERT INTO read_markers (room_id, user_id, seq, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (room_id, user_id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at \

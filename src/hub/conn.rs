@@ -147,8 +147,25 @@ async fn serve(
             hub.metrics().ws_closes.inc(&code.to_string());
             tracing::info!(code, reason = %reason, by = "server", duration_ms, frames_in, frames_out, "closed");
             let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-            // Best effort: the peer may be gone or not reading.
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.send(Message::Close(Some(frame)))).await;
+            // Best effort, 2 s in all: the peer may be gone or not reading.
+            // Then the closing handshake (RFC 6455 5.5.1): read until the
+            // peer's Close, discarding. A socket dropped with unread input is
+            // reset, and the reset can destroy the close frame before the
+            // client reads it: a client flooding us (4008) or sending junk
+            // (1007, 1009) would see 1006 instead of the code that says why.
+            // Only for the closes a client's own sending causes: an idle, a
+            // slow or a drained peer is not worth holding the task for.
+            let handshake = matches!(code, close::RATE_LIMIT | close::TOO_BIG | close::INVALID_UTF8);
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                if conn.ws.send(Message::Close(Some(frame))).await.is_ok() && handshake {
+                    while let Some(Ok(msg)) = conn.ws.recv().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
         }
         End::Gone(code) => {
             tracing::info!(code, by = "peer", duration_ms, frames_in, frames_out, "closed");
@@ -262,7 +279,7 @@ impl Conn {
         {
             End::Close(close::TOO_BIG, "frame too large".into())
         } else if text.to_ascii_lowercase().contains("utf-8") {
-            End::Close(1007, "invalid UTF-8".into())
+            End::Close(close::INVALID_UTF8, "invalid UTF-8".into())
         } else {
             End::Gone(None)
         }

@@ -65,6 +65,8 @@ pub mod close {
     pub const OPERATOR: u16 = 4000;
     /// Server draining (restart, deploy).
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not UTF-8 (RFC 6455 8.1).
+    pub const INVALID_UTF8: u16 = 1007;
     /// A frame larger than the frame limit.
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
