@@ -80,6 +80,7 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
         (Method::GET, format!("/api/v1/rooms/{room}/messages"), None, true),
         (Method::POST, format!("/api/v1/admin/users/{}/ban", bob.user_id), None, false),
         (Method::DELETE, format!("/api/v1/admin/users/{}/ban", bob.user_id), None, false),
+        (Method::GET, "/api/v1/admin/audit".into(), None, false),
     ];
     // The list covers the document: a new route must be added here.
     let templ = |p: &str| {
