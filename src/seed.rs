@@ -13,6 +13,10 @@ use crate::auth::{JwtKeys, Passwords};
 use crate::config::Config;
 use crate::db::Store;
 
+/// Bounds on one `chatgw seed`.
+pub const SEED_MAX_USERS: usize = 1_000_000;
+pub const SEED_MAX_MEMBERSHIPS: usize = 10_000_000;
+
 /// What to create.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SeedArgs {
@@ -61,6 +65,12 @@ pub async fn run(config: &Config, args: &SeedArgs) -> anyhow::Result<SeedFile> {
     anyhow::ensure!(
         args.users > 0 && args.room_size > 0 && args.room_size <= args.users,
         "need 0 < room-size <= users"
+    );
+    // A bound on what one command writes (and holds in memory for the JSON):
+    // enough for any load test this harness runs.
+    anyhow::ensure!(
+        args.users <= SEED_MAX_USERS && args.rooms.saturating_mul(args.room_size) <= SEED_MAX_MEMBERSHIPS,
+        "at most {SEED_MAX_USERS} users and {SEED_MAX_MEMBERSHIPS} memberships (rooms x room-size) per seed"
     );
     use secrecy::ExposeSecret;
     let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections).await?;

@@ -10,6 +10,7 @@ use crate::helpers::{Db, spawn_app};
 both_backends!(
     profile_update_and_public_view,
     export_holds_all_of_the_callers_data,
+    export_pages_a_large_history,
     erasure_anonymises_and_keeps_tombstones
 );
 
@@ -77,6 +78,50 @@ async fn export_holds_all_of_the_callers_data(db: Db) {
     assert_eq!(msgs.len(), 2, "only the caller's own messages");
     assert!(msgs.iter().all(|m| m["sender"] == ann.user_id.as_str()));
     assert_eq!(e.body["sessions"].as_array().unwrap().len(), 1);
+}
+
+/// A user with more messages than a page gets them all, once each, in
+/// order, over bounded pages; a forged cursor is a 400.
+async fn export_pages_a_large_history(db: Db) {
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let rooms = [app.create_room(&ann, "a", &[]).await, app.create_room(&ann, "b", &[]).await];
+    let total = chatgw::db::EXPORT_MESSAGES_PAGE + 7;
+    let all: Vec<NewMessage> = (0..total)
+        .map(|i| NewMessage {
+            room_id: rooms[i % 2].clone(),
+            sender_id: ann.user_id.clone(),
+            client_msg_id: format!("m{i}"),
+            body: format!("message {i}"),
+            // Ties on sent_at across rooms: the cursor must order them too.
+            sent_at: (i / 3) as i64,
+        })
+        .collect();
+    for chunk in all.chunks(1000) {
+        app.store.append_messages(chunk).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/me/export".to_owned();
+    let mut pages = 0;
+    loop {
+        let e = app.get(&ann.access, &path).await;
+        assert_eq!(e.status, StatusCode::OK, "{}", e.body);
+        pages += 1;
+        let msgs = e.body["messages"].as_array().unwrap();
+        assert!(msgs.len() <= chatgw::db::EXPORT_MESSAGES_PAGE);
+        seen.extend(msgs.iter().map(|m| m["client_msg_id"].as_str().unwrap().to_owned()));
+        match e.body["messages_next"].as_str() {
+            Some(next) => path = format!("/api/v1/me/export?messages_after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 2);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted.len()), (total, total), "every message once");
+    let bad = app.get(&ann.access, "/api/v1/me/export?messages_after=nonsense").await;
+    assert_eq!((bad.status, bad.error_code()), (StatusCode::BAD_REQUEST, "bad_request"));
 }
 
 async fn erasure_anonymises_and_keeps_tombstones(db: Db) {

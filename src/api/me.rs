@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::audit;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
 use crate::auth::AuthUser;
-use crate::db::{AuditAction, AuditEvent, Export, User};
+use crate::db::{AuditAction, AuditEvent, Export, MessageKey, User};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::net::ClientAddr;
 use crate::state::AppState;
@@ -100,13 +100,33 @@ pub async fn delete_me(State(state): State<AppState>, client: ClientAddr, user: 
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// The `messages_next` of the previous page.
+    pub messages_after: Option<String>,
+}
+
 /// All the caller's data: profile, rooms with roles and read markers,
-/// every message they sent, their sessions, and the audit records where
-/// they are the actor or the target.
-#[utoipa::path(get, path = "/api/v1/me/export", tag = "me", security(("bearer" = [])),
-    responses((status = 200, body = Export), (status = 401, body = ErrorBody)))]
-pub async fn export_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Export>> {
-    Ok(Json(state.store.export_user(&user.user_id).await?))
+/// their messages (10,000 per page, oldest first; `messages_next` asks for
+/// the next page), their sessions, and the audit records where they are the
+/// actor or the target.
+#[utoipa::path(get, path = "/api/v1/me/export", tag = "me", security(("bearer" = [])), params(ExportParams),
+    responses((status = 200, body = Export), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn export_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(params): ApiQuery<ExportParams>,
+) -> ApiResult<Json<Export>> {
+    let after = match params.messages_after.as_deref() {
+        None => None,
+        Some(c) => Some(
+            MessageKey::parse(c)
+                .ok_or_else(|| ApiError::bad_request("messages_after: not a cursor from messages_next"))?,
+        ),
+    };
+    Ok(Json(state.store.export_user(&user.user_id, after.as_ref()).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),

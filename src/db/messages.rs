@@ -19,6 +19,35 @@ pub struct NewMessage {
     pub sent_at: i64,
 }
 
+/// Where a page of a sender's messages ends: `sent_at:seq:room` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageKey {
+    pub sent_at: i64,
+    pub seq: i64,
+    pub room: String,
+}
+
+impl MessageKey {
+    pub fn of(m: &StoredMessage) -> Self {
+        MessageKey { sent_at: m.sent_at, seq: m.seq, room: m.room.clone() }
+    }
+
+    /// `None` for anything that is not a cursor this server wrote.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, ':');
+        let sent_at = parts.next()?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        let room = parts.next().filter(|r| !r.is_empty() && r.len() <= 64)?.to_owned();
+        Some(MessageKey { sent_at, seq, room })
+    }
+}
+
+impl std::fmt::Display for MessageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.sent_at, self.seq, self.room)
+    }
+}
+
 /// A stored message, as history and the socket deliver it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StoredMessage {
@@ -282,9 +311,22 @@ impl Store {
     }
 
     /// Every message a user sent (for export).
-    pub async fn messages_by_sender(&self, sender: &str) -> Result<Vec<StoredMessage>, DbError> {
-        let sql = format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 ORDER BY sent_at, room_id, seq");
-        let rows = sqlx::query(&sql).bind(sender).fetch_all(&self.read).await?;
+    /// Up to `limit` of the sender's messages in (sent_at, room, seq) order,
+    /// after `after` (a keyset cursor, so a page costs the same however deep).
+    pub async fn messages_by_sender(
+        &self,
+        sender: &str,
+        after: Option<&MessageKey>,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, DbError> {
+        let sql = format!(
+            "SELECT {MSG_COLS} FROM messages WHERE sender_id = $1 AND \
+             (sent_at > $2 OR (sent_at = $2 AND (room_id > $3 OR (room_id = $3 AND seq > $4)))) \
+             ORDER BY sent_at, room_id, seq LIMIT $5"
+        );
+        let (sent_at, room, seq) = after.map_or((i64::MIN, "", i64::MIN), |k| (k.sent_at, k.room.as_str(), k.seq));
+        let rows =
+            sqlx::query(&sql).bind(sender).bind(sent_at).bind(room).bind(seq).bind(limit).fetch_all(&self.read).await?;
         Ok(rows.iter().map(message_from).collect::<Result<_, _>>()?)
     }
 

@@ -21,11 +21,11 @@ mod users;
 
 pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditRecord, PURGE_BATCH};
 pub use idempotency::IdempotencyRecord;
-pub use messages::{AppendOutcome, HistoryPage, NewMessage, StoredMessage};
+pub use messages::{AppendOutcome, HistoryPage, MessageKey, NewMessage, StoredMessage};
 pub use rooms::{Member, Role, Room, RoomForUser};
 pub use seed::SeedUser;
 pub use sessions::{RefreshOutcome, SessionIdentity, SessionStatus};
-pub use users::{Export, User};
+pub use users::{EXPORT_MESSAGES_PAGE, Export, User};
 
 use std::str::FromStr;
 use std::time::Duration;

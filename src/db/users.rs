@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{AuditRecord, DbError, ResultExt, RoomForUser, Store, StoredMessage, new_id, now_ms};
+use super::{AuditRecord, DbError, MessageKey, ResultExt, RoomForUser, Store, StoredMessage, new_id, now_ms};
 
 /// A user as the API shows it to its owner.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -33,7 +33,12 @@ impl User {
 pub struct Export {
     pub profile: User,
     pub rooms: Vec<RoomForUser>,
+    /// The caller's messages, oldest first, at most
+    /// [`EXPORT_MESSAGES_PAGE`] of them.
     pub messages: Vec<StoredMessage>,
+    /// Set when more messages follow: ask again with
+    /// `?messages_after=<this>` for the next page.
+    pub messages_next: Option<String>,
     /// Unix milliseconds of each login session still known.
     pub sessions: Vec<ExportSession>,
     /// Audit records where the user is the actor or the target, oldest
@@ -47,6 +52,9 @@ pub struct ExportSession {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
+
+/// Messages per export page.
+pub const EXPORT_MESSAGES_PAGE: usize = 10_000;
 
 /// Shown instead of an erased user's name.
 pub const ERASED_NAME: &str = "Deleted user";
@@ -266,10 +274,17 @@ impl Store {
     }
 
     /// Everything stored about a user.
-    pub async fn export_user(&self, id: &str) -> Result<Export, DbError> {
+    /// Everything held about the user, with one page of their messages
+    /// (after `messages_after`): an export costs the same for a user with a
+    /// million messages as for one with ten.
+    pub async fn export_user(&self, id: &str, messages_after: Option<&MessageKey>) -> Result<Export, DbError> {
         let profile = self.get_user(id).await?;
         let rooms = self.rooms_for_user(id).await?;
-        let messages = self.messages_by_sender(id).await?;
+        let mut messages = self.messages_by_sender(id, messages_after, EXPORT_MESSAGES_PAGE as i64 + 1).await?;
+        let messages_next = (messages.len() > EXPORT_MESSAGES_PAGE).then(|| {
+            messages.truncate(EXPORT_MESSAGES_PAGE);
+            messages.last().map(|m| MessageKey::of(m).to_string()).unwrap_or_default()
+        });
         let sessions =
             sqlx::query("SELECT id, created_at, revoked_at FROM sessions WHERE user_id = $1 ORDER BY created_at")
                 .bind(id)
@@ -285,6 +300,6 @@ impl Store {
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
         let audit = self.audit_of_user(id).await?;
-        Ok(Export { profile, rooms, messages, sessions, audit })
+        Ok(Export { profile, rooms, messages, messages_next, sessions, audit })
     }
 }
