@@ -167,25 +167,7 @@ async fn tickets_are_issued_hashed(db: Db) {
 #[tokio::test]
 async fn asymmetric_keys_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
-    let keypair = |name: &str| {
-        let private = dir.path().join(format!("{name}.pem"));
-        let public = dir.path().join(format!("{name}.pub.pem"));
-        let ok = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "ed25519", "-out"])
-            .arg(&private)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let ok = std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        (private.to_str().unwrap().to_owned(), public.to_str().unwrap().to_owned())
-    };
+    let keypair = |name: &str| crate::helpers::openssl_keypair(dir.path(), name, &["-algorithm", "ed25519"]);
     let (old_priv, old_pub) = keypair("old");
     let (new_priv, new_pub) = keypair("new");
     let db = crate::helpers::TestDb::new(Db::Sqlite).await;

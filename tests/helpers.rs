@@ -346,3 +346,20 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A key pair made by `openssl genpkey <args>` in `dir`: the private and the
+/// public PEM file paths.
+pub fn openssl_keypair(dir: &std::path::Path, name: &str, genpkey_args: &[&str]) -> (String, String) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let ok = std::process::Command::new("openssl").arg("genpkey").args(genpkey_args).arg("-out").arg(&private).status();
+    assert!(ok.is_ok_and(|s| s.success()), "openssl genpkey {genpkey_args:?}");
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status();
+    assert!(ok.is_ok_and(|s| s.success()), "openssl pkey -pubout");
+    (private.to_str().expect("utf-8 path").to_owned(), public.to_str().expect("utf-8 path").to_owned())
+}

@@ -156,23 +156,8 @@ async fn forged_access_tokens_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_key_confusion_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let private = dir.path().join("rsa.pem");
-    let public = dir.path().join("rsa.pub.pem");
-    let ok = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
-        .arg(&private)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let ok = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let (private, public) = (private.to_str().unwrap().to_owned(), public.to_str().unwrap().to_owned());
+    let (private, public) =
+        crate::helpers::openssl_keypair(dir.path(), "rsa", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
     let app = spawn_app_with(Db::Sqlite, |v| {
         v.remove("JWT_SECRET");
         v.insert("JWT_ALGORITHM".into(), "RS256".into());
