@@ -9,6 +9,18 @@ use clap::{Parser, Subcommand};
 use chatgw::config::{Config, Environment};
 use chatgw::startup::Application;
 
+// The global allocator of the binary only (tests and the library keep the
+// system's): `--features jemalloc` or `--features mimalloc`; neither is the
+// default. See BENCHMARKS.md, "Sign-in storm and the allocator".
+#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
+compile_error!("features `jemalloc` and `mimalloc` are exclusive: pick one allocator");
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Real-time chat gateway. Configured from the environment: see README.md.")]
 struct Cli {
