@@ -10,11 +10,11 @@ use chatgw::config::{Config, Environment};
 use chatgw::startup::Application;
 
 // The global allocator of the binary only (tests and the library keep the
-// system's): `--features jemalloc` or `--features mimalloc`; neither is the
-// default. See BENCHMARKS.md, "Sign-in storm and the allocator".
-#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
-compile_error!("features `jemalloc` and `mimalloc` are exclusive: pick one allocator");
-#[cfg(feature = "jemalloc")]
+// system's). jemalloc by default: under a sign-in storm it gives the argon2
+// blocks back to the OS, where glibc malloc kept them (BENCHMARKS.md,
+// "Sign-in storm and the allocator"). `--features mimalloc` (wins over
+// jemalloc) or `--no-default-features` (glibc) for comparisons.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(feature = "mimalloc")]
