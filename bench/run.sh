@@ -2,7 +2,7 @@
 # Reproduces the figures in BENCHMARKS.md.
 #
 #   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect cluster (default: all),
-#                                  and instructions (callgrind; not in the default set)
+#                                  and instructions (callgrind) and authstorm (sign-in storm; neither in the default set)
 #
 # The gateway (or the reference server) is pinned to CPU 0 and the load
 # client to CPU 1, so "server CPU per delivery" is not polluted by the client.
@@ -15,9 +15,9 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-15}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 mkdir -p "$OUT"
-cargo build --release --quiet -p chatgw -p loadtest
-GW=${GW:-./target/release/chatgw}   # GW=... benchmarks another build (before/after)
-LT=./target/release/loadtest
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet -p chatgw -p loadtest  # NO_BUILD=1: use the binaries as they are
+GW=${GW:-./target/release/chatgw}   # GW=... benchmarks another build (before/after, allocators)
+LT=${LT:-./target/release/loadtest}
 REF=./target/release/refserver
 export JWT_SECRET=bench-secret-0123456789-abcdefghijklmnopqrstuv
 PORT=18181
@@ -221,6 +221,38 @@ d = r["deliveries"]
 print(f"instructions-{sys.argv[2].split('-')[-1][:-5]}: {ir / d:,.0f} instructions per delivered message ({ir:,} over {d:,.0f})")
 PY
     done
+}
+
+authstorm() { # 1,000 sign-ins (half registrations, half logins) from 64 addresses, 300 in flight: answers and RSS
+    # SQLite. The login accounts are made first on a gateway process of their
+    # own (throttles off, 2 at a time), so the measured one starts cold. The
+    # per-IP login/registration throttles are set high so that they do not
+    # hide the hashing bound. The gateway is not pinned: it hashes on every
+    # core it has, as deployed. GW=… compares builds (before/after, allocators).
+    local n=${STORM_N:-1000}
+    for run in $(seq "$RUNS"); do
+        local db; db=$(db_url sqlite)
+        export LOGIN_ATTEMPTS_PER_MINUTE=100000
+        DATABASE_URL=$db LISTEN_ADDR=127.0.0.1:$PORT $GW >"$OUT/gateway-prepare.log" 2>&1 &
+        pid=$!
+        wait_ready
+        $LT auth-storm --url http://127.0.0.1:$PORT --requests "$n" --prepare >/dev/null
+        stop
+        DATABASE_URL=$db LISTEN_ADDR=127.0.0.1:$PORT $GW >"$OUT/gateway.log" 2>&1 &
+        pid=$!
+        wait_ready
+        sleep 1 # idle RSS settles
+        printf '%-14s ' "authstorm-$run"
+        $LT auth-storm --url http://127.0.0.1:$PORT --requests "$n" --concurrency 300 --source-ips 64 \
+            --settle 10 --gateway-pid $pid --json "$OUT/authstorm-$run.json" --quiet
+        stop
+        unset LOGIN_ATTEMPTS_PER_MINUTE
+    done
+}
+
+wait_ready() {
+    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && return; sleep 0.1; done
+    echo "gateway did not start" >&2; exit 1
 }
 
 reconnect() { # continuous drop-and-resume under load: zero lost, zero duplicated

@@ -9,6 +9,18 @@ use clap::{Parser, Subcommand};
 use chatgw::config::{Config, Environment};
 use chatgw::startup::Application;
 
+// The global allocator of the binary only (tests and the library keep the
+// system's). jemalloc by default: under a sign-in storm it gives the argon2
+// blocks back to the OS, where glibc malloc kept them (BENCHMARKS.md,
+// "Sign-in storm and the allocator"). `--features mimalloc` (wins over
+// jemalloc) or `--no-default-features` (glibc) for comparisons.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Real-time chat gateway. Configured from the environment: see README.md.")]
 struct Cli {

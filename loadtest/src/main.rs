@@ -6,7 +6,9 @@
 //! the bare reference server (`refserver`) they need none. Every run is
 //! bounded in time and stops by itself; only loopback targets are accepted.
 //! The harness makes no REST calls: seeding is `chatgw seed`, run once
-//! against the shared database, and tokens come from its file.
+//! against the shared database, and tokens come from its file. The one
+//! exception is `auth-storm`, whose point is the REST sign-in path itself
+//! (registrations and logins, and the gateway's memory under them).
 //!
 //! # Several gateway instances
 //!
@@ -93,6 +95,7 @@
 //! run against it must report `lost` = dropped + held_lost, `duplicated` =
 //! duplicated and `reordered` = swapped (`tests/cluster.rs`).
 
+mod authstorm;
 mod client;
 mod procstat;
 mod report;
@@ -162,6 +165,10 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// A burst of registrations and logins (REST) from many source
+    /// addresses: answers by status, latency, and the gateway's RSS before,
+    /// at peak and after (see BENCHMARKS.md, "Sign-in storm").
+    AuthStorm(authstorm::AuthStormArgs),
     /// Merge the JSON reports of the shards of one run (`--shard i/n`,
     /// every shard exactly once) into the report of the whole run.
     Merge(MergeArgs),
@@ -413,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ConnectStorm { common, connections, concurrency } => {
             (common.clone(), run_storm(&common, connections, concurrency).await?)
         }
+        Scenario::AuthStorm(a) => return authstorm::run(a).await,
         Scenario::Merge(m) => {
             let mut reports = Vec::with_capacity(m.reports.len());
             for p in &m.reports {
