@@ -13,10 +13,12 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CHATGW_GIT_COMMIT");
-    // HEAD and the branch refs where git keeps them: `.git` is a file in a
-    // worktree or a submodule, and watching a path that does not exist
-    // reruns this script, and rebuilds the crate, on every build.
-    for p in ["HEAD", "refs/heads"] {
+    // HEAD and the current branch's ref, where git keeps them: `.git` is a
+    // file in a worktree or a submodule, and watching a path that does not
+    // exist reruns this script, and rebuilds the crate, on every build. Only
+    // this branch: a commit on another branch (or worktree) changes nothing.
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for p in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
         if let Some(path) = git(&["rev-parse", "--git-path", p]).filter(|path| Path::new(path).exists()) {
             println!("cargo:rerun-if-changed={path}");
         }
