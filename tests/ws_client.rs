@@ -152,6 +152,17 @@ impl WsClient {
         }
     }
 
+    /// The next frame that can answer a request: presence, typing and read
+    /// broadcasts, which arrive on their own schedule, are skipped.
+    pub async fn next_reply(&mut self) -> Value {
+        loop {
+            let v = self.next().await;
+            if !matches!(v["type"].as_str(), Some("presence" | "typing" | "read")) {
+                return v;
+            }
+        }
+    }
+
     /// Next frame of the given type, skipping presence/typing/read noise.
     pub async fn next_of(&mut self, ty: &str) -> Value {
         loop {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// Why a password could not be checked or hashed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,12 @@ struct Inner {
     /// time whether or not the account exists.
     dummy_hash: String,
     jobs: flume::Sender<Job>,
+    /// One permit per hash running or waiting (`threads + queue`): a request
+    /// that finds none is refused. Counting here, not in the channel, keeps
+    /// the bound exact even while a thread is between jobs.
+    admitted: Arc<Semaphore>,
     threads: usize,
+    queue: usize,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -74,7 +79,7 @@ impl Passwords {
             .expect("hashing a constant cannot fail")
             .to_string();
         let threads = threads.max(1);
-        let (jobs, rx) = flume::bounded::<Job>(queue);
+        let (jobs, rx) = flume::unbounded::<Job>();
         for i in 0..threads {
             let rx = rx.clone();
             std::thread::Builder::new()
@@ -87,7 +92,8 @@ impl Passwords {
                 })
                 .expect("spawning a password hashing thread");
         }
-        Passwords { inner: Arc::new(Inner { argon, dummy_hash, jobs, threads }) }
+        let admitted = Arc::new(Semaphore::new(threads + queue));
+        Passwords { inner: Arc::new(Inner { argon, dummy_hash, jobs, admitted, threads, queue }) }
     }
 
     /// One thread per core and a queue of four per thread: a full queue is
@@ -99,21 +105,20 @@ impl Passwords {
 
     /// Runs `f` on the pool, or refuses at once when the queue is full.
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
+        let Ok(permit) = self.inner.admitted.clone().try_acquire_owned() else {
+            // Everything admitted drains in about (threads + queue) / threads
+            // hash times.
+            let ahead = (self.inner.threads + self.inner.queue) as u64;
+            let wait = HASH_COST.as_millis() as u64 * ahead.div_ceil(self.inner.threads as u64);
+            return Err(HashError::Busy { retry_after_ms: wait.max(1000) });
+        };
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            let _held: OwnedSemaphorePermit = permit;
             let _ = tx.send(f());
         });
-        match self.inner.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(flume::TrySendError::Full(_)) => {
-                // The queue drains in about queue / threads hash times.
-                let ahead = self.inner.jobs.len() as u64 + 1;
-                let wait = HASH_COST.as_millis() as u64 * ahead.div_ceil(self.inner.threads as u64);
-                return Err(HashError::Busy { retry_after_ms: wait.max(1000) });
-            }
-            Err(flume::TrySendError::Disconnected(_)) => {
-                return Err(HashError::Failed(anyhow::anyhow!("password hashing pool is gone")));
-            }
+        if self.inner.jobs.send(job).is_err() {
+            return Err(HashError::Failed(anyhow::anyhow!("password hashing pool is gone")));
         }
         rx.await.map_err(|_| HashError::Failed(anyhow::anyhow!("password hashing thread panicked")))
     }
@@ -182,7 +187,7 @@ mod tests {
             let pw = pw.clone();
             async move { pw.hash("queued".into()).await }
         });
-        while pw.inner.jobs.is_empty() {
+        while pw.inner.admitted.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
         // The next one is refused without waiting for either.

@@ -237,7 +237,7 @@ async fn socket_frames_cannot_reach_other_rooms(db: Db) {
             ];
             for f in frames {
                 c.send(f.clone()).await;
-                let e = c.next().await;
+                let e = c.next_reply().await;
                 assert_eq!(
                     (e["code"].as_str(), e["id"].as_str(), e["room"].as_str()),
                     (Some("forbidden"), f["id"].as_str(), Some(target)),
@@ -246,15 +246,15 @@ async fn socket_frames_cannot_reach_other_rooms(db: Db) {
             }
             // `leave` only concerns the socket: answered, harmless.
             c.send(json!({"type": "leave", "id": "l", "room": target})).await;
-            let f = c.next().await;
+            let f = c.next_reply().await;
             assert_eq!((f["type"].as_str(), f["reason"].as_str()), (Some("left"), Some("requested")), "{f}");
         }
         // `auth` with another user's token: refused, the socket stays its own.
         c.send(json!({"type": "auth", "id": "x", "token": ann.access})).await;
-        let e = c.next().await;
+        let e = c.next_reply().await;
         assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("unauthorized")), "{who}: {e}");
         c.send(json!({"type": "ping", "id": "p"})).await;
-        assert_eq!(c.next().await["type"], "pong");
+        assert_eq!(c.next_reply().await["type"], "pong");
         assert!(c.drain_until_pong().await.is_empty(), "{who}: no message of the room leaked");
     }
 

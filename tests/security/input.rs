@@ -32,9 +32,9 @@ fn nested_objects(depth: usize) -> String {
     format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
 }
 
-/// The next frame must be `error` with `code` (and the socket stays open).
+/// The next reply must be `error` with `code` (and the socket stays open).
 async fn expect_error(c: &mut WsClient, code: &str, what: &str) -> Value {
-    let f = c.next().await;
+    let f = c.next_reply().await;
     assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some(code)), "{what}: {f}");
     f
 }
@@ -214,7 +214,7 @@ async fn huge_and_negative_numbers_are_refused_or_clamped(db: Db) {
         }
         c.send_raw(Message::text(format!(r#"{{"type": "ping", "id": {n}}}"#))).await;
         if n == "-1" {
-            assert_eq!(c.next().await["type"], "pong", "a negative integer id is an integer");
+            assert_eq!(c.next_reply().await["type"], "pong", "a negative integer id is an integer");
         } else {
             expect_error(&mut c, "bad_request", &format!("id {n}")).await;
         }

@@ -60,7 +60,7 @@ async fn refused_everywhere(app: &TestApp, owner_socket: &mut WsClient, what: &s
     assert_eq!(refused(app, Some(token), None, None).await, (401, "unauthorized".into()), "handshake with {what}");
     if token.len() <= 4096 {
         owner_socket.send(json!({"type": "auth", "id": what, "token": token})).await;
-        let f = owner_socket.next().await;
+        let f = owner_socket.next_reply().await;
         assert_eq!(
             (f["type"].as_str(), f["code"].as_str()),
             (Some("error"), Some("unauthorized")),
@@ -145,7 +145,7 @@ async fn forged_access_tokens_are_refused() {
     // Ann's real token and socket are unaffected, and so is everyone else.
     assert_eq!(app.get(&ann.access, "/api/v1/me").await.status, StatusCode::OK);
     ann_ws.send(json!({"type": "auth", "id": "real", "token": ann.access})).await;
-    assert_eq!(ann_ws.next().await["type"], "auth_ok");
+    assert_eq!(ann_ws.next_reply().await["type"], "auth_ok");
     bystander.still_fine(&app).await;
 }
 
