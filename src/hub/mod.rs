@@ -66,6 +66,10 @@ pub struct HubSettings {
     pub presence_heartbeat: Duration,
     /// This instance's name (host:port), in admin views and logs.
     pub instance: Arc<str>,
+    /// Set when the offline-push webhook is configured: the committer then
+    /// writes outbox rows with each batch and wakes the push worker
+    /// through it. `None` costs the delivery path nothing.
+    pub push_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
