@@ -159,9 +159,7 @@ fn webhook_vars(v: &mut HashMap<String, String>, url: &str, include_body: bool) 
 async fn metric(app: &TestApp, series: &str) -> f64 {
     let addr = app.metrics_addr.expect("METRICS_ADDR is set by the test harness");
     let text = app.http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 fn ids(v: &[&str]) -> BTreeSet<String> {
@@ -185,8 +183,7 @@ async fn wait_online(c: &mut WsClient, pairs: &[(&str, &str)]) {
 }
 
 async fn outbox_drained(app: &TestApp) {
-    eventually(Duration::from_secs(30), || async { (app.store.outbox_len().await.unwrap() == 0).then_some(()) })
-        .await;
+    eventually(Duration::from_secs(30), || async { (app.store.outbox_len().await.unwrap() == 0).then_some(()) }).await;
 }
 
 async fn offline_members_are_listed_and_online_ones_not(db: Db) {

@@ -31,13 +31,10 @@ pub struct OutboxRow {
 /// transaction (the group commit's).
 pub(super) async fn insert_outbox(conn: &mut sqlx::AnyConnection, fresh: &[StoredMessage]) -> Result<(), DbError> {
     for chunk in fresh.chunks(INSERT_CHUNK) {
-        let rows = (0..chunk.len())
-            .map(|k| format!("({})", super::placeholders(1 + 6 * k, 6)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO push_outbox (id, room_id, seq, sender_id, sent_at, next_attempt_at) VALUES {rows}"
-        );
+        let rows =
+            (0..chunk.len()).map(|k| format!("({})", super::placeholders(1 + 6 * k, 6))).collect::<Vec<_>>().join(", ");
+        let sql =
+            format!("INSERT INTO push_outbox (id, room_id, seq, sender_id, sent_at, next_attempt_at) VALUES {rows}");
         let mut q = sqlx::query(&sql);
         for m in chunk {
             // Due at once: the committer wakes its worker right after the commit.
@@ -66,8 +63,7 @@ impl Store {
              (SELECT id FROM push_outbox WHERE next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3{lock}) \
              RETURNING id, room_id, seq, sender_id, sent_at, attempts"
         );
-        let rows =
-            sqlx::query(&sql).bind(lease_until).bind(now).bind(limit as i64).fetch_all(&self.write).await?;
+        let rows = sqlx::query(&sql).bind(lease_until).bind(now).bind(limit as i64).fetch_all(&self.write).await?;
         let mut out = rows
             .iter()
             .map(|r| {
@@ -133,7 +129,10 @@ impl Store {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn message_bodies(&self, keys: &[(&str, i64)]) -> Result<HashMap<(String, i64), Option<String>>, DbError> {
+    pub async fn message_bodies(
+        &self,
+        keys: &[(&str, i64)],
+    ) -> Result<HashMap<(String, i64), Option<String>>, DbError> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(IN_CHUNK) {
             let tuples =

@@ -113,7 +113,8 @@ impl PushWorker {
         let mut rooms: HashMap<&str, RoomView> = HashMap::new();
         for r in &rows {
             if !rooms.contains_key(r.room.as_str()) {
-                let members = self.store.members(&r.room).await?.into_iter().map(|m| (m.user_id, m.joined_at)).collect();
+                let members =
+                    self.store.members(&r.room).await?.into_iter().map(|m| (m.user_id, m.joined_at)).collect();
                 let online = self.bus.presence_of(&r.room).await.ok().map(|u| u.into_iter().collect());
                 rooms.insert(&r.room, RoomView { members, online });
             }
