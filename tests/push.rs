@@ -41,6 +41,8 @@ struct ReceiverState {
     /// Requests still to be left without an answer (a receiver slower than
     /// any timeout).
     hang: Mutex<usize>,
+    /// Answer every request with 500.
+    failing: std::sync::atomic::AtomicBool,
     arrived: Notify,
 }
 
@@ -119,6 +121,7 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
     };
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let events = json["events"].as_array().cloned().unwrap_or_default();
+    let failing = state.failing.load(std::sync::atomic::Ordering::SeqCst);
     let hang = {
         let mut h = state.hang.lock().unwrap();
         let hang = *h > 0;
@@ -129,14 +132,14 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
         events,
         signed,
         idempotency_key: header("idempotency-key"),
-        answered: !hang,
+        answered: !hang && !failing,
     });
     state.arrived.notify_waiters();
     if hang {
         // Slower than the gateway's timeout: it gives up on this request.
         std::future::pending::<()>().await;
     }
-    StatusCode::OK
+    if failing { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
 }
 
 /// Webhook settings for a test: quick polls and retries.
@@ -282,7 +285,12 @@ crate::both_backends!(
 async fn a_receiver_down_then_up_gets_every_event() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/hook");
-    let app = spawn_app_with(Db::Postgres, |v| webhook_vars(v, &url, false)).await;
+    let app = spawn_app_with(Db::Postgres, |v| {
+        webhook_vars(v, &url, false);
+        // However slow the machine, nothing is given up before the receiver is up.
+        v.insert("WEBHOOK_MAX_ATTEMPTS".into(), "1000".into());
+    })
+    .await;
     let ann = app.register("ann").await;
     let bob = app.register("bob").await;
     let room = app.create_room(&ann, "push", &[&bob]).await;
@@ -304,7 +312,8 @@ async fn a_receiver_down_then_up_gets_every_event() {
     let seqs: BTreeSet<i64> = recv.delivered().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=5).collect());
     assert!(recv.requests().iter().all(|r| r.signed));
-    assert!(metric(&app, "chatgw_webhook_events_total{outcome=\"retried\"}").await >= 5.0);
+    assert!(metric(&app, "chatgw_webhook_events_total{outcome=\"retried\"}").await >= 1.0);
+    assert_eq!(metric(&app, "chatgw_webhook_events_total{outcome=\"given_up\"}").await, 0.0);
 }
 
 /// The receiver takes a request but answers after the gateway's timeout:
@@ -377,4 +386,30 @@ async fn an_instance_killed_mid_batch_leaves_its_events_to_another() {
     let ids_b: BTreeSet<String> = delivered.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert!(sent_by_a.is_subset(&ids_b), "A's events are redelivered under the same ids");
     assert!(recv.requests().iter().all(|r| r.signed));
+}
+
+/// A receiver that always answers 500: the event is tried
+/// `WEBHOOK_MAX_ATTEMPTS` times, then given up (counted) and its row removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_given_up_after_its_last_attempt() {
+    let recv = Receiver::start().await;
+    recv.state.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = spawn_app_with(Db::Sqlite, |v| {
+        webhook_vars(v, &recv.url(), false);
+        v.insert("WEBHOOK_MAX_ATTEMPTS".into(), "3".into());
+    })
+    .await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&ann, "push", &[&bob]).await;
+    let mut ca = WsClient::connect(&app, &ann.access).await;
+    ca.join(&room, None).await;
+    ca.send_msg(&room, "m1", "never taken").await;
+    ca.next_of("ack").await;
+    outbox_drained(&app).await;
+    let got = recv.requests();
+    assert_eq!(got.len(), 3, "exactly WEBHOOK_MAX_ATTEMPTS tries: {got:?}");
+    assert!(got.iter().all(|r| r.signed && r.events[0]["id"] == got[0].events[0]["id"]));
+    assert_eq!(metric(&app, "chatgw_webhook_events_total{outcome=\"given_up\"}").await, 1.0);
+    assert_eq!(metric(&app, "chatgw_webhook_requests_total{result=\"http_error\"}").await, 3.0);
 }
