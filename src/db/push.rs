@@ -78,7 +78,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         // RETURNING has no order: events go out in each room's seq order.
-        out.sort_by(|a, b| (a.sent_at, &a.room, a.seq).cmp(&(b.sent_at, &b.room, b.seq)));
+        out.sort_by(|a, b| (&a.room, a.seq).cmp(&(&b.room, b.seq)));
         Ok(out)
     }
 

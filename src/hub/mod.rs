@@ -123,6 +123,14 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
+impl HubSettings {
+    /// Whether the offline-push webhook is on: `hello.features` then lists
+    /// `"push"`.
+    pub fn push_enabled(&self) -> bool {
+        self.push_wake.is_some()
+    }
+}
+
 impl Hub {
     /// Starts the hub's background tasks (committers, bus listener); they
     /// stop when `stop` is cancelled and are tracked by `tasks`.

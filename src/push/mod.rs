@@ -131,6 +131,7 @@ impl PushWorker {
         let mut events: Vec<Event<'_>> = Vec::new();
         let mut sent: Vec<&OutboxRow> = Vec::new();
         for r in &rows {
+            // Every row's room was looked up in the loop above.
             let view = &rooms[r.room.as_str()];
             let Some(online) = &view.online else {
                 unknown.push(r);
