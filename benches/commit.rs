@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(if url.starts_with("postgres") { 2 } else { 1 }),
+        push_wake: None,
     };
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -116,6 +116,39 @@ pub struct Config {
     /// How long audit records are kept (`AUDIT_RETENTION_DAYS`); `None`
     /// keeps them forever.
     pub audit_retention: Option<Duration>,
+    /// The offline-push webhook (`WEBHOOK_*`); `None` when `WEBHOOK_URL`
+    /// is unset, and then no outbox row is ever written.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where and how offline-push events are delivered (README, "Offline push
+/// webhook").
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` (rustls, Mozilla's roots).
+    pub url: reqwest::Url,
+    /// Key of the HMAC-SHA256 signature receivers verify.
+    pub secret: SecretString,
+    /// Whether events carry the message body (`WEBHOOK_INCLUDE_BODY=1`);
+    /// off by default, so message text does not leave the gateway.
+    pub include_body: bool,
+    /// Bound of one POST, connect to last byte.
+    pub timeout: Duration,
+    /// Deliveries tried per event before it is given up (counted, logged).
+    pub max_attempts: u32,
+    /// Most events per POST.
+    pub batch_size: usize,
+    /// How often the worker looks for due rows besides being woken by its
+    /// own commits: rows of other instances, retries coming due.
+    pub poll_interval: Duration,
+    /// First retry delay; doubles per attempt up to `backoff_max`, with
+    /// jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long a claimed batch is reserved for its instance; after it,
+    /// another instance may deliver the batch again. Longer than `timeout`
+    /// with room to spare.
+    pub lease: Duration,
 }
 
 /// Where and how errors and panics are reported to Sentry.
@@ -310,6 +343,7 @@ impl Config {
                 0 => None,
                 days => Some(Duration::from_secs(days * 86_400)),
             },
+            webhook: webhook_config(&get, &num, dev)?,
         })
     }
 
@@ -350,6 +384,57 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
         max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
     })
+}
+
+/// `WEBHOOK_URL` turns the offline-push webhook on; the tuning knobs are
+/// checked even without it, so a typo fails now.
+fn webhook_config<'a>(
+    get: &dyn Fn(&str) -> Option<&'a str>,
+    num: &NumFn<'_>,
+    dev: bool,
+) -> Result<Option<WebhookConfig>, ConfigError> {
+    let include_body = match get("WEBHOOK_INCLUDE_BODY") {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(_) => return Err(err("WEBHOOK_INCLUDE_BODY", "must be 0 or 1")),
+    };
+    let timeout = Duration::from_millis(num("WEBHOOK_TIMEOUT_MS", 5_000, 100, 120_000)?);
+    let max_attempts = num("WEBHOOK_MAX_ATTEMPTS", 12, 1, 1_000)? as u32;
+    let batch_size = num("WEBHOOK_BATCH_SIZE", 100, 1, 1_000)? as usize;
+    let poll_interval = Duration::from_millis(num("WEBHOOK_POLL_INTERVAL_MS", 1_000, 10, 600_000)?);
+    let backoff_base = Duration::from_millis(num("WEBHOOK_BACKOFF_BASE_MS", 1_000, 1, 3_600_000)?);
+    let backoff_max = Duration::from_millis(num("WEBHOOK_BACKOFF_MAX_MS", 300_000, 1, 86_400_000)?);
+    if backoff_max < backoff_base {
+        return Err(err("WEBHOOK_BACKOFF_MAX_MS", "must be at least WEBHOOK_BACKOFF_BASE_MS"));
+    }
+    let lease = Duration::from_millis(num("WEBHOOK_LEASE_MS", 60_000, 200, 3_600_000)?);
+    if lease < 2 * timeout {
+        return Err(err("WEBHOOK_LEASE_MS", "must be at least twice WEBHOOK_TIMEOUT_MS"));
+    }
+    let Some(url) = get("WEBHOOK_URL") else { return Ok(None) };
+    let url = match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+        _ => return Err(err("WEBHOOK_URL", "must be an http:// or https:// URL")),
+    };
+    let secret = match get("WEBHOOK_SECRET") {
+        None => return Err(err("WEBHOOK_SECRET", "is required when WEBHOOK_URL is set")),
+        Some(s) if !dev && s.len() < MIN_SECRET_BYTES => {
+            return Err(err("WEBHOOK_SECRET", format!("is shorter than {MIN_SECRET_BYTES} bytes")));
+        }
+        Some(s) => SecretString::from(s.to_owned()),
+    };
+    Ok(Some(WebhookConfig {
+        url,
+        secret,
+        include_body,
+        timeout,
+        max_attempts,
+        batch_size,
+        poll_interval,
+        backoff_base,
+        backoff_max,
+        lease,
+    }))
 }
 
 /// `SENTRY_DSN` turns error tracking on; the other two are checked even
@@ -553,6 +638,22 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_url_needs_its_secret() {
+        assert!(Config::from_vars(&vars(&[])).unwrap().webhook.is_none());
+        let e = Config::from_vars(&vars(&[("WEBHOOK_URL", "https://push.example.com/hook")])).err().unwrap();
+        assert_eq!(e.var, "WEBHOOK_SECRET");
+        let c = Config::from_vars(&vars(&[
+            ("WEBHOOK_URL", "https://push.example.com/hook"),
+            ("WEBHOOK_SECRET", "whsec-0123456789"),
+            ("WEBHOOK_INCLUDE_BODY", "1"),
+        ]))
+        .unwrap();
+        let w = c.webhook.expect("enabled by WEBHOOK_URL");
+        assert!(w.include_body);
+        assert_eq!((w.max_attempts, w.batch_size), (12, 100));
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         for (k, v) in [
             ("LISTEN_ADDR", "nope"),
@@ -573,6 +674,9 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/40"),
             ("TRUSTED_PROXY_HEADER", "x-real-ip"),
             ("AUDIT_RETENTION_DAYS", "-3"),
+            ("WEBHOOK_URL", "ftp://push.example.com/"),
+            ("WEBHOOK_INCLUDE_BODY", "yes"),
+            ("WEBHOOK_LEASE_MS", "1000"),
         ] {
             let e = Config::from_vars(&vars(&[(k, v)])).err().unwrap_or_else(|| panic!("{k}={v} accepted"));
             assert_eq!(e.var, k);

@@ -10,6 +10,7 @@
 //! - [`auth`]: access tokens, passwords, refresh tokens, tickets, [`auth::AuthUser`].
 //! - [`db`]: the [`db::Store`] over PostgreSQL or SQLite, with its migrations.
 //! - [`net`]: the client address behind trusted proxies ([`net::ClientAddr`]).
+//! - [`push`]: the offline-push webhook, fed by a transactional outbox.
 //! - [`limits`]: rate limits (governor).
 //! - [`metrics`]: Prometheus metrics on their own listener.
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
@@ -30,6 +31,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod push;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;

@@ -24,6 +24,7 @@ use crate::db::{DbError, PURGE_BATCH, Store};
 use crate::hub::{Hub, HubSettings, frames};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::push::PushWorker;
 use crate::state::{AppState, Readiness};
 
 /// A built, bound, migrated gateway, not yet serving.
@@ -33,6 +34,8 @@ pub struct Application {
     state: AppState,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// The offline-push worker, when `WEBHOOK_URL` is set.
+    push: Option<PushWorker>,
 }
 
 impl Application {
@@ -90,6 +93,14 @@ impl Application {
             ),
             (None, None) => Arc::new(LocalBus::new()),
         };
+        let push_wake = config.webhook.as_ref().map(|_| Arc::new(tokio::sync::Notify::new()));
+        let push = match (&config.webhook, &push_wake) {
+            (Some(w), Some(wake)) => Some(
+                PushWorker::new(w.clone(), store.clone(), bus.clone(), metrics.clone(), wake.clone())
+                    .context("building the WEBHOOK_URL client")?,
+            ),
+            _ => None,
+        };
         let ws = &config.ws;
         let instance = instance_name(listener.local_addr().map(|a| a.port()).unwrap_or(0));
         metrics.ws_max_connections.set(ws.max_connections as i64);
@@ -112,6 +123,7 @@ impl Application {
             drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
             presence_heartbeat: config.presence_ttl / 3,
             committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
+            push_wake,
         };
         let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);
         let passwords = Passwords::new(config.password_hash_threads, config.password_hash_queue);
@@ -126,7 +138,7 @@ impl Application {
             readiness: Readiness::default(),
             started: std::time::Instant::now(),
         };
-        Ok(Application { listener, metrics_listener, state, stop, tasks })
+        Ok(Application { listener, metrics_listener, state, stop, tasks, push })
     }
 
     /// The address the API listens on.
@@ -154,9 +166,12 @@ impl Application {
     /// # Errors
     /// The server failed (not on a clean shutdown).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, metrics_listener, state, stop, tasks } = self;
+        let Application { listener, metrics_listener, state, stop, tasks, push } = self;
 
         tasks.spawn(housekeeping(state.clone(), stop.clone()));
+        if let Some(push) = push {
+            tasks.spawn(push.run(stop.clone()));
+        }
         if let Some(l) = metrics_listener {
             // Scrape-time gauges are read first (one database ping); the
             // rest are maintained as things happen.

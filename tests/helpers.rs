@@ -152,6 +152,17 @@ pub async fn spawn_cluster(db: Db, n: usize) -> Vec<TestApp> {
 
 /// `n` instances on one database, instance `i` on the bus `bus(i)`.
 pub async fn spawn_cluster_with(db: Db, n: usize, bus: impl Fn(usize) -> chatgw::bus::SharedBus) -> Vec<TestApp> {
+    spawn_cluster_tweaked(db, n, bus, |_| {}).await
+}
+
+/// Like [`spawn_cluster_with`], every instance's environment changed by
+/// `tweak` first.
+pub async fn spawn_cluster_tweaked(
+    db: Db,
+    n: usize,
+    bus: impl Fn(usize) -> chatgw::bus::SharedBus,
+    tweak: impl Fn(&mut HashMap<String, String>),
+) -> Vec<TestApp> {
     init_tracing();
     let test_db = TestDb::new(db).await;
     let mut apps = Vec::new();
@@ -163,6 +174,7 @@ pub async fn spawn_cluster_with(db: Db, n: usize, bus: impl Fn(usize) -> chatgw:
             vars.insert(k.into(), "10000".into());
         }
         vars.insert("ADMIN_TOKEN".into(), crate::operators::ADMIN_TOKEN.into());
+        tweak(&mut vars);
         let config = Config::from_vars(&vars).expect("test config is valid");
         let app = Application::build_with_bus(config, bus(i)).await.expect("app builds");
         apps.push(start(app, db, if i + 1 == n { owner.take() } else { None }));

@@ -17,6 +17,7 @@ mod observability;
 mod openapi;
 mod operators;
 mod proxies;
+mod push;
 mod rooms;
 mod schemathesis;
 mod security;

@@ -127,6 +127,19 @@ impl Store {
     /// A rollback releases the seqs unused, so they stay gap-free. Outcomes
     /// are in the order of `batch`.
     pub async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<AppendOutcome>, DbError> {
+        self.append_messages_with(batch, false).await
+    }
+
+    /// [`Store::append_messages`], and with `push_outbox` (the offline-push
+    /// webhook is configured) one `push_outbox` row per newly stored
+    /// message in the same transaction, so the webhook can neither miss a
+    /// committed message nor announce one that was rolled back. Without it
+    /// nothing more is written.
+    pub async fn append_messages_with(
+        &self,
+        batch: &[NewMessage],
+        push_outbox: bool,
+    ) -> Result<Vec<AppendOutcome>, DbError> {
         let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
         let mut rooms: Vec<&str> = batch.iter().map(|m| m.room_id.as_str()).collect();
         rooms.sort_unstable();
@@ -249,6 +262,9 @@ impl Store {
                 q = q.bind(&m.room).bind(m.seq).bind(&m.sender).bind(&m.body).bind(&m.client_msg_id).bind(m.sent_at);
             }
             q.execute(&mut *tx).await?;
+        }
+        if push_outbox && !fresh.is_empty() {
+            super::push::insert_outbox(&mut tx, &fresh).await?;
         }
 
         // 5. Move last_seq (one CASE statement per chunk of rooms).

@@ -54,7 +54,8 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
         }
         let msgs: Vec<NewMessage> = batch.iter().map(|j| j.msg.clone()).collect();
         hub.metrics().commit_batch_size.observe(msgs.len() as f64);
-        match hub.store().append_messages(&msgs).await {
+        let push = hub.settings().push_wake.as_ref();
+        match hub.store().append_messages_with(&msgs, push.is_some()).await {
             Ok(outcomes) => {
                 // Fan out in seq order per room: outcomes of one room are in
                 // ascending seq already (allocated in batch order).
@@ -71,6 +72,13 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                         AppendOutcome::Duplicate(m) => hub.deliver_local_commit(&m.room, m.seq, message_frame(m)),
                         _ => {}
                     }
+                }
+                // Once per batch, after the fan-out: the push worker looks at
+                // the outbox rows this commit wrote.
+                if let Some(wake) = push
+                    && outcomes.iter().any(|o| matches!(o, AppendOutcome::Stored(_)))
+                {
+                    wake.notify_one();
                 }
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     // The sender may have disconnected: nothing to tell then.

@@ -66,6 +66,10 @@ pub struct HubSettings {
     pub presence_heartbeat: Duration,
     /// This instance's name (host:port), in admin views and logs.
     pub instance: Arc<str>,
+    /// Set when the offline-push webhook is configured: the committer then
+    /// writes outbox rows with each batch and wakes the push worker
+    /// through it. `None` costs the delivery path nothing.
+    pub push_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -117,6 +121,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
+}
+
+impl HubSettings {
+    /// Whether the offline-push webhook is on: `hello.features` then lists
+    /// `"push"`.
+    pub fn push_enabled(&self) -> bool {
+        self.push_wake.is_some()
+    }
 }
 
 impl Hub {

@@ -46,6 +46,10 @@ pub const HANDSHAKE_OUTCOMES: [&str; 11] = [
 pub const CLOSE_CODES: [&str; 8] = ["1000", "1001", "1007", "1009", "4001", "4003", "4008", "4009"];
 /// Where a storage error surfaced.
 pub const DB_ERROR_SOURCES: [&str; 5] = ["http", "ws", "commit", "background", "audit"];
+/// What became of an offline-push event (README, "Offline push webhook").
+pub const WEBHOOK_EVENT_OUTCOMES: [&str; 4] = ["delivered", "skipped", "retried", "given_up"];
+/// How a webhook POST ended.
+pub const WEBHOOK_RESULTS: [&str; 4] = ["ok", "http_error", "timeout", "error"];
 /// Why the bus lost events.
 pub const BUS_DROP_REASONS: [&str; 5] =
     ["publish_queue_full", "publish_failed", "inbound_full", "inbound_lagged", "undecodable"];
@@ -167,6 +171,13 @@ pub struct Series {
     pub hub_rooms: IntGauge,
     /// (room, user) pairs online through this instance (set at scrape).
     pub presence_entries: IntGauge,
+    /// Offline-push events by outcome: delivered (2xx), skipped (nobody
+    /// offline), retried (rescheduled), given_up (`WEBHOOK_MAX_ATTEMPTS`).
+    pub webhook_events: Counters<4>,
+    /// Webhook POSTs by result.
+    pub webhook_requests: Counters<4>,
+    /// Webhook POST latency, whatever the result.
+    pub webhook_request_seconds: Histogram,
 }
 
 fn latency(name: &str, help: &str) -> Histogram {
@@ -293,6 +304,18 @@ impl Metrics {
             hub_resyncs: counter("chatgw_hub_resyncs_total", "Catch-ups from storage after the bus lost events"),
             hub_rooms: gauge("chatgw_hub_rooms", "Rooms with at least one local subscriber"),
             presence_entries: gauge("chatgw_presence_entries", "(room, user) pairs online through this instance"),
+            webhook_events: Counters::new(
+                counter_vec("chatgw_webhook_events_total", "Offline-push events by outcome", "outcome"),
+                WEBHOOK_EVENT_OUTCOMES,
+            ),
+            webhook_requests: Counters::new(
+                counter_vec("chatgw_webhook_requests_total", "Offline-push webhook POSTs by result", "result"),
+                WEBHOOK_RESULTS,
+            ),
+            webhook_request_seconds: latency(
+                "chatgw_webhook_request_seconds",
+                "Offline-push webhook POST latency, whatever the result",
+            ),
             registry,
         };
         m.bus_up.set(1);
@@ -333,6 +356,9 @@ impl Metrics {
             Box::new(m.hub_resyncs.clone()),
             Box::new(m.hub_rooms.clone()),
             Box::new(m.presence_entries.clone()),
+            Box::new(m.webhook_events.vec.clone()),
+            Box::new(m.webhook_requests.vec.clone()),
+            Box::new(m.webhook_request_seconds.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("registered once");
