@@ -322,6 +322,15 @@ async fn only_the_frame_types_own_fields_are_accepted(db: Db) {
         let e = a.next_reply().await;
         assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("bad_request"), f["id"].as_str()), "{f} -> {e}");
     }
+    // The example of protocol/README.md 19.4, byte for byte.
+    let typo = format!(r#"{{"type": "join", "id": "j1", "room": "{room}", "since_sq": 41}}"#);
+    assert_eq!(room.len(), 36, "a UUID, as long as the example's");
+    a.send_raw(Message::text(typo)).await;
+    let e = a.next_reply().await;
+    assert_eq!(
+        (e["id"].as_str(), e["message"].as_str()),
+        (Some("j1"), Some(r#""since_sq" is not a field of a join frame"#))
+    );
     // The socket is fine; the same frames without the stray field work.
     a.send(json!({"type": "ping", "id": "ok"})).await;
     assert_eq!(a.next_reply().await, json!({"type": "pong", "id": "ok"}));

@@ -92,10 +92,10 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
 }
 
-/// A client request after the one-pass parse (unknown names refused here;
-/// names of another type's fields by [`stray_field`]).
+/// A client request after the one-pass parse. Members it does not know are
+/// skipped here and refused by [`stray_field`], which knows each type's
+/// own fields (one rule and one message for both kinds of stray field).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawFrame<'a> {
     #[serde(rename = "type", borrow)]
     pub ty: std::borrow::Cow<'a, str>,
