@@ -104,7 +104,7 @@ async fn batch_append_is_idempotent_and_ordered(db: Db) {
     };
     let out = s.append_messages(&[m(&room, "a"), m(&other, "a"), m(&room, "b"), m(&room, "a")]).await.unwrap();
     let seq = |o: &AppendOutcome| match o {
-        AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m.seq,
+        AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) | AppendOutcome::Conflict(m) => m.seq,
         AppendOutcome::NoSuchRoom | AppendOutcome::NotMember => -1,
     };
     assert_eq!(out.iter().map(seq).collect::<Vec<_>>(), vec![1, 1, 2, 1]);
@@ -114,6 +114,11 @@ async fn batch_append_is_idempotent_and_ordered(db: Db) {
     let again = s.append_messages(&[m(&room, "b"), m(&room, "c")]).await.unwrap();
     assert!(matches!(&again[0], AppendOutcome::Duplicate(x) if x.seq == 2 && x.body == "b"));
     assert!(matches!(&again[1], AppendOutcome::Stored(x) if x.seq == 3));
+    // The same client_msg_id with another body is no retry: a conflict,
+    // reporting the stored message, which stays as it was.
+    let other_body = NewMessage { body: "not b".into(), ..m(&room, "b") };
+    let clash = s.append_messages(&[other_body]).await.unwrap();
+    assert!(matches!(&clash[0], AppendOutcome::Conflict(x) if x.seq == 2 && x.body == "b"), "{clash:?}");
     let all: HashSet<i64> =
         s.history(&room, Some(0), None, 100).await.unwrap().messages.iter().map(|m| m.seq).collect();
     assert_eq!(all, HashSet::from([1, 2, 3]));

@@ -593,7 +593,7 @@ async fn raw_read_until_hangup(mut s: tokio::net::TcpStream) -> (String, Vec<(u8
 
 /// With a 100 ms heartbeat and a 400 ms idle timeout: a client that sends
 /// nothing at all (not even pongs to the server's pings) is closed with
-/// 1000 "idle timeout"; one that sends pings, or only answers the server's
+/// 4002 "idle timeout"; one that sends pings, or only answers the server's
 /// pings, stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_are_closed() {
@@ -644,7 +644,7 @@ async fn idle_sockets_are_closed() {
     let (op, close) = frames.last().unwrap();
     assert_eq!(*op, 0x8, "a close frame last: {frames:?}");
     let code = u16::from_be_bytes([close[0], close[1]]);
-    assert_eq!((code, String::from_utf8_lossy(&close[2..]).as_ref()), (1000, "idle timeout"));
+    assert_eq!((code, String::from_utf8_lossy(&close[2..]).as_ref()), (4002, "idle timeout"));
     let middle = &frames[1..frames.len() - 1];
     assert!(middle.iter().all(|(op, _)| *op == 0x9), "only (unanswered) pings in between: {middle:?}");
 

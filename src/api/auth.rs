@@ -61,8 +61,11 @@ pub struct AuthResponse {
     pub user: User,
     pub access_token: String,
     pub refresh_token: String,
-    /// Seconds until `access_token` expires.
+    /// Seconds until `access_token` expires (OAuth 2.0's `expires_in`,
+    /// hence seconds; the one exception to "durations are milliseconds").
     pub expires_in: u64,
+    /// The same in milliseconds, like every other chatgw duration.
+    pub expires_in_ms: u64,
     pub token_type: &'static str,
 }
 
@@ -70,7 +73,10 @@ pub struct AuthResponse {
 pub struct TicketResponse {
     /// Pass as `GET /ws?ticket=…`; valid once, for `expires_in` seconds.
     pub ticket: String,
+    /// Seconds (OAuth-style, like the token responses).
     pub expires_in: u64,
+    /// The same in milliseconds.
+    pub expires_in_ms: u64,
 }
 
 async fn start_session(state: &AppState, user: User) -> ApiResult<AuthResponse> {
@@ -78,7 +84,14 @@ async fn start_session(state: &AppState, user: User) -> ApiResult<AuthResponse> 
     let expires_at = now_ms() + state.config.refresh_token_ttl.as_millis() as i64;
     let session = state.store.create_session(&user.id, &hash_token(&refresh_token), expires_at).await?;
     let access_token = state.keys.issue(&user.id, &session)?;
-    Ok(AuthResponse { user, access_token, refresh_token, expires_in: state.keys.ttl().as_secs(), token_type: "Bearer" })
+    Ok(AuthResponse {
+        user,
+        access_token,
+        refresh_token,
+        expires_in: state.keys.ttl().as_secs(),
+        expires_in_ms: state.keys.ttl().as_millis() as u64,
+        token_type: "Bearer",
+    })
 }
 
 /// Creates an account and logs it in.
@@ -166,6 +179,7 @@ pub async fn refresh(
                 access_token,
                 refresh_token: new,
                 expires_in: state.keys.ttl().as_secs(),
+                expires_in_ms: state.keys.ttl().as_millis() as u64,
                 token_type: "Bearer",
             }))
         }
@@ -206,5 +220,8 @@ pub async fn ws_ticket(State(state): State<AppState>, user: AuthUser) -> ApiResu
     let ticket = new_token(TICKET_PREFIX);
     let ttl = state.config.ws_ticket_ttl;
     state.store.create_ws_ticket(&user.identity(), &hash_token(&ticket), now_ms() + ttl.as_millis() as i64).await?;
-    Ok((StatusCode::CREATED, Json(TicketResponse { ticket, expires_in: ttl.as_secs() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(TicketResponse { ticket, expires_in: ttl.as_secs(), expires_in_ms: ttl.as_millis() as u64 }),
+    ))
 }

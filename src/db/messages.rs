@@ -70,6 +70,9 @@ pub enum AppendOutcome {
     Stored(StoredMessage),
     /// Already stored earlier (a retry): the original message, same seq.
     Duplicate(StoredMessage),
+    /// The `client_msg_id` is already stored with a different body: not a
+    /// retry of the same message. The stored one, unchanged.
+    Conflict(StoredMessage),
     /// The room does not exist (deleted meanwhile).
     NoSuchRoom,
     /// The sender is not a member of the room (checked in the transaction,
@@ -227,7 +230,14 @@ impl Store {
             let m = &batch[i];
             let key = (m.room_id.clone(), m.sender_id.clone(), m.client_msg_id.clone());
             if let Some(orig) = known.get(&key) {
-                out[i] = Some(AppendOutcome::Duplicate(orig.clone()));
+                // A tombstone has lost its body: a retry of it is still the
+                // same message.
+                let same = orig.body == m.body || orig.deleted;
+                out[i] = Some(if same {
+                    AppendOutcome::Duplicate(orig.clone())
+                } else {
+                    AppendOutcome::Conflict(orig.clone())
+                });
                 continue;
             }
             // `candidates` only holds rooms found in step 1.

@@ -69,7 +69,9 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                         // by an instance that died before fanning it out.
                         // Delivering again is free of duplicates (rooms and
                         // sockets drop seqs they have) and closes that hole.
-                        AppendOutcome::Duplicate(m) => hub.deliver_local_commit(&m.room, m.seq, message_frame(m)),
+                        AppendOutcome::Duplicate(m) | AppendOutcome::Conflict(m) => {
+                            hub.deliver_local_commit(&m.room, m.seq, message_frame(m))
+                        }
                         _ => {}
                     }
                 }

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::frames::{self, ClientFrame, ErrorCode, ServerFrame, close, error_frame, message_frame};
 use super::sequencer::{self, Admit};
+use super::version::{self, Heartbeat};
 use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
 use crate::db::{AppendOutcome, DbError, NewMessage, now_ms};
@@ -75,6 +76,12 @@ struct Conn {
     /// now and then (boxed and made on the first message: idle sockets do
     /// not carry it).
     fanout: Option<Box<Local>>,
+    /// Chosen at the handshake (`?heartbeat=app`).
+    heartbeat: Heartbeat,
+    /// App pings sent and not yet answered: that many `pong`s are free of
+    /// the rate budget (bounded: silence closes the socket at the idle
+    /// timeout).
+    pings_outstanding: u16,
 }
 
 /// Why the loop ended.
@@ -102,11 +109,12 @@ pub fn run(
     who: Authenticated,
     place: OwnedSemaphorePermit,
     client: ClientAddr,
+    heartbeat: Heartbeat,
 ) -> impl std::future::Future<Output = ()> + Send {
     let (shared, rx) = state.hub.register(&who.user_id, &who.session_id);
     // `client` lives in the span only, not in the task.
     let span = tracing::info_span!("conn", conn_id = shared.id, user_id = %shared.user, client = %client);
-    serve(ws, state, who, place, shared, rx).instrument(span)
+    serve(ws, state, who, place, shared, rx, heartbeat).instrument(span)
 }
 
 async fn serve(
@@ -116,6 +124,7 @@ async fn serve(
     _place: OwnedSemaphorePermit,
     shared: Arc<ConnShared>,
     rx: mpsc::Receiver<Outbound>,
+    heartbeat: Heartbeat,
 ) {
     let hub = state.hub.clone();
     let opened = Instant::now();
@@ -136,6 +145,8 @@ async fn serve(
         frames_in: 0,
         frames_out: 0,
         fanout: None,
+        heartbeat,
+        pings_outstanding: 0,
     };
     let end = conn.run(rx).await;
     let rooms: Vec<Arc<str>> = conn.joined.keys().cloned().collect();
@@ -176,14 +187,20 @@ async fn serve(
 impl Conn {
     async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
         let settings = self.hub.settings().clone();
+        let now = now_ms();
         let hello = ServerFrame::Hello {
-            protocol: 1,
+            protocol: version::PROTOCOL,
             session_id: &self.shared.session(),
             user_id: &self.shared.user,
             heartbeat_ms: settings.heartbeat.as_millis() as u64,
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             token_expires_at: self.expires_at,
             limits: &settings.limits,
+            protocol_version: version::PROTOCOL_VERSION,
+            features: version::features(settings.push_enabled()),
+            heartbeat: self.heartbeat.as_str(),
+            server_time: now,
+            token_expires_in_ms: self.expires_at - now,
         }
         .encode();
         if self.write(hello).await.is_err() {
@@ -241,9 +258,18 @@ impl Conn {
                         f.fold(self.hub.metrics().fanout_seconds.now_ns());
                     }
                     if self.last_seen.elapsed() > settings.idle_timeout {
-                        return End::Close(1000, "idle timeout".into());
+                        return End::Close(close::IDLE, "idle timeout".into());
                     }
-                    if self.ws.send(Message::Ping(Default::default())).await.is_err() { return End::Gone(None); }
+                    // App mode: a text ping instead of the control frame,
+                    // which apps on iOS, OkHttp and browsers never see.
+                    let beat = match self.heartbeat {
+                        Heartbeat::Ws => self.ws.send(Message::Ping(Default::default())).await,
+                        Heartbeat::App => {
+                            self.pings_outstanding = self.pings_outstanding.saturating_add(1);
+                            self.write(Utf8Bytes::from_static(frames::APP_PING)).await
+                        }
+                    };
+                    if beat.is_err() { return End::Gone(None); }
                 }
                 () = &mut expiry => {
                     let f = self.error(None, ErrorCode::TokenExpired, "access token expired; renew with an auth frame before token_expires_at", None, None);
@@ -404,6 +430,12 @@ impl Conn {
             }
         };
         self.hub.metrics().frames_in.inc(frame.kind());
+        // The answer to one of our app pings is free; any other pong pays
+        // like every frame, so pongs cannot flood for free.
+        if frame == ClientFrame::Pong && self.pings_outstanding > 0 {
+            self.pings_outstanding -= 1;
+            return None;
+        }
         // Rate limits: sends and everything else have separate budgets.
         let is_send = matches!(frame, ClientFrame::Send { .. });
         let limiter = if is_send { &self.send_limit } else { &self.event_limit };
@@ -427,6 +459,8 @@ impl Conn {
         let id = id.as_deref();
         let reply = match frame {
             ClientFrame::Ping => ServerFrame::Pong { id }.encode(),
+            // Unsolicited: counted against the budget above, no answer.
+            ClientFrame::Pong => return None,
             ClientFrame::Join { room, since_seq } => match self.join(id, room, since_seq).await {
                 Ok(f) => f,
                 Err(_) => return Some(End::Gone(None)),
@@ -459,7 +493,7 @@ impl Conn {
             }
             ClientFrame::Typing { room } => {
                 if !self.joined.contains_key(room.as_str()) {
-                    self.error(id, ErrorCode::Forbidden, "join the room first", Some(&room), None)
+                    self.not_joined(id, &room)
                 } else {
                     let f = ServerFrame::Typing { room: &room, user: &self.shared.user }.encode();
                     self.hub.broadcast(&room, f, Some(self.shared.id));
@@ -468,7 +502,7 @@ impl Conn {
             }
             ClientFrame::Read { room, seq } => {
                 if !self.joined.contains_key(room.as_str()) {
-                    self.error(id, ErrorCode::Forbidden, "join the room first", Some(&room), None)
+                    self.not_joined(id, &room)
                 } else {
                     match self.state.store.set_read_marker(&room, &self.shared.user, seq).await {
                         Ok(stored) => {
@@ -483,6 +517,13 @@ impl Conn {
             ClientFrame::Auth { token } => self.renew(id, &token).await,
         };
         self.write(reply).await.err().map(|_| End::Gone(None))
+    }
+
+    /// `typing`/`read` need the room joined on this socket; membership is
+    /// not looked up (a non-member gets the same answer, and `forbidden`
+    /// when it tries to join).
+    fn not_joined(&self, id: Option<&RawValue>, room: &str) -> Utf8Bytes {
+        self.error(id, ErrorCode::NotJoined, "join the room on this socket first", Some(room), None)
     }
 
     fn db_error(&self, id: Option<&RawValue>, room: &str, e: DbError) -> Utf8Bytes {
@@ -507,6 +548,12 @@ impl Conn {
                 ServerFrame::Ack { id, room, client_msg_id: cmid, seq: m.seq, sent_at: m.sent_at, duplicate: true }
                     .encode()
             }
+            Ok(AppendOutcome::Conflict(m)) => {
+                let msg = format!("client_msg_id already used for a different body (seq {}); use a new one", m.seq);
+                self.error(id, ErrorCode::Conflict, &msg, Some(room), None)
+            }
+            // A room that does not exist is `forbidden` like one the user
+            // is not a member of: the answer does not reveal room ids.
             Ok(AppendOutcome::NotMember) | Ok(AppendOutcome::NoSuchRoom) => {
                 self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(room), None)
             }
@@ -550,7 +597,9 @@ impl Conn {
             Ok(None) => {
                 self.joined.remove(&room_arc);
                 self.hub.unsubscribe(&self.shared, &room);
-                return Ok(self.error(id, ErrorCode::NotFound, "no such room", Some(&room), None));
+                // Deleted since the membership check: as for any room the
+                // user cannot see (§6).
+                return Ok(self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(&room), None));
             }
             Err(e) => {
                 self.joined.remove(&room_arc);
@@ -616,7 +665,7 @@ impl Conn {
         }
         *self.shared.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(claims.sid.as_str());
         self.expires_at = claims.exp * 1000;
-        ServerFrame::AuthOk { id, expires_at: self.expires_at }.encode()
+        ServerFrame::AuthOk { id, expires_at: self.expires_at, expires_in_ms: self.expires_at - now_ms() }.encode()
     }
 }
 

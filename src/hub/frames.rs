@@ -26,10 +26,16 @@ pub enum ErrorCode {
     Unavailable,
     /// A per-socket cap (rooms joined at once) is reached.
     LimitExceeded,
+    /// `typing`/`read` for a room this socket has not joined: distinct from
+    /// `forbidden`, which tells the client to drop the room altogether.
+    NotJoined,
+    /// A `client_msg_id` already stored with a different body: the retry is
+    /// not the same message, and acking it would lose the new text.
+    Conflict,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -40,6 +46,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::LimitExceeded,
+        ErrorCode::NotJoined,
+        ErrorCode::Conflict,
     ];
 
     /// The code as it appears on the wire (and as a metric label).
@@ -55,6 +63,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -72,6 +82,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// Token expired and not renewed, session revoked, account erased.
     pub const AUTH: u16 = 4001;
+    /// Nothing received for the idle timeout (1000 stays "normal closure").
+    pub const IDLE: u16 = 4002;
     /// The user is banned.
     pub const FORBIDDEN: u16 = 4003;
     /// Kept sending while rate-limited.
@@ -80,10 +92,10 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
 }
 
-/// A client request after the one-pass parse; fields not used by its type
-/// are ignored.
+/// A client request after the one-pass parse. Members it does not know are
+/// skipped here and refused by [`stray_field`], which knows each type's
+/// own fields (one rule and one message for both kinds of stray field).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawFrame<'a> {
     #[serde(rename = "type", borrow)]
     pub ty: std::borrow::Cow<'a, str>,
@@ -97,6 +109,85 @@ pub struct RawFrame<'a> {
     pub token: Option<String>,
 }
 
+/// The fields each client frame type may carry besides `type` and `id`:
+/// the properties of `protocol/schemas/client.<type>.json` (a unit test
+/// holds the two together). Types of protocol 1.1 are listed as the naming
+/// contract has them; a type absent here is refused as unknown anyway.
+const FIELDS: &[(&str, &[&str])] = &[
+    ("join", &["room", "since_seq", "epoch"]),
+    ("leave", &["room"]),
+    ("send", &["room", "body", "client_msg_id"]),
+    ("typing", &["room"]),
+    ("read", &["room", "seq"]),
+    ("ping", &[]),
+    ("pong", &[]),
+    ("auth", &["token"]),
+    ("sync", &["rooms"]),
+    ("edit", &["room", "target_seq", "body", "client_msg_id"]),
+    ("delete", &["room", "target_seq", "client_msg_id"]),
+];
+
+/// The fields a frame type may carry, if the type is known.
+pub fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
+    FIELDS.iter().find(|(t, _)| *t == ty).map(|(_, f)| *f)
+}
+
+/// The first member of the JSON object `text` that is neither `type`, `id`
+/// nor one of `allowed`. A second, allocation-free pass over a frame that
+/// already parsed (client frames are small and rate-limited; nothing here
+/// is on the delivery path).
+fn stray_field(text: &str, allowed: &[&str]) -> Option<String> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    /// A member name, borrowed unless it had escapes.
+    struct Key<'de>(std::borrow::Cow<'de, str>);
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(std::borrow::Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    struct Check<'s>(&'s [&'s str]);
+    impl<'de> DeserializeSeed<'de> for Check<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Check<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut stray = None;
+            while let Some(Key(k)) = map.next_key::<Key>()? {
+                map.next_value::<IgnoredAny>()?;
+                if stray.is_none() && k != "type" && k != "id" && !self.0.contains(&k.as_ref()) {
+                    stray = Some(k.into_owned());
+                }
+            }
+            Ok(stray)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    Check(allowed).deserialize(&mut de).ok().flatten()
+}
+
 /// Only the id, for echoing it in the error about an otherwise bad frame.
 #[derive(Deserialize)]
 struct IdOnly<'a> {
@@ -107,13 +198,31 @@ struct IdOnly<'a> {
 /// A validated client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Join { room: String, since_seq: Option<i64> },
-    Leave { room: String },
-    Send { room: String, body: String, client_msg_id: String },
-    Typing { room: String },
-    Read { room: String, seq: i64 },
+    Join {
+        room: String,
+        since_seq: Option<i64>,
+    },
+    Leave {
+        room: String,
+    },
+    Send {
+        room: String,
+        body: String,
+        client_msg_id: String,
+    },
+    Typing {
+        room: String,
+    },
+    Read {
+        room: String,
+        seq: i64,
+    },
     Ping,
-    Auth { token: String },
+    /// The answer to a server `ping` (app heartbeats).
+    Pong,
+    Auth {
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -126,6 +235,7 @@ impl ClientFrame {
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Read { .. } => "read",
             ClientFrame::Ping => "ping",
+            ClientFrame::Pong => "pong",
             ClientFrame::Auth { .. } => "auth",
         }
     }
@@ -252,6 +362,7 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
             }
         }
         "ping" => ClientFrame::Ping,
+        "pong" => ClientFrame::Pong,
         "auth" => match &raw.token {
             Some(t) if !t.is_empty() && t.len() <= 4096 => ClientFrame::Auth { token: t.clone() },
             _ => return Err(bad("token: required")),
@@ -261,6 +372,16 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
             return Err(bad(&format!("unknown frame type {shown:?}")));
         }
     };
+    // Exactly the fields of the type (§3): a field of another type is a
+    // client bug as much as an unknown name (`since_sq` would silently
+    // skip a resume), so both are refused, as the schemas refuse them. A
+    // type missing from `FIELDS` may carry no field at all (and the schema
+    // test names it).
+    let kind = frame.kind();
+    if let Some(stray) = stray_field(text, fields_of(kind).unwrap_or_default()) {
+        let shown: String = stray.chars().take(32).collect();
+        return Err(bad(&format!("{shown:?} is not a field of a {kind} frame")));
+    }
     Ok((id, frame))
 }
 
@@ -290,6 +411,17 @@ pub enum ServerFrame<'a> {
         idle_timeout_ms: u64,
         token_expires_at: i64,
         limits: &'a Limits,
+        /// `"1.1"`: the minor version of the additions served (§19).
+        protocol_version: &'a str,
+        /// The 1.1 features this instance serves.
+        features: &'a [&'a str],
+        /// `"ws"` or `"app"`: how this connection's liveness is checked.
+        heartbeat: &'a str,
+        /// The server's clock when `hello` was written, Unix ms: clients
+        /// with a wrong clock compute expiries from the relative fields.
+        server_time: i64,
+        /// `token_expires_at - server_time`.
+        token_expires_in_ms: i64,
     },
     Joined {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -347,6 +479,8 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
         expires_at: i64,
+        /// `expires_at` relative to the server's clock now.
+        expires_in_ms: i64,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -367,6 +501,10 @@ impl ServerFrame<'_> {
         Utf8Bytes::from(serde_json::to_string(self).unwrap_or_default())
     }
 }
+
+/// The server's app-heartbeat `ping` (connections opened with
+/// `heartbeat=app`): static text, no allocation per beat.
+pub const APP_PING: &str = r#"{"type":"ping"}"#;
 
 /// The `message` frame of a stored message.
 pub fn message_frame(m: &StoredMessage) -> Utf8Bytes {
@@ -424,12 +562,59 @@ mod tests {
             r#"{"type":"join","room":"r","since_seq":-1}"#,
             r#"{"type":"read","room":"r"}"#,
             r#"{"type":"ping","extra":1}"#,
+            // Fields of another frame type, whatever their value (§3).
+            r#"{"type":"ping","room":"r"}"#,
+            r#"{"type":"pong","room":null}"#,
+            r#"{"type":"typing","room":"r","seq":1}"#,
+            r#"{"type":"leave","room":"r","since_seq":1}"#,
+            r#"{"type":"join","room":"r","b\u006fdy":"x"}"#,
             r#"{"room":"r"}"#,
             r#"{"type":"ping","id":{"x":1}}"#,
             r#"[1,2]"#,
         ] {
             assert_eq!(parse(bad, 100).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
         }
+        let e = parse(r#"{"type":"ping","id":3,"room":"r"}"#, 100).unwrap_err();
+        assert_eq!((e.id.unwrap().get(), e.message.as_str()), ("3", r#""room" is not a field of a ping frame"#));
+        assert_eq!(parse(r#"{"type":"pong","id":"x"}"#, 100).unwrap().1, ClientFrame::Pong);
+    }
+
+    /// Field names of another helper's schema not in this tree yet; drop
+    /// an entry once `client.<type>.json` lists the field.
+    const PENDING: &[(&str, &str)] = &[("join", "epoch")];
+
+    /// The server accepts exactly the fields the tight client schemas
+    /// allow: every `client.<type>.json` has a `FIELDS` entry with the same
+    /// properties (besides `type` and `id`), so the two cannot drift apart.
+    #[test]
+    fn fields_match_the_client_schemas() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/protocol/schemas");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let Some(ty) = name.strip_prefix("client.").and_then(|n| n.strip_suffix(".json")) else { continue };
+            if ty.contains('.') {
+                continue;
+            }
+            let schema: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{name}")).unwrap()).unwrap();
+            assert_eq!(schema["additionalProperties"], false, "{name} is tight");
+            let mut in_schema: Vec<&str> = schema["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "type" && *k != "id")
+                .collect();
+            let allowed = fields_of(ty).unwrap_or_else(|| panic!("{name}: no FIELDS entry for {ty:?}"));
+            let mut allowed: Vec<&str> =
+                allowed.iter().copied().filter(|f| in_schema.contains(f) || !PENDING.contains(&(ty, *f))).collect();
+            in_schema.sort_unstable();
+            allowed.sort_unstable();
+            assert_eq!(allowed, in_schema, "FIELDS[{ty:?}] vs {name}");
+            seen += 1;
+        }
+        assert!(seen >= 8, "client schemas found: {seen}");
     }
 }
 
@@ -496,6 +681,7 @@ mod props {
             room().prop_map(|room| ClientFrame::Typing { room }),
             (room(), 0..=i64::MAX).prop_map(|(room, seq)| ClientFrame::Read { room, seq }),
             Just(ClientFrame::Ping),
+            Just(ClientFrame::Pong),
             "\\PC{1,200}".prop_map(|token| ClientFrame::Auth { token }),
         ]
     }
@@ -512,6 +698,7 @@ mod props {
             ClientFrame::Typing { room } => json!({"type": "typing", "room": room}),
             ClientFrame::Read { room, seq } => json!({"type": "read", "room": room, "seq": seq}),
             ClientFrame::Ping => json!({"type": "ping"}),
+            ClientFrame::Pong => json!({"type": "pong"}),
             ClientFrame::Auth { token } => json!({"type": "auth", "token": token}),
         }
         .to_string();
@@ -561,6 +748,7 @@ mod props {
             Just("typing"),
             Just("read"),
             Just("ping"),
+            Just("pong"),
             Just("auth"),
             Just("warp"),
         ]
@@ -624,7 +812,12 @@ mod props {
                     // `"id": null` is no id.
                     let sent = m.get("id").filter(|v| !v.is_null()).map(Value::to_string);
                     prop_assert_eq!(id.map(|r| r.get().to_owned()), sent);
-                    if let Some(r) = m.get("room").filter(|_| ty != "ping" && ty != "auth") {
+                    // Only the type's own fields (§3), whatever their values.
+                    let allowed = fields_of(ty).unwrap_or_default();
+                    for k in m.keys() {
+                        prop_assert!(k == "type" || k == "id" || allowed.contains(&k.as_str()), "{k} on {ty}");
+                    }
+                    if let Some(r) = m.get("room") {
                         prop_assert!(r.as_str().is_some_and(valid_room));
                     }
                 }

@@ -12,6 +12,7 @@
 //! - [`commit`]: group commit of sends into storage.
 //! - [`drain`]: closing every socket at shutdown.
 //! - [`frames`]: the wire format.
+//! - [`version`]: subprotocol, minor version, features, heartbeat mode.
 //!
 //! Delivery path: a `send` goes to the committer, which stores a batch in one
 //! transaction, then hands each stored message to the room's sequencer,
@@ -30,6 +31,7 @@ pub mod presence;
 pub mod registry;
 pub mod room;
 mod sequencer;
+pub mod version;
 pub mod ws;
 
 use std::sync::Arc;

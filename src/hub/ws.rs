@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::{self, Authenticated};
+use super::version::{self, Heartbeat};
 use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
 use crate::error::ApiError;
 use crate::net::ClientAddr;
@@ -27,10 +28,13 @@ const WRITE_BUFFER: usize = 16 * 1024;
 #[derive(Deserialize)]
 pub struct WsParams {
     ticket: Option<String>,
+    /// `app` for app-level heartbeats, `ws` (the default) for WebSocket pings.
+    heartbeat: Option<String>,
 }
 
-/// The handshake, in order: draining, Origin, per-IP rate, credentials,
-/// ban, capacity; then the upgrade with small buffers.
+/// The handshake, in order: draining, Origin, subprotocol and options,
+/// per-IP rate, credentials, ban, capacity; then the upgrade with small
+/// buffers, selecting `chatgw.v1` when the client offered it.
 pub async fn handler(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -38,8 +42,9 @@ pub async fn handler(
     params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match admit(&state, client.0, &headers, params.ok().and_then(|q| q.0.ticket)).await {
-        Ok((who, place)) => {
+    let params = params.map(|q| q.0).unwrap_or(WsParams { ticket: None, heartbeat: None });
+    match admit(&state, client.0, &headers, params).await {
+        Ok((who, place, heartbeat)) => {
             let upgrade = match upgrade {
                 Ok(u) => u,
                 Err(_) => {
@@ -51,6 +56,7 @@ pub async fn handler(
             let limits = &state.hub.settings().limits;
             let hub = state.hub.clone();
             upgrade
+                .protocols([version::SUBPROTOCOL])
                 // tungstenite's defaults (128 KiB buffers, 64 MiB messages)
                 // would cost >100 KiB per idle socket; chat frames are small.
                 // The write buffer lets the writer coalesce queued frames
@@ -62,7 +68,7 @@ pub async fn handler(
                 .max_message_size(limits.max_frame_bytes)
                 .max_frame_size(limits.max_frame_bytes)
                 .on_upgrade(move |socket| async move {
-                    let task = conn::run(socket, state, who, place, client);
+                    let task = conn::run(socket, state, who, place, client, heartbeat);
                     tracing::trace!(task_bytes = std::mem::size_of_val(&task), "connection task");
                     hub.spawn_conn(task);
                 })
@@ -85,8 +91,8 @@ async fn admit(
     state: &AppState,
     client: IpAddr,
     headers: &HeaderMap,
-    ticket: Option<String>,
-) -> Result<(Authenticated, OwnedSemaphorePermit), (&'static str, ApiError)> {
+    params: WsParams,
+) -> Result<(Authenticated, OwnedSemaphorePermit, Heartbeat), (&'static str, ApiError)> {
     if state.readiness.is_draining() || state.hub.is_draining() {
         return Err(("draining", ApiError::Unavailable("server is restarting; reconnect later".into())));
     }
@@ -99,6 +105,11 @@ async fn admit(
             return Err(("origin", ApiError::Forbidden("origin not allowed")));
         }
     }
+    // A client bug, not a credential problem: refused before any lookup.
+    version::check_subprotocol(headers).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
+    let heartbeat =
+        Heartbeat::from_query(params.heartbeat.as_deref()).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
+    let ticket = params.ticket;
     if let Err(retry_after_ms) = state.limits.check_handshake(client) {
         return Err(("rate_limited", ApiError::RateLimited { retry_after_ms }));
     }
@@ -166,5 +177,5 @@ async fn admit(
         .hub
         .try_reserve_connection()
         .ok_or(("capacity", ApiError::Unavailable("too many connections on this instance".into())))?;
-    Ok((who, place))
+    Ok((who, place, heartbeat))
 }

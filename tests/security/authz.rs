@@ -8,8 +8,9 @@
 //! same answer as for a room that does not exist; a member who is not the
 //! owner gets 403 `forbidden` for owner-only actions. On the socket
 //! (protocol/README.md 4): `join` and `send` to a room the user is not a
-//! member of, and `typing` / `read` to a room not joined on the socket, get
-//! `error forbidden` with the room; `leave` only ever affects the socket.
+//! member of (or that does not exist) get `error forbidden` with the room;
+//! `typing` / `read` to a room not joined on the socket get `not_joined`
+//! (protocol 1.1); `leave` only ever affects the socket.
 //!
 //! The routes, from src/api/*.rs routers (the OpenAPI document lists the
 //! same): ids in the path or body are taken by `/rooms/{id}` (GET, PATCH,
@@ -232,15 +233,19 @@ async fn socket_frames_cannot_reach_other_rooms(db: Db) {
                 json!({"type": "join", "id": "j", "room": target}),
                 json!({"type": "join", "id": "j0", "room": target, "since_seq": 0}),
                 json!({"type": "send", "id": "s", "room": target, "client_msg_id": format!("{who}-x"), "body": "intrusion"}),
+                // Typing and read need the room joined on this socket,
+                // which these sockets could not do.
                 json!({"type": "typing", "id": "t", "room": target}),
                 json!({"type": "read", "id": "r", "room": target, "seq": 1}),
             ];
             for f in frames {
                 c.send(f.clone()).await;
                 let e = c.next_reply().await;
+                let code =
+                    if matches!(f["type"].as_str(), Some("typing" | "read")) { "not_joined" } else { "forbidden" };
                 assert_eq!(
                     (e["code"].as_str(), e["id"].as_str(), e["room"].as_str()),
-                    (Some("forbidden"), f["id"].as_str(), Some(target)),
+                    (Some(code), f["id"].as_str(), Some(target)),
                     "{who}: {f} -> {e}"
                 );
             }
