@@ -329,3 +329,48 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooms_of(us: &UserStream, user: &str) -> Vec<String> {
+        let mut v: Vec<String> = us.index().users[user].rooms.iter().map(|r| r.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn changes_heard_while_loading_are_replayed_over_the_loaded_rooms() {
+        let us = UserStream::default();
+        let u: Arc<str> = Arc::from("u");
+        us.attach(&u);
+        us.attach(&u);
+        assert!(us.start_load("u"), "the first socket loads");
+        assert!(!us.start_load("u"), "only once");
+        // Heard while the query runs: r1 removed, r2 added.
+        us.index().change("u", &Arc::from("r1"), false);
+        us.index().change("u", &Arc::from("r2"), true);
+        assert_eq!(us.seq_targets("r2", 1), Vec::<Arc<str>>::new(), "not linked before the load");
+        us.loaded("u", vec!["r1".into(), "r3".into()]);
+        assert_eq!(rooms_of(&us, "u"), ["r2", "r3"]);
+        assert_eq!(us.seq_targets("r2", 5), vec![u.clone()]);
+        assert_eq!(us.seq_targets("r1", 5), Vec::<Arc<str>>::new());
+        // A seq at or below the last one passed on is dropped.
+        assert_eq!(us.seq_targets("r2", 4), Vec::<Arc<str>>::new());
+        assert_eq!(us.seq_targets("r2", 5), Vec::<Arc<str>>::new());
+        assert_eq!(us.seq_targets("r2", 6), vec![u.clone()]);
+        // After the load, changes apply at once.
+        us.index().change("u", &Arc::from("r3"), false);
+        assert_eq!(rooms_of(&us, "u"), ["r2"]);
+        assert_eq!(us.members_here("r3"), Vec::<Arc<str>>::new());
+        // Forgotten with the last socket, rooms included.
+        us.detach("u");
+        assert_eq!(us.members_here("r2"), vec![u.clone()]);
+        us.detach("u");
+        assert!(us.index().users.is_empty() && us.index().rooms.is_empty());
+        // Changes for users not connected here are ignored.
+        us.index().change("v", &Arc::from("r9"), true);
+        assert!(us.index().rooms.is_empty());
+    }
+}
