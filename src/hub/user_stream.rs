@@ -162,7 +162,12 @@ impl UserStream {
         let Some(u) = ix.users.get_mut(user) else { return };
         let pending = u.pending.take().unwrap_or_default();
         u.loading = false;
-        let mut set: HashSet<Arc<str>> = rooms.into_iter().map(Arc::from).collect();
+        // Room ids are shared with the reverse index where it has them: a
+        // room's members connected here hold one copy of its id, not one each.
+        let mut set: HashSet<Arc<str>> = rooms
+            .into_iter()
+            .map(|r| ix.rooms.get_key_value(r.as_str()).map_or_else(|| Arc::from(r), |(k, _)| k.clone()))
+            .collect();
         for (room, added) in pending {
             if added {
                 set.insert(room);
