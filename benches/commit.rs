@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         max_connections: 1,
         drain_reconnect_max_ms: 1,
         presence_heartbeat: Duration::from_secs(10),
+        user_stream_interval: Duration::from_secs(1),
         committers: std::env::var("COMMITTERS")
             .ok()
             .and_then(|c| c.parse().ok())

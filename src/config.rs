@@ -186,6 +186,10 @@ pub struct WsConfig {
     pub max_rooms_per_socket: usize,
     /// Sockets one user may hold open on this instance at once.
     pub max_sockets_per_user: usize,
+    /// `USER_STREAM_INTERVAL_MS`: how often rooms whose last seq moved are
+    /// announced as `room_seq` (a busy room costs a socket at most one
+    /// frame per interval).
+    pub user_stream_interval: Duration,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -383,6 +387,7 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
         max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
         max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
+        user_stream_interval: Duration::from_millis(num("USER_STREAM_INTERVAL_MS", 1_000, 10, 600_000)?),
     })
 }
 

@@ -122,6 +122,7 @@ impl Application {
             max_connections: ws.max_connections,
             drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
             presence_heartbeat: config.presence_ttl / 3,
+            user_stream_interval: ws.user_stream_interval,
             committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
             push_wake,
         };

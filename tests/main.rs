@@ -24,6 +24,7 @@ mod schemathesis;
 mod security;
 mod sentry;
 mod storage;
+mod user_stream;
 mod ws;
 mod ws_client;
 mod ws_faults;

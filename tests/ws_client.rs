@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // a shared toolbox: not every test module uses every helper
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -57,7 +57,18 @@ pub fn assert_conforms(direction: &str, frame: &Value) {
 pub struct WsClient {
     pub ws: Stream,
     pub hello: Value,
+    /// Per-user stream frames (`room_added`, `room_removed`,
+    /// `room_updated`, `room_seq`), which arrive unsolicited: kept apart so
+    /// tests of other features never see them (read with
+    /// [`WsClient::next_user_event`]).
+    user_events: VecDeque<Value>,
+    /// Other frames read while waiting for a user-stream frame, returned
+    /// first by [`WsClient::next_or_close`].
+    pending: VecDeque<Value>,
 }
+
+/// The frame types of the per-user stream.
+pub const USER_EVENTS: [&str; 4] = ["room_added", "room_removed", "room_updated", "room_seq"];
 
 /// How a connection attempt ended.
 pub enum Refused {
@@ -91,7 +102,7 @@ impl WsClient {
         }
         match connect_async(req).await {
             Ok((ws, _)) => {
-                let mut c = WsClient { ws, hello: Value::Null };
+                let mut c = WsClient::new(ws);
                 let hello = c.next().await;
                 assert_eq!(hello["type"], "hello", "first frame is hello");
                 c.hello = hello;
@@ -104,6 +115,60 @@ impl WsClient {
             }
             Err(e) => panic!("connect failed: {e}"),
         }
+    }
+
+    /// A client on an open stream, before its `hello` is read.
+    pub fn new(ws: Stream) -> WsClient {
+        WsClient { ws, hello: Value::Null, user_events: VecDeque::new(), pending: VecDeque::new() }
+    }
+
+    /// The next per-user stream frame (schema-checked like every frame);
+    /// other frames read meanwhile stay queued for [`WsClient::next`].
+    pub async fn next_user_event(&mut self) -> Value {
+        match self.next_user_event_within(GUARD).await {
+            Some(v) => v,
+            None => panic!("no per-user stream frame within {GUARD:?}"),
+        }
+    }
+
+    /// Like [`WsClient::next_user_event`], `None` when none comes within
+    /// `wait` (a guard for probes, not a measurement).
+    pub async fn next_user_event_within(&mut self, wait: Duration) -> Option<Value> {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(v) = self.user_events.pop_front() {
+                return Some(v);
+            }
+            let msg = tokio::time::timeout_at(end, self.ws.next()).await.ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(v) = self.parse_frame(&t) {
+                        self.pending.push_back(v);
+                    }
+                }
+                Some(Ok(Message::Close(f))) => panic!("closed while waiting for a per-user frame: {f:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error while waiting for a per-user frame: {e}"),
+                None => panic!("socket ended while waiting for a per-user frame"),
+            }
+        }
+    }
+
+    /// The per-user stream frames received so far and not yet read.
+    pub fn take_user_events(&mut self) -> Vec<Value> {
+        self.user_events.drain(..).collect()
+    }
+
+    /// Parses and schema-checks a server frame; diverts user-stream frames
+    /// and returns the others.
+    fn parse_frame(&mut self, text: &str) -> Option<Value> {
+        let v: Value = serde_json::from_str(text).expect("server frames are JSON");
+        assert_conforms("server", &v);
+        if v["type"].as_str().is_some_and(|t| USER_EVENTS.contains(&t)) {
+            self.user_events.push_back(v);
+            return None;
+        }
+        Some(v)
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -124,13 +189,16 @@ impl WsClient {
 
     /// The next text frame, or the close code and reason.
     pub async fn next_or_close(&mut self) -> Result<Value, (u16, String)> {
+        if let Some(v) = self.pending.pop_front() {
+            return Ok(v);
+        }
         loop {
             let msg = tokio::time::timeout(GUARD, self.ws.next()).await.expect("a frame within the guard time");
             match msg {
                 Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
-                    assert_conforms("server", &v);
-                    return Ok(v);
+                    if let Some(v) = self.parse_frame(&t) {
+                        return Ok(v);
+                    }
                 }
                 Some(Ok(Message::Close(Some(f)))) => return Err((u16::from(f.code), f.reason.to_string())),
                 Some(Ok(Message::Close(None))) | None => return Err((1005, String::new())),

@@ -55,7 +55,7 @@ async fn open(
     match connect_async(req).await {
         Ok((ws, resp)) => {
             let selected = resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_owned());
-            let mut c = WsClient { ws, hello: Value::Null };
+            let mut c = WsClient::new(ws);
             c.hello = c.next().await;
             assert_eq!(c.hello["type"], "hello");
             Ok((c, selected))
@@ -130,7 +130,7 @@ async fn subprotocol_is_negotiated(db: Db) {
     req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("chatgw.v1"));
     let (ws, resp) = connect_async(req).await.expect("ticketed upgrade");
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chatgw.v1");
-    let mut c = WsClient { ws, hello: Value::Null };
+    let mut c = WsClient::new(ws);
     let hello = c.next().await;
     assert_eq!((hello["type"].as_str(), hello["heartbeat"].as_str()), (Some("hello"), Some("app")));
 }

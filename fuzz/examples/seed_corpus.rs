@@ -218,6 +218,18 @@ fn envelopes() {
         ("user_closed", BusEvent::UserClosed { user: "u".into(), code: 4003, reason: "banned".into() }),
         ("connections_query", BusEvent::ConnectionsQuery { id: u64::MAX, user: "u".into() }),
         ("connections_reply", BusEvent::ConnectionsReply { id: 7, instance: "host:8080".into(), json: "[]".into() }),
+        (
+            "room_added",
+            BusEvent::RoomAdded {
+                room: Arc::from("r"),
+                user: "u".into(),
+                name: "n".into(),
+                role: "member".into(),
+                last_seq: 3,
+            },
+        ),
+        ("room_updated", BusEvent::RoomUpdated { room: Arc::from("r"), name: "n".into() }),
+        ("room_seqs", BusEvent::RoomSeqs { seqs: vec![(Arc::from("r"), 7), (Arc::from(ROOM), 9)] }),
     ];
     let origin = *b"0123456789abcdef";
     for (name, ev) in events {

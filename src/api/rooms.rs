@@ -138,6 +138,12 @@ pub async fn create_room(
         return Err(ApiError::bad_request("members: unknown user id"));
     }
     let room = state.store.create_room(&user.user_id, &name, &members).await?;
+    // Every member's sockets (the owner's other devices too) learn the room.
+    let hub = &state.hub;
+    hub.room_added(&room.room.id, &user.user_id, &name, "owner", 0);
+    for m in members.iter().filter(|m| **m != user.user_id) {
+        hub.room_added(&room.room.id, m, &name, "member", 0);
+    }
     Ok((StatusCode::CREATED, Json(room)))
 }
 
@@ -171,6 +177,7 @@ pub async fn patch_room(
     require_owner(&state, &id, &user).await?;
     let name = validate::room_name(&req.name)?;
     state.store.rename_room(&id, &name).await?;
+    state.hub.room_renamed(&id, &name);
     Ok(Json(state.store.room_for_member(&id, &user.user_id).await?))
 }
 
@@ -208,6 +215,11 @@ pub async fn add_member(
     }
     let added = state.store.add_member(&id, &req.user_id).await?;
     let role = state.store.role_in(&id, &req.user_id).await?.unwrap_or(Role::Member);
+    if added {
+        // The new member's sockets learn the room at once, on every instance.
+        let room = state.store.room_for_member(&id, &req.user_id).await?;
+        state.hub.room_added(&id, &req.user_id, &room.room.name, role.as_str(), room.room.last_seq);
+    }
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(Membership { room_id: id, user_id: req.user_id, role })))
 }
@@ -238,7 +250,7 @@ pub async fn remove_member(
         return Err(ApiError::NotFound("member"));
     }
     // Live sockets lose the room at once, on every instance.
-    state.hub.member_removed(&id, &member, "removed");
+    state.hub.member_removed(&id, &member, if is_self { "left" } else { "removed" });
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -40,8 +40,20 @@ pub enum BusEvent {
     /// The room has stored messages up to at least `seq`: sent after the
     /// publisher lost some of its own events, so peers fill from storage.
     Tail { room: Arc<str>, seq: i64 },
-    /// A user lost a room (removed, or the room was deleted).
+    /// A user lost a room: `reason` is `removed`, `left` (they left over
+    /// REST) or `room_deleted`. Their joined sockets get `left`, every
+    /// socket of theirs gets `room_removed`.
     MemberRemoved { room: Arc<str>, user: String, reason: String },
+    /// A user gained a room (added, or the room was created with them in
+    /// it): every socket of theirs gets `room_added`.
+    RoomAdded { room: Arc<str>, user: String, name: String, role: String, last_seq: i64 },
+    /// A room was renamed: its members' sockets get `room_updated`.
+    RoomUpdated { room: Arc<str>, name: String },
+    /// Rooms whose last seq moved on the publishing instance during one
+    /// user-stream interval, each with its newest seq there: one event per
+    /// interval for all of them (not one per message), so members' sockets
+    /// that have not joined a room can be told `room_seq`.
+    RoomSeqs { seqs: Vec<(Arc<str>, i64)> },
     /// A session was revoked (logout, refresh-token reuse): close its sockets.
     SessionRevoked { user: String, session: String },
     /// A user was banned (close 4003) or erased (close 4001), or an

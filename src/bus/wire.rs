@@ -52,6 +52,9 @@ mod kind {
     pub const USER_CLOSED: u8 = 6;
     pub const CONNECTIONS_QUERY: u8 = 7;
     pub const CONNECTIONS_REPLY: u8 = 8;
+    pub const ROOM_ADDED: u8 = 9;
+    pub const ROOM_UPDATED: u8 = 10;
+    pub const ROOM_SEQS: u8 = 11;
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
@@ -72,6 +75,7 @@ fn put_str(buf: &mut BytesMut, s: &str) {
 pub fn encode(origin: &Origin, event: &BusEvent) -> Result<Bytes, WireError> {
     let extra = match event {
         BusEvent::Message { room, frame, .. } | BusEvent::Ephemeral { room, frame } => room.len() + frame.len() + 10,
+        BusEvent::RoomSeqs { seqs } => 4 + seqs.iter().map(|(r, _)| r.len() + 10).sum::<usize>(),
         _ => 64,
     };
     let mut buf = BytesMut::with_capacity(HEADER + extra);
@@ -125,6 +129,29 @@ pub fn encode(origin: &Origin, event: &BusEvent) -> Result<Bytes, WireError> {
             buf.put_slice(json.as_bytes());
             kind::CONNECTIONS_REPLY
         }
+        BusEvent::RoomAdded { room, user, name, role, last_seq } => {
+            buf.put_i64(*last_seq);
+            put_str(&mut buf, room);
+            put_str(&mut buf, user);
+            put_str(&mut buf, name);
+            put_str(&mut buf, role);
+            kind::ROOM_ADDED
+        }
+        BusEvent::RoomUpdated { room, name } => {
+            put_str(&mut buf, room);
+            put_str(&mut buf, name);
+            kind::ROOM_UPDATED
+        }
+        BusEvent::RoomSeqs { seqs } => {
+            // A count, then (seq, room) pairs; the hub keeps a batch far
+            // below u32::MAX entries.
+            buf.put_u32(seqs.len().min(u32::MAX as usize) as u32);
+            for (room, seq) in seqs.iter().take(u32::MAX as usize) {
+                buf.put_i64(*seq);
+                put_str(&mut buf, room);
+            }
+            kind::ROOM_SEQS
+        }
         BusEvent::Resync => return Err(WireError::LocalOnly),
     };
     buf[kind_at] = k;
@@ -165,6 +192,10 @@ impl Reader {
     fn u64(&mut self) -> Result<u64, WireError> {
         self.need(8)?;
         Ok(self.0.get_u64())
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
     }
     fn u16(&mut self) -> Result<u16, WireError> {
         self.need(2)?;
@@ -232,6 +263,23 @@ pub fn decode(env: Bytes) -> Result<(Origin, BusEvent), WireError> {
             let instance = r.string()?;
             BusEvent::ConnectionsReply { id, instance, json: r.frame()? }
         }
+        kind::ROOM_ADDED => {
+            let last_seq = r.i64()?;
+            BusEvent::RoomAdded { last_seq, room: r.room()?, user: r.string()?, name: r.string()?, role: r.string()? }
+        }
+        kind::ROOM_UPDATED => BusEvent::RoomUpdated { room: r.room()?, name: r.string()? },
+        kind::ROOM_SEQS => {
+            let n = r.u32()? as usize;
+            // Each entry takes at least 10 bytes: a count the envelope cannot
+            // hold is refused before anything is allocated for it.
+            r.need(n.saturating_mul(10))?;
+            let mut seqs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let seq = r.i64()?;
+                seqs.push((r.room()?, seq));
+            }
+            BusEvent::RoomSeqs { seqs }
+        }
         other => return Err(WireError::Kind(other)),
     };
     Ok((origin, event))
@@ -252,6 +300,16 @@ mod tests {
             BusEvent::UserClosed { user: "u".into(), code: 4003, reason: "banned".into() },
             BusEvent::ConnectionsQuery { id: u64::MAX, user: "u".into() },
             BusEvent::ConnectionsReply { id: 7, instance: "host:8080".into(), json: Utf8Bytes::from("[]") },
+            BusEvent::RoomAdded {
+                room: Arc::from("r"),
+                user: "u".into(),
+                name: "Café ✓".into(),
+                role: "member".into(),
+                last_seq: 42,
+            },
+            BusEvent::RoomUpdated { room: Arc::from("r"), name: "renamed".into() },
+            BusEvent::RoomSeqs { seqs: vec![(Arc::from("r1"), 7), (Arc::from("r2"), i64::MAX)] },
+            BusEvent::RoomSeqs { seqs: Vec::new() },
         ]
     }
 
@@ -299,6 +357,14 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] = 0xff;
         assert_eq!(decode(Bytes::from(bad)), Err(WireError::Utf8));
+    }
+
+    #[test]
+    fn a_room_seqs_count_beyond_the_envelope_is_refused_without_allocating() {
+        let ev = BusEvent::RoomSeqs { seqs: vec![(Arc::from("r"), 1)] };
+        let mut v = encode(&[0; 16], &ev).unwrap().to_vec();
+        v[HEADER..HEADER + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(Bytes::from(v)), Err(WireError::Truncated));
     }
 
     #[test]

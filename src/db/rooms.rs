@@ -15,6 +15,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// As on the wire (`room_added.role`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Member => "member",
+        }
+    }
+
     fn parse(s: &str) -> Role {
         if s == "owner" { Role::Owner } else { Role::Member }
     }
@@ -125,6 +133,15 @@ impl Store {
             .fetch_one(&self.read)
             .await?;
         Ok(room_for_user(&row)?)
+    }
+
+    /// The ids of every room the user belongs to (for the per-user stream's
+    /// `room_seq`, loaded once when the user's first socket connects).
+    pub async fn member_room_ids(&self, user: &str) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar("SELECT room_id FROM memberships WHERE user_id = $1")
+            .bind(user)
+            .fetch_all(&self.read)
+            .await?)
     }
 
     /// The user's role in the room, `None` when not a member.

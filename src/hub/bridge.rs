@@ -20,11 +20,13 @@ use crate::bus::BusEvent;
 impl Hub {
     /// Fans a stored message out here and publishes it to other instances.
     pub fn deliver_local_commit(&self, room: &str, seq: i64, frame: Utf8Bytes) {
+        self.note_seq(room, seq);
         self.publish(|| BusEvent::Message { room: Arc::from(room), seq, frame: frame.clone() });
         self.deliver(room, seq, frame);
     }
 
-    /// A user lost a room: their sockets leave it, here and everywhere.
+    /// A user lost a room: their sockets leave it and hear `room_removed`,
+    /// here and everywhere. `reason`: `removed`, `left` or `room_deleted`.
     pub fn member_removed(&self, room: &str, user: &str, reason: &'static str) {
         self.publish(|| BusEvent::MemberRemoved {
             room: Arc::from(room),
@@ -36,11 +38,15 @@ impl Hub {
 
     fn apply_member_removed(&self, room: &str, user: &str, reason: &'static str) {
         let room_arc: Arc<str> = Arc::from(room);
+        // The `left` frame keeps its 1.0 reasons: leaving over REST is
+        // `removed` there; `room_removed` tells `left` apart.
+        let left_reason = if reason == "left" { "removed" } else { reason };
         for c in self.room_conns_of(room, user) {
             // Unsubscribe first: no message of the room reaches it after this.
             self.unsubscribe(&c, room);
-            c.offer(Outbound::Left(Arc::new((room_arc.clone(), reason))), &self.inner.metrics);
+            c.offer(Outbound::Left(Arc::new((room_arc.clone(), left_reason))), &self.inner.metrics);
         }
+        self.apply_room_removed(&room_arc, user, reason);
     }
 
     /// Closes the sockets of one session (logout) with 4001, everywhere.
@@ -90,7 +96,11 @@ impl Hub {
                     self.spawn_task(async move { hub.catch_up(&room, Some(seq)).await });
                 }
                 BusEvent::MemberRemoved { room, user, reason } => {
-                    let reason = if reason == "room_deleted" { "room_deleted" } else { "removed" };
+                    let reason = match reason.as_str() {
+                        "room_deleted" => "room_deleted",
+                        "left" => "left",
+                        _ => "removed",
+                    };
                     self.apply_member_removed(&room, &user, reason);
                 }
                 BusEvent::SessionRevoked { user, session } => self.apply_session_revoked(&user, &session),
@@ -99,6 +109,11 @@ impl Hub {
                         c.close(code, &reason);
                     }
                 }
+                BusEvent::RoomAdded { room, user, name, role, last_seq } => {
+                    self.apply_room_added(&room, &user, &name, &role, last_seq);
+                }
+                BusEvent::RoomUpdated { room, name } => self.apply_room_updated(&room, &name),
+                BusEvent::RoomSeqs { seqs } => self.apply_room_seqs(&seqs),
                 BusEvent::ConnectionsQuery { id, user } => self.answer_connections_query(id, &user),
                 BusEvent::ConnectionsReply { id, instance, json } => self.take_connections_reply(id, instance, json),
                 BusEvent::Resync => self.resync().await,

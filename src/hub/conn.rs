@@ -129,6 +129,9 @@ async fn serve(
     let hub = state.hub.clone();
     let opened = Instant::now();
     tracing::info!(session_id = %shared.session(), "connected");
+    // Before hello: from then on the socket hears `room_seq` for every
+    // room of the user (one query, for the user's first socket here).
+    Box::pin(hub.load_user_rooms(&shared.user)).await;
     let limits = &hub.settings().limits;
     let mut conn = Conn {
         killed: Some(Box::pin(shared.kill.clone().cancelled_owned())),
@@ -389,6 +392,15 @@ impl Conn {
                 self.frames_out += 1;
                 self.hub.metrics().frames_out.inc("left");
                 self.ws.feed(Message::Text(ServerFrame::Left { id: None, room, reason }.encode())).await
+            }
+            Outbound::RoomSeq(moved) => {
+                // A joined room's messages say more than its last seq.
+                if self.joined.contains_key(&moved.room) {
+                    return Ok(());
+                }
+                self.frames_out += 1;
+                self.hub.metrics().frames_out.inc("room_seq");
+                self.ws.feed(Message::Text(moved.frame.clone())).await
             }
         }
     }

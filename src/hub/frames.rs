@@ -492,6 +492,28 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// Per-user stream: the user gained a room (no `join` needed to hear it).
+    RoomAdded {
+        room: &'a str,
+        name: &'a str,
+        role: &'a str,
+        last_seq: i64,
+    },
+    /// Per-user stream: the user lost a room (`removed`, `left`, `room_deleted`).
+    RoomRemoved {
+        room: &'a str,
+        reason: &'a str,
+    },
+    /// Per-user stream: one of the user's rooms was renamed.
+    RoomUpdated {
+        room: &'a str,
+        name: &'a str,
+    },
+    /// Per-user stream: a room this socket has not joined moved to `last_seq`.
+    RoomSeq {
+        room: &'a str,
+        last_seq: i64,
+    },
 }
 
 impl ServerFrame<'_> {

@@ -11,6 +11,8 @@
 //! - [`presence`]: who is online, one truth for the cluster.
 //! - [`commit`]: group commit of sends into storage.
 //! - [`drain`]: closing every socket at shutdown.
+//! - [`user_stream`]: what every socket of a user hears without joining
+//!   (rooms added, removed, renamed; unjoined rooms' last seq).
 //! - [`frames`]: the wire format.
 //! - [`version`]: subprotocol, minor version, features, heartbeat mode.
 //!
@@ -31,6 +33,7 @@ pub mod presence;
 pub mod registry;
 pub mod room;
 mod sequencer;
+pub mod user_stream;
 pub mod version;
 pub mod ws;
 
@@ -72,6 +75,9 @@ pub struct HubSettings {
     /// writes outbox rows with each batch and wakes the push worker
     /// through it. `None` costs the delivery path nothing.
     pub push_wake: Option<Arc<tokio::sync::Notify>>,
+    /// How often rooms that moved are announced as `room_seq` (per room,
+    /// at most one frame per socket per interval from each instance).
+    pub user_stream_interval: Duration,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -97,6 +103,8 @@ pub enum Outbound {
     Event(Arc<Utf8Bytes>),
     /// The connection lost a room.
     Left(Arc<(Arc<str>, &'static str)>),
+    /// A room's last seq moved: written unless the connection joined it.
+    RoomSeq(Arc<user_stream::RoomSeq>),
 }
 
 struct Inner {
@@ -106,6 +114,7 @@ struct Inner {
     metrics: Metrics,
     registry: registry::Registry,
     rooms: room::Rooms,
+    user_stream: user_stream::UserStream,
     committer: mpsc::Sender<commit::Job>,
     presence: mpsc::Sender<presence::Changed>,
     draining: AtomicBool,
@@ -155,6 +164,7 @@ impl Hub {
                 settings,
                 metrics,
                 rooms: room::Rooms::default(),
+                user_stream: user_stream::UserStream::default(),
                 committer,
                 presence,
                 draining: AtomicBool::new(false),
@@ -170,6 +180,8 @@ impl Hub {
         }
         let heartbeat = hub.inner.settings.presence_heartbeat;
         tasks.spawn(hub.clone().run_presence(changes, heartbeat, stop.clone()));
+        let interval = hub.inner.settings.user_stream_interval;
+        tasks.spawn(hub.clone().run_user_stream(interval, stop.clone()));
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
         hub
     }

@@ -136,6 +136,7 @@ impl Hub {
         });
         reg.conns.insert(conn.id, conn.clone());
         reg.users.entry(conn.user.clone()).or_default().push(conn.clone());
+        self.inner.user_stream.attach(&conn.user);
         self.inner.metrics.ws_connections.inc();
         (conn, rx)
     }
@@ -153,6 +154,7 @@ impl Hub {
                 e.remove();
             }
         }
+        self.inner.user_stream.detach(&conn.user);
         self.inner.metrics.ws_connections.dec();
     }
 

@@ -35,7 +35,7 @@ async fn connect_from(app: &TestApp, last: u8, token: &str) -> Result<WsClient, 
     req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
     match client_async(req, MaybeTlsStream::Plain(stream)).await {
         Ok((ws, _)) => {
-            let mut c = WsClient { ws, hello: Value::Null };
+            let mut c = WsClient::new(ws);
             let hello = c.next().await;
             assert_eq!(hello["type"], "hello");
             c.hello = hello;
