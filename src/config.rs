@@ -153,6 +153,9 @@ pub struct WsConfig {
     pub max_rooms_per_socket: usize,
     /// Sockets one user may hold open on this instance at once.
     pub max_sockets_per_user: usize,
+    /// How long after sending a message its author may still edit it
+    /// (`EDIT_WINDOW_SECS`, in ms; 0 turns edits off).
+    pub edit_window_ms: i64,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -349,6 +352,7 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
         max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
         max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
+        edit_window_ms: num("EDIT_WINDOW_SECS", 900, 0, 10 * 365 * 86_400)? as i64 * 1000,
     })
 }
 

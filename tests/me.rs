@@ -1,6 +1,6 @@
 //! Profile, export and erasure.
 
-use chatgw::db::NewMessage;
+use chatgw::db::{NewKind, NewMessage};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -63,6 +63,7 @@ async fn export_holds_all_of_the_callers_data(db: Db) {
         client_msg_id: id.into(),
         body: format!("hello from {sender}"),
         sent_at: 1,
+        kind: NewKind::Message,
     };
     app.store
         .append_messages(&[msg(&ann.user_id, "a1"), msg(&bob.user_id, "b1"), msg(&ann.user_id, "a2")])
@@ -95,6 +96,7 @@ async fn export_pages_a_large_history(db: Db) {
             body: format!("message {i}"),
             // Ties on sent_at across rooms: the cursor must order them too.
             sent_at: (i / 3) as i64,
+            kind: NewKind::Message,
         })
         .collect();
     for chunk in all.chunks(1000) {
@@ -136,6 +138,7 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
         client_msg_id: id.into(),
         body: "secret words".into(),
         sent_at: 1,
+        kind: NewKind::Message,
     };
     app.store.append_messages(&[m(&ann.user_id, "a1"), m(&bob.user_id, "b1")]).await.unwrap();
 

@@ -56,22 +56,7 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
         hub.metrics().commit_batch_size.observe(msgs.len() as f64);
         match hub.store().append_messages(&msgs).await {
             Ok(outcomes) => {
-                // Fan out in seq order per room: outcomes of one room are in
-                // ascending seq already (allocated in batch order).
-                for o in &outcomes {
-                    match o {
-                        AppendOutcome::Stored(m) => {
-                            hub.metrics().ws_messages_stored.inc();
-                            hub.deliver_local_commit(&m.room, m.seq, message_frame(m));
-                        }
-                        // A re-send: the first attempt may have been stored
-                        // by an instance that died before fanning it out.
-                        // Delivering again is free of duplicates (rooms and
-                        // sockets drop seqs they have) and closes that hole.
-                        AppendOutcome::Duplicate(m) => hub.deliver_local_commit(&m.room, m.seq, message_frame(m)),
-                        _ => {}
-                    }
-                }
+                hub.fan_out_stored(&outcomes);
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     // The sender may have disconnected: nothing to tell then.
                     let _ = job.reply.send(Ok(outcome));
@@ -88,6 +73,27 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                         _ => DbError::Unavailable(sqlx::Error::PoolTimedOut),
                     }));
                 }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Fans out what a batch stored, in seq order per room: outcomes of one
+    /// room are in ascending seq already (allocated in batch order).
+    pub(super) fn fan_out_stored(&self, outcomes: &[AppendOutcome]) {
+        for o in outcomes {
+            match o {
+                AppendOutcome::Stored(m) => {
+                    self.metrics().ws_messages_stored.inc();
+                    self.deliver_local_commit(&m.room, m.seq, message_frame(m));
+                }
+                // A re-send: the first attempt may have been stored by an
+                // instance that died before fanning it out. Delivering again
+                // is free of duplicates (rooms and sockets drop seqs they
+                // have) and closes that hole.
+                AppendOutcome::Duplicate(m) => self.deliver_local_commit(&m.room, m.seq, message_frame(m)),
+                _ => {}
             }
         }
     }

@@ -11,6 +11,7 @@
 //! - [`presence`]: who is online, one truth for the cluster.
 //! - [`commit`]: group commit of sends into storage.
 //! - [`drain`]: closing every socket at shutdown.
+//! - [`erasure`]: erased accounts' `delete` events, in bounded batches.
 //! - [`frames`]: the wire format.
 //!
 //! Delivery path: a `send` goes to the committer, which stores a batch in one
@@ -24,6 +25,7 @@ pub mod bridge;
 pub mod commit;
 pub mod conn;
 pub mod drain;
+pub mod erasure;
 pub mod frames;
 pub mod live;
 pub mod presence;
@@ -66,6 +68,8 @@ pub struct HubSettings {
     pub presence_heartbeat: Duration,
     /// This instance's name (host:port), in admin views and logs.
     pub instance: Arc<str>,
+    /// How long an author may edit a message after sending it (ms).
+    pub edit_window_ms: i64,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -157,6 +161,7 @@ impl Hub {
         let heartbeat = hub.inner.settings.presence_heartbeat;
         tasks.spawn(hub.clone().run_presence(changes, heartbeat, stop.clone()));
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
+        tasks.spawn(hub.clone().resume_erasures());
         hub
     }
 
