@@ -169,7 +169,10 @@ async fn edits_and_deletes_live_across_instances_and_on_resume(db: Db) {
             (&s[2]["target_seq"], &s[2]["sender"], &s[2]["body"], &s[2]["client_msg_id"]),
             (&json!(1), &json!(ann.user_id), &json!("a1 edited"), &json!("e1"))
         );
-        assert_eq!((&s[4]["target_seq"], &s[4]["reason"], &s[4]["sender"]), (&json!(2), &json!("owner"), &json!(ann.user_id)));
+        assert_eq!(
+            (&s[4]["target_seq"], &s[4]["reason"], &s[4]["sender"]),
+            (&json!(2), &json!("owner"), &json!(ann.user_id))
+        );
         assert_eq!((&s[6]["reason"], &s[6]["sender"]), (&json!("operator"), &json!("operator")));
         assert_eq!((&s[8]["target_seq"], &s[8]["reason"]), (&json!(8), &json!("author")));
     }
@@ -223,7 +226,10 @@ async fn erasure_appends_delete_events(db: Db) {
     let events: Vec<_> = live.stream[5..].to_vec();
     assert_eq!(live.seqs()[5..].to_vec(), typed(&[(6, "delete"), (7, "delete"), (8, "delete")]));
     for (e, target) in events.iter().zip(1..) {
-        assert_eq!((&e["target_seq"], &e["reason"], &e["sender"]), (&json!(target), &json!("erased"), &json!(bob.user_id)));
+        assert_eq!(
+            (&e["target_seq"], &e["reason"], &e["sender"]),
+            (&json!(target), &json!("erased"), &json!(bob.user_id))
+        );
     }
     let last = eventually(GUARD, || async { a.store.last_seq(&other).await.unwrap().filter(|s| *s == 2) }).await;
     assert_eq!(last, 2);

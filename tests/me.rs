@@ -3,9 +3,10 @@
 use chatgw::db::{NewKind, NewMessage};
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 use crate::both_backends;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, eventually, spawn_app};
 
 both_backends!(
     profile_update_and_public_view,
@@ -162,14 +163,22 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
     assert!(stored.email.is_none());
     app.register("ann").await;
 
-    // History keeps the seq as a tombstone with no body; bob's message stays.
-    let h = app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages")).await;
-    let msgs = h.body["messages"].as_array().unwrap();
-    assert_eq!(msgs.len(), 2);
+    // History keeps the seq as a tombstone with no body; bob's message
+    // stays; the tombstone's `delete` event (reason `erased`) follows it in
+    // the stream, appended just after the erasure.
+    let msgs = eventually(Duration::from_secs(20), || async {
+        let h = app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages")).await;
+        h.body["messages"].as_array().filter(|m| m.len() == 3).cloned()
+    })
+    .await;
     assert_eq!(msgs[0]["seq"], 1);
     assert_eq!(msgs[0]["body"], "");
     assert_eq!(msgs[0]["deleted"], true);
     assert_eq!(msgs[1]["body"], "secret words");
+    assert_eq!(
+        (&msgs[2]["type"], &msgs[2]["target_seq"], &msgs[2]["reason"]),
+        (&json!("delete"), &json!(1), &json!("erased"))
+    );
 
     // Ownership passed to bob; the empty room is gone.
     let r = app.get(&bob.access, &format!("/api/v1/rooms/{room}")).await;

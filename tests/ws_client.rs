@@ -171,7 +171,10 @@ impl WsClient {
                 return v;
             }
             assert!(
-                matches!(v["type"].as_str(), Some("presence" | "typing" | "read" | "message" | "edit" | "delete" | "ack")),
+                matches!(
+                    v["type"].as_str(),
+                    Some("presence" | "typing" | "read" | "message" | "edit" | "delete" | "ack")
+                ),
                 "unexpected frame while waiting for {ty}: {v}"
             );
         }

@@ -269,7 +269,8 @@ pub async fn delete_message(
         sent_at: crate::db::now_ms(),
         kind: NewKind::Delete { target_seq: seq, by: Deleter::Operator },
     };
-    let outcome = state.hub.submit(msg).await.await.unwrap_or(Err(crate::db::DbError::Unavailable(sqlx::Error::PoolClosed)))?;
+    let outcome =
+        state.hub.submit(msg).await.await.unwrap_or(Err(crate::db::DbError::Unavailable(sqlx::Error::PoolClosed)))?;
     let event = match outcome {
         AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
         AppendOutcome::NoSuchRoom => return Err(ApiError::NotFound("room")),

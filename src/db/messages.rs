@@ -362,8 +362,7 @@ impl Store {
             .filter(|&i| {
                 let m = &batch[i];
                 let ok = last.contains_key(&m.room_id)
-                    && (!m.kind.needs_membership()
-                        || members.contains_key(&(m.room_id.clone(), m.sender_id.clone())));
+                    && (!m.kind.needs_membership() || members.contains_key(&(m.room_id.clone(), m.sender_id.clone())));
                 if !ok {
                     out[i] = Some(if last.contains_key(&m.room_id) {
                         AppendOutcome::NotMember

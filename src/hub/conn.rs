@@ -542,9 +542,13 @@ impl Conn {
             Ok(AppendOutcome::Forbidden) => {
                 self.error(id, ErrorCode::Forbidden, "not allowed to change this message", Some(room), None)
             }
-            Ok(AppendOutcome::EditWindowClosed) => {
-                self.error(id, ErrorCode::EditWindowClosed, "the edit window of this message has passed", Some(room), None)
-            }
+            Ok(AppendOutcome::EditWindowClosed) => self.error(
+                id,
+                ErrorCode::EditWindowClosed,
+                "the edit window of this message has passed",
+                Some(room),
+                None,
+            ),
             Err(e) => self.db_error(id, room, e),
         }
     }

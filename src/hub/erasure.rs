@@ -45,19 +45,19 @@ impl Hub {
         let mut after: Option<(String, i64)> = None;
         let mut failures = 0u64;
         while !stop.is_cancelled() {
-            let pending = match self.store().erasure_pending(user, after.as_ref().map(|(r, s)| (r.as_str(), *s)), BATCH).await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, user_id = %user, "reading an erasure batch failed");
-                    failures += 1;
-                    if failures >= 5 {
-                        return;
+            let pending =
+                match self.store().erasure_pending(user, after.as_ref().map(|(r, s)| (r.as_str(), *s)), BATCH).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, user_id = %user, "reading an erasure batch failed");
+                        failures += 1;
+                        if failures >= 5 {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+                        continue;
                     }
-                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
-                    continue;
-                }
-            };
+                };
             let Some(last) = pending.last().cloned() else { return };
             let now = now_ms();
             let batch: Vec<NewMessage> = pending
