@@ -240,17 +240,17 @@ struct Target {
 
 /// Whether `m` may make its change to `t`: the reason of a delete, or the
 /// refusal.
-fn check_change(m: &NewMessage, t: &Target, role: Option<&str>) -> Result<Option<DeleteReason>, AppendOutcome> {
+fn check_change(m: &NewMessage, t: &Target, role: Option<&str>) -> Result<Option<DeleteReason>, Refused> {
     if !t.live {
-        return Err(AppendOutcome::TargetNotFound);
+        return Err(Refused::TargetNotFound);
     }
     match m.kind {
         NewKind::Message => Ok(None),
         NewKind::Edit { window_ms, .. } => {
             if t.sender != m.sender_id {
-                Err(AppendOutcome::Forbidden)
+                Err(Refused::Forbidden)
             } else if window_ms <= 0 || m.sent_at - t.sent_at > window_ms {
-                Err(AppendOutcome::EditWindowClosed)
+                Err(Refused::EditWindowClosed)
             } else {
                 Ok(None)
             }
@@ -258,11 +258,29 @@ fn check_change(m: &NewMessage, t: &Target, role: Option<&str>) -> Result<Option
         NewKind::Delete { by, .. } => match by {
             Deleter::Member if t.sender == m.sender_id => Ok(Some(DeleteReason::Author)),
             Deleter::Member if role == Some("owner") => Ok(Some(DeleteReason::Owner)),
-            Deleter::Member => Err(AppendOutcome::Forbidden),
+            Deleter::Member => Err(Refused::Forbidden),
             Deleter::Operator => Ok(Some(DeleteReason::Operator)),
             Deleter::Erasure if t.sender == m.sender_id => Ok(Some(DeleteReason::Erased)),
-            Deleter::Erasure => Err(AppendOutcome::Forbidden),
+            Deleter::Erasure => Err(Refused::Forbidden),
         },
+    }
+}
+
+/// Why a change is refused (the matching [`AppendOutcome`] is large).
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    TargetNotFound,
+    Forbidden,
+    EditWindowClosed,
+}
+
+impl From<Refused> for AppendOutcome {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::TargetNotFound => AppendOutcome::TargetNotFound,
+            Refused::Forbidden => AppendOutcome::Forbidden,
+            Refused::EditWindowClosed => AppendOutcome::EditWindowClosed,
+        }
     }
 }
 
@@ -450,12 +468,12 @@ impl Store {
                 let role = members.get(&(m.room_id.clone(), m.sender_id.clone())).map(String::as_str);
                 let checked = match targets.get(&(m.room_id.clone(), t)) {
                     Some(state) => check_change(m, state, role),
-                    None => Err(AppendOutcome::TargetNotFound),
+                    None => Err(Refused::TargetNotFound),
                 };
                 match checked {
                     Ok(r) => reason = r,
                     Err(refused) => {
-                        out[i] = Some(refused);
+                        out[i] = Some(refused.into());
                         continue;
                     }
                 }
