@@ -240,7 +240,7 @@ struct Target {
 
 /// Whether `m` may make its change to `t`: the reason of a delete, or the
 /// refusal.
-fn check_change(m: &NewMessage, t: &Target, role: Option<&str>) -> Result<Option<DeleteReason>, Refused> {
+fn check_change(m: &NewMessage, t: &Target, owner: bool) -> Result<Option<DeleteReason>, Refused> {
     if !t.live {
         return Err(Refused::TargetNotFound);
     }
@@ -257,7 +257,7 @@ fn check_change(m: &NewMessage, t: &Target, role: Option<&str>) -> Result<Option
         }
         NewKind::Delete { by, .. } => match by {
             Deleter::Member if t.sender == m.sender_id => Ok(Some(DeleteReason::Author)),
-            Deleter::Member if role == Some("owner") => Ok(Some(DeleteReason::Owner)),
+            Deleter::Member if owner => Ok(Some(DeleteReason::Owner)),
             Deleter::Member => Err(Refused::Forbidden),
             Deleter::Operator => Ok(Some(DeleteReason::Operator)),
             Deleter::Erasure if t.sender == m.sender_id => Ok(Some(DeleteReason::Erased)),
@@ -352,12 +352,12 @@ impl Store {
             }
         }
 
-        // 2. Membership (and role, for owners' deletes) of (room, sender)
-        // pairs.
+        // 2. Membership of (room, sender) pairs, and whether the sender owns
+        // the room (for owners' deletes).
         let mut pairs: Vec<(&str, &str)> = batch.iter().map(|m| (m.room_id.as_str(), m.sender_id.as_str())).collect();
         pairs.sort_unstable();
         pairs.dedup();
-        let mut members: HashMap<(String, String), String> = HashMap::new();
+        let mut members: HashMap<(String, String), bool> = HashMap::new();
         for chunk in pairs.chunks(IN_CHUNK) {
             let tuples =
                 (0..chunk.len()).map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k)).collect::<Vec<_>>().join(", ");
@@ -371,7 +371,8 @@ impl Store {
                 q = q.bind(*r).bind(*u);
             }
             for row in q.fetch_all(&mut *tx).await? {
-                members.insert((row.try_get("room_id")?, row.try_get("user_id")?), row.try_get("role")?);
+                let owner = row.try_get::<&str, _>("role")? == "owner";
+                members.insert((row.try_get("room_id")?, row.try_get("user_id")?), owner);
             }
         }
 
@@ -465,9 +466,9 @@ impl Store {
             let target = m.kind.target();
             let mut reason = None;
             if let Some(t) = target {
-                let role = members.get(&(m.room_id.clone(), m.sender_id.clone())).map(String::as_str);
+                let owner = members.get(&(m.room_id.clone(), m.sender_id.clone())).copied().unwrap_or(false);
                 let checked = match targets.get(&(m.room_id.clone(), t)) {
-                    Some(state) => check_change(m, state, role),
+                    Some(state) => check_change(m, state, owner),
                     None => Err(Refused::TargetNotFound),
                 };
                 match checked {
