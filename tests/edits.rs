@@ -16,6 +16,7 @@ both_backends!(
     erasure_appends_delete_events,
     edit_window_and_frame_rules,
     changes_within_one_batch,
+    erasure_of_many_messages_in_batches,
 );
 
 /// A socket and the room-stream frames (`message`, `edit`, `delete`) it
@@ -315,4 +316,58 @@ async fn changes_within_one_batch(db: Db) {
     let h = app.store.history(&room, Some(0), None, 10).await.unwrap().messages;
     assert_eq!((h[0].body.as_str(), h[0].deleted, h[0].edited_at), ("", true, Some(1_000)));
     assert_eq!((h[1].body.as_str(), h[2].reason.map(|r| r.as_str())), ("", Some("owner")));
+}
+
+/// An erasure of more messages than one batch (500) holds: each message
+/// gets exactly one `delete` event, interleaved with other members' sends,
+/// and the room's seqs stay gap-free.
+async fn erasure_of_many_messages_in_batches(db: Db) {
+    use chatgw::db::{NewKind, NewMessage};
+    let app = spawn_app_with(db, |_| {}).await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&ann, "many", &[&bob]).await;
+    let n = 1_100;
+    let msgs: Vec<NewMessage> = (0..n)
+        .map(|i| NewMessage {
+            room_id: room.clone(),
+            sender_id: bob.user_id.clone(),
+            client_msg_id: format!("b{i}"),
+            body: format!("message {i}"),
+            sent_at: i,
+            kind: NewKind::Message,
+        })
+        .collect();
+    for chunk in msgs.chunks(500) {
+        app.store.append_messages(chunk).await.unwrap();
+    }
+    let mut ca = Client::connect(&app, &ann.access, &room, None).await;
+    let r = app.delete(&bob.access, "/api/v1/me").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // Ann keeps sending while the batches run.
+    for i in 0..5 {
+        acked(&ca.request(send(&format!("s{i}"), &room, &format!("a{i}"), "still here")).await);
+    }
+    let total = n + n + 5;
+    ca.until_seq(total).await;
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app.store.history(&room, Some(after), None, 500).await.unwrap();
+        all.extend(page.messages);
+        after = all.last().map_or(after, |m| m.seq);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>(), "gap-free");
+    let mut targets: Vec<i64> = all.iter().filter_map(|m| m.target_seq).collect();
+    targets.sort_unstable();
+    assert_eq!(targets, (1..=n).collect::<Vec<_>>(), "one delete event per message");
+    assert!(all[..n as usize].iter().all(|m| m.deleted && m.body.is_empty()));
+    // The live socket saw the same stream, in order.
+    assert_eq!(
+        ca.stream.iter().map(|v| v["seq"].as_i64().unwrap()).collect::<Vec<_>>(),
+        ((n + 1)..=total).collect::<Vec<_>>()
+    );
 }
