@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chatgw::bus::local::LocalBus;
-use chatgw::db::{AppendOutcome, NewMessage, Store};
+use chatgw::db::{AppendOutcome, NewKind, NewMessage, Store};
 use chatgw::hub::{Hub, HubSettings, frames};
 use chatgw::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         abuse_strikes: 50,
         max_connections: 1,
         drain_reconnect_max_ms: 1,
+        edit_window_ms: 900_000,
         presence_heartbeat: Duration::from_secs(10),
         user_stream_interval: Duration::from_secs(1),
         committers: std::env::var("COMMITTERS")
@@ -84,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
                     client_msg_id: format!("m{n}"),
                     body: "benchmark message body of a typical chat length".into(),
                     sent_at: 0,
+                    kind: NewKind::Message,
                 };
                 n += 1;
                 match hub.submit(msg).await.await {

@@ -190,6 +190,9 @@ pub struct WsConfig {
     /// announced as `room_seq` (a busy room costs a socket at most one
     /// frame per interval).
     pub user_stream_interval: Duration,
+    /// How long after sending a message its author may still edit it
+    /// (`EDIT_WINDOW_SECS`, in ms; 0 turns edits off).
+    pub edit_window_ms: i64,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -388,6 +391,7 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
         max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
         user_stream_interval: Duration::from_millis(num("USER_STREAM_INTERVAL_MS", 1_000, 10, 600_000)?),
+        edit_window_ms: num("EDIT_WINDOW_SECS", 900, 0, 10 * 365 * 86_400)? as i64 * 1000,
     })
 }
 

@@ -121,6 +121,7 @@ impl Application {
             abuse_strikes: ws.abuse_strikes,
             max_connections: ws.max_connections,
             drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
+            edit_window_ms: ws.edit_window_ms,
             presence_heartbeat: config.presence_ttl / 3,
             user_stream_interval: ws.user_stream_interval,
             committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },

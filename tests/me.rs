@@ -1,11 +1,12 @@
 //! Profile, export and erasure.
 
-use chatgw::db::NewMessage;
+use chatgw::db::{NewKind, NewMessage};
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 use crate::both_backends;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, eventually, spawn_app};
 
 both_backends!(
     profile_update_and_public_view,
@@ -63,6 +64,7 @@ async fn export_holds_all_of_the_callers_data(db: Db) {
         client_msg_id: id.into(),
         body: format!("hello from {sender}"),
         sent_at: 1,
+        kind: NewKind::Message,
     };
     app.store
         .append_messages(&[msg(&ann.user_id, "a1"), msg(&bob.user_id, "b1"), msg(&ann.user_id, "a2")])
@@ -95,6 +97,7 @@ async fn export_pages_a_large_history(db: Db) {
             body: format!("message {i}"),
             // Ties on sent_at across rooms: the cursor must order them too.
             sent_at: (i / 3) as i64,
+            kind: NewKind::Message,
         })
         .collect();
     for chunk in all.chunks(1000) {
@@ -136,6 +139,7 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
         client_msg_id: id.into(),
         body: "secret words".into(),
         sent_at: 1,
+        kind: NewKind::Message,
     };
     app.store.append_messages(&[m(&ann.user_id, "a1"), m(&bob.user_id, "b1")]).await.unwrap();
 
@@ -159,14 +163,22 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
     assert!(stored.email.is_none());
     app.register("ann").await;
 
-    // History keeps the seq as a tombstone with no body; bob's message stays.
-    let h = app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages")).await;
-    let msgs = h.body["messages"].as_array().unwrap();
-    assert_eq!(msgs.len(), 2);
+    // History keeps the seq as a tombstone with no body; bob's message
+    // stays; the tombstone's `delete` event (reason `erased`) follows it in
+    // the stream, appended just after the erasure.
+    let msgs = eventually(Duration::from_secs(20), || async {
+        let h = app.get(&bob.access, &format!("/api/v1/rooms/{room}/messages")).await;
+        h.body["messages"].as_array().filter(|m| m.len() == 3).cloned()
+    })
+    .await;
     assert_eq!(msgs[0]["seq"], 1);
     assert_eq!(msgs[0]["body"], "");
     assert_eq!(msgs[0]["deleted"], true);
     assert_eq!(msgs[1]["body"], "secret words");
+    assert_eq!(
+        (&msgs[2]["type"], &msgs[2]["target_seq"], &msgs[2]["reason"]),
+        (&json!("delete"), &json!(1), &json!("erased"))
+    );
 
     // Ownership passed to bob; the empty room is gone.
     let r = app.get(&bob.access, &format!("/api/v1/rooms/{room}")).await;

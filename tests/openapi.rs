@@ -38,6 +38,7 @@ async fn openapi_lists_every_route() {
         ("get", "/api/v1/admin/users/{id}/connections"),
         ("post", "/api/v1/admin/users/{id}/disconnect"),
         ("get", "/api/v1/admin/audit"),
+        ("delete", "/api/v1/admin/rooms/{id}/messages/{seq}"),
         ("post", "/api/v1/admin/debug/sentry-test"),
     ];
     let paths = doc["paths"].as_object().unwrap();
@@ -51,7 +52,7 @@ async fn openapi_lists_every_route() {
     for (method, path) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "missing {method} {path}");
         // Every documented route is really served (not 404 from the fallback).
-        let url = app.url(&path.replace("{id}", "x").replace("{user_id}", "y"));
+        let url = app.url(&path.replace("{id}", "x").replace("{user_id}", "y").replace("{seq}", "1"));
         let resp = app.http.request(method.to_uppercase().parse().unwrap(), url).send().await.unwrap();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         assert_ne!(body["error"]["message"], "route not found", "{method} {path} is not routed");

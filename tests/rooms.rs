@@ -1,6 +1,6 @@
 //! Rooms CRUD, membership, history paging, IDOR attempts, idempotent POSTs.
 
-use chatgw::db::NewMessage;
+use chatgw::db::{NewKind, NewMessage};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -35,6 +35,7 @@ async fn rooms_crud_and_membership(db: Db) {
             client_msg_id: format!("m{i}"),
             body: "hi".into(),
             sent_at: i,
+            kind: NewKind::Message,
         })
         .collect();
     app.store.append_messages(&msgs).await.unwrap();
@@ -137,6 +138,7 @@ async fn history_pages_by_seq(db: Db) {
             client_msg_id: format!("c{i}"),
             body: format!("m{i}"),
             sent_at: i,
+            kind: NewKind::Message,
         })
         .collect();
     app.store.append_messages(&msgs).await.unwrap();

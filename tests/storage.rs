@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use chatgw::db::{AppendOutcome, NewMessage, Store};
+use chatgw::db::{AppendOutcome, NewKind, NewMessage, Store};
 
 use crate::both_backends;
 use crate::helpers::{Db, TestDb};
@@ -50,6 +50,7 @@ async fn concurrent_appends_allocate_gap_free_seqs(db: Db) {
                             client_msg_id: format!("t{t}-m{k}"),
                             body: format!("{t}/{k}"),
                             sent_at: 0,
+                            kind: NewKind::Message,
                         })
                     })
                     .collect();
@@ -101,11 +102,12 @@ async fn batch_append_is_idempotent_and_ordered(db: Db) {
         client_msg_id: id.into(),
         body: id.into(),
         sent_at: 7,
+        kind: NewKind::Message,
     };
     let out = s.append_messages(&[m(&room, "a"), m(&other, "a"), m(&room, "b"), m(&room, "a")]).await.unwrap();
     let seq = |o: &AppendOutcome| match o {
         AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) | AppendOutcome::Conflict(m) => m.seq,
-        AppendOutcome::NoSuchRoom | AppendOutcome::NotMember => -1,
+        _ => -1,
     };
     assert_eq!(out.iter().map(seq).collect::<Vec<_>>(), vec![1, 1, 2, 1]);
     assert!(matches!(out[3], AppendOutcome::Duplicate(_)), "repeat within a batch is a duplicate");

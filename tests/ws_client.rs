@@ -239,7 +239,10 @@ impl WsClient {
                 return v;
             }
             assert!(
-                matches!(v["type"].as_str(), Some("presence" | "typing" | "read" | "message" | "ack")),
+                matches!(
+                    v["type"].as_str(),
+                    Some("presence" | "typing" | "read" | "message" | "edit" | "delete" | "ack")
+                ),
                 "unexpected frame while waiting for {ty}: {v}"
             );
         }
@@ -272,8 +275,9 @@ impl WsClient {
             let v = self.next().await;
             match v["type"].as_str() {
                 Some("joined") if v["room"] == room => return (replayed, v),
-                Some("message") if v["room"] == room => replayed.push(v),
-                Some("presence" | "typing" | "read" | "message" | "ack") => {}
+                // The room's stream: messages and change events.
+                Some("message" | "edit" | "delete") if v["room"] == room => replayed.push(v),
+                Some("presence" | "typing" | "read" | "message" | "edit" | "delete" | "ack") => {}
                 _ => panic!("unexpected frame during join: {v}"),
             }
         }

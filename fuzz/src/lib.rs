@@ -32,6 +32,10 @@ fn valid_room(r: &str) -> bool {
     !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+fn valid_client_msg_id(c: &str) -> bool {
+    !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// Checks one text frame: parsing never panics; what it accepts obeys the
 /// protocol's field rules; the `error` frame that echoes its id is one JSON
 /// object with exactly the expected keys (an id cannot inject JSON).
@@ -58,6 +62,17 @@ pub fn check_frame(text: &str) {
                                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')),
                         "send accepted client_msg_id {client_msg_id:?}"
                     );
+                }
+                ClientFrame::Edit { room, target_seq, body, client_msg_id } => {
+                    assert!(valid_room(room), "edit accepted room {room:?}");
+                    assert!(*target_seq >= 1, "edit accepted target_seq {target_seq}");
+                    assert!(!body.is_empty() && body.len() <= MAX_BODY_BYTES, "edit accepted a body of {}", body.len());
+                    assert!(valid_client_msg_id(client_msg_id), "edit accepted client_msg_id {client_msg_id:?}");
+                }
+                ClientFrame::Delete { room, target_seq, client_msg_id } => {
+                    assert!(valid_room(room), "delete accepted room {room:?}");
+                    assert!(*target_seq >= 1, "delete accepted target_seq {target_seq}");
+                    assert!(valid_client_msg_id(client_msg_id), "delete accepted client_msg_id {client_msg_id:?}");
                 }
                 ClientFrame::Read { room, seq } => {
                     assert!(valid_room(room), "read accepted room {room:?}");

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Router, extract::FromRequestParts};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::audit;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
-use crate::db::{AuditAction, AuditEvent, AuditQuery, AuditRecord};
+use crate::db::{AppendOutcome, AuditAction, AuditEvent, AuditQuery, AuditRecord, Deleter, NewKind, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::hub::frames::close;
 use crate::hub::live::UserConnections;
@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}/connections", get(connections))
         .route("/admin/users/{id}/disconnect", post(disconnect))
         .route("/admin/audit", get(audit_log))
+        .route("/admin/rooms/{id}/messages/{seq}", delete(delete_message))
 }
 
 /// Proof that the caller presented `ADMIN_TOKEN`.
@@ -185,7 +186,7 @@ pub struct AuditParams {
     pub user_id: Option<String>,
     /// Only this action (`login_succeeded`, `login_failed`,
     /// `refresh_token_reused`, `logout`, `erasure`, `password_changed`,
-    /// `ban`, `unban`, `admin_disconnect`).
+    /// `ban`, `unban`, `admin_disconnect`, `message_deleted`).
     pub action: Option<String>,
     /// Only records older than this id: the previous page's `next_before`.
     pub before: Option<i64>,
@@ -230,4 +231,60 @@ pub async fn audit_log(
     // A full page may have a next one; a short page is the last.
     let next_before = if records.len() as i64 == limit { records.last().map(|r| r.id) } else { None };
     Ok(Json(AuditPage { records, next_before }))
+}
+
+/// The `delete` event an operator's deletion appended.
+#[derive(Serialize, ToSchema)]
+pub struct MessageDeleted {
+    pub room: String,
+    /// The `delete` event's own seq in the room's stream.
+    pub seq: i64,
+    /// The deleted message.
+    pub target_seq: i64,
+}
+
+/// Deletes a message (moderation): its body is emptied and a `delete`
+/// event (reason `operator`) is appended to the room's stream, live to
+/// every member and to resuming clients. Audit-logged (`message_deleted`,
+/// target = the author).
+#[utoipa::path(delete, path = "/api/v1/admin/rooms/{id}/messages/{seq}", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path), ("seq" = i64, Path)),
+    responses((status = 200, body = MessageDeleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete_message(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    _admin: Admin,
+    ApiPath((id, seq)): ApiPath<(String, i64)>,
+) -> ApiResult<Json<MessageDeleted>> {
+    validate::id("id", &id)?;
+    if seq < 1 {
+        return Err(ApiError::bad_request("seq: must be >= 1"));
+    }
+    let msg = NewMessage {
+        room_id: id.clone(),
+        sender_id: crate::db::OPERATOR.to_owned(),
+        client_msg_id: format!("operator:{}", crate::db::new_id()),
+        body: String::new(),
+        sent_at: crate::db::now_ms(),
+        kind: NewKind::Delete { target_seq: seq, by: Deleter::Operator },
+    };
+    let outcome =
+        state.hub.submit(msg).await.await.unwrap_or(Err(crate::db::DbError::Unavailable(sqlx::Error::PoolClosed)))?;
+    let event = match outcome {
+        AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
+        AppendOutcome::NoSuchRoom => return Err(ApiError::NotFound("room")),
+        _ => return Err(ApiError::NotFound("message")),
+    };
+    // The author, for the audit record (ids only, never the body).
+    let author = match state.store.history(&id, Some(seq - 1), Some(seq + 1), 1).await {
+        Ok(page) => page.messages.into_iter().next().map(|m| m.sender),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a deleted message's author failed");
+            None
+        }
+    };
+    audit::record(&state, AuditEvent::about(AuditAction::MessageDeleted, author.as_deref(), client.0)).await;
+    tracing::info!(room = %id, target_seq = seq, seq = event.seq, "message deleted by an operator");
+    Ok(Json(MessageDeleted { room: id, seq: event.seq, target_seq: seq }))
 }

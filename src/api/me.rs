@@ -87,7 +87,8 @@ pub async fn patch_me(
 }
 
 /// Erases the account: credentials and sessions deleted, profile anonymised,
-/// messages turned into tombstones (empty body, seq kept), owned rooms handed
+/// messages turned into tombstones (empty body, seq kept; each gets a
+/// `delete` event in its room's stream shortly after), owned rooms handed
 /// to the longest-standing member or deleted when empty.
 #[utoipa::path(delete, path = "/api/v1/me", tag = "me", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
@@ -96,6 +97,8 @@ pub async fn delete_me(State(state): State<AppState>, client: ClientAddr, user: 
     // Kept after the erasure: it holds the id only, nothing erased.
     audit::record(&state, AuditEvent::by_user(AuditAction::Erasure, &user.user_id, client.0)).await;
     state.hub.close_user(&user.user_id, crate::hub::frames::close::AUTH, "account erased");
+    // Each message's `delete` event (reason `erased`), in the background.
+    state.hub.finish_erasure(&user.user_id);
     tracing::info!(user_id = %user.user_id, "account erased");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -41,10 +41,12 @@ pub enum AuditAction {
     Unban,
     /// An operator closed the target's sockets.
     AdminDisconnect,
+    /// An operator deleted a message of the target (its author).
+    MessageDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 9] = [
+    pub const ALL: [AuditAction; 10] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshTokenReused,
@@ -54,6 +56,7 @@ impl AuditAction {
         AuditAction::Ban,
         AuditAction::Unban,
         AuditAction::AdminDisconnect,
+        AuditAction::MessageDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl AuditAction {
             AuditAction::Ban => "ban",
             AuditAction::Unban => "unban",
             AuditAction::AdminDisconnect => "admin_disconnect",
+            AuditAction::MessageDeleted => "message_deleted",
         }
     }
 
@@ -114,7 +118,8 @@ pub struct AuditRecord {
     /// Whom it concerns; `null` when unknown.
     pub target_id: Option<String>,
     /// `login_succeeded`, `login_failed`, `refresh_token_reused`, `logout`,
-    /// `erasure`, `password_changed`, `ban`, `unban`, `admin_disconnect`.
+    /// `erasure`, `password_changed`, `ban`, `unban`, `admin_disconnect`,
+    /// `message_deleted`.
     pub action: String,
     /// The client's IP address (behind `TRUSTED_PROXIES`).
     pub client_addr: Option<String>,

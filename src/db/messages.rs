@@ -1,7 +1,12 @@
 //! Message persistence: gap-free per-room sequence numbers, idempotent by
 //! `(room, sender, client_msg_id)`, appended in batches.
+//!
+//! A room's stream holds messages and change events (`edit`, `delete`):
+//! each change is a row with its own seq, appended through the same path,
+//! so replay, gap fill and the bus carry it like a message; the message it
+//! changes is updated to its current state in the same transaction.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::Row;
@@ -9,14 +14,104 @@ use sqlx::any::AnyRow;
 
 use super::{DbError, Store};
 
-/// A message to store.
+/// A message, or a change event, to store.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub room_id: String,
+    /// Who sends or makes the change ([`OPERATOR`] for an operator's delete).
     pub sender_id: String,
     pub client_msg_id: String,
+    /// The new body of an edit; empty for a delete.
     pub body: String,
     pub sent_at: i64,
+    pub kind: NewKind,
+}
+
+/// The sender id of deletes made by an operator (user ids are UUIDs, so it
+/// cannot name a user).
+pub const OPERATOR: &str = "operator";
+
+/// What an appended entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NewKind {
+    /// A new message.
+    #[default]
+    Message,
+    /// Replaces the body of the sender's own message `target_seq`, allowed
+    /// while the edit's `sent_at` is at most `window_ms` after the
+    /// message's (0: never). The window travels with the request so the
+    /// store holds no policy.
+    Edit { target_seq: i64, window_ms: i64 },
+    /// Deletes message `target_seq` (empties its body).
+    Delete { target_seq: i64, by: Deleter },
+}
+
+/// On whose authority a delete is made; the `reason` follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleter {
+    /// A member: the author (`author`) or the room's owner (`owner`).
+    Member,
+    /// An operator through the admin API (`operator`); no membership.
+    Operator,
+    /// The author's account erasure (`erased`); the author is no longer a
+    /// member by then.
+    Erasure,
+}
+
+/// What a row of a room's stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryType {
+    Message,
+    /// A change event: the new body of message `target_seq`.
+    Edit,
+    /// A change event: message `target_seq` was deleted.
+    Delete,
+}
+
+impl EntryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryType::Message => "message",
+            EntryType::Edit => "edit",
+            EntryType::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "edit" => EntryType::Edit,
+            "delete" => EntryType::Delete,
+            _ => EntryType::Message,
+        }
+    }
+}
+
+/// Why a message was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteReason {
+    Author,
+    Owner,
+    Operator,
+    Erased,
+}
+
+impl DeleteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteReason::Author => "author",
+            DeleteReason::Owner => "owner",
+            DeleteReason::Operator => "operator",
+            DeleteReason::Erased => "erased",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [DeleteReason::Author, DeleteReason::Owner, DeleteReason::Operator, DeleteReason::Erased]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
 }
 
 /// Where a page of a sender's messages ends: `sent_at:seq:room` on the wire.
@@ -48,17 +143,32 @@ impl std::fmt::Display for MessageKey {
     }
 }
 
-/// A stored message, as history and the socket deliver it.
+/// A stored entry of a room's stream (a message, in its current state, or
+/// a change event), as history and the socket deliver it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StoredMessage {
+    /// `message`, or a change event (`edit`, `delete`) of `target_seq`.
+    #[serde(rename = "type")]
+    pub kind: EntryType,
     pub room: String,
     pub seq: i64,
+    /// The author of a message; who made a change event.
     pub sender: String,
-    /// Empty for a tombstone (the sender erased their account).
+    /// Empty for a deleted message (a tombstone) and for a `delete` event;
+    /// an `edit` event's new body (emptied once its message is deleted).
     pub body: String,
     pub client_msg_id: String,
     /// Unix milliseconds, assigned by the server.
     pub sent_at: i64,
+    /// The message's seq a change event applies to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<i64>,
+    /// Why a `delete` event happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DeleteReason>,
+    /// A message's last edit (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
 }
@@ -78,6 +188,14 @@ pub enum AppendOutcome {
     /// The sender is not a member of the room (checked in the transaction,
     /// so a removed member can never store another message).
     NotMember,
+    /// A change names no live message of the room (missing, deleted, or a
+    /// change event itself).
+    TargetNotFound,
+    /// The sender may not make this change (another's message; a delete by
+    /// a member who is neither the author nor the room's owner).
+    Forbidden,
+    /// An edit after the edit window.
+    EditWindowClosed,
 }
 
 /// A page of history.
@@ -89,19 +207,99 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-const MSG_COLS: &str = "room_id, seq, sender_id, body, client_msg_id, sent_at, deleted_at";
-const MSG_COLS_M: &str = "m.room_id, m.seq, m.sender_id, m.body, m.client_msg_id, m.sent_at, m.deleted_at";
+const MSG_COLS: &str =
+    "room_id, seq, sender_id, body, client_msg_id, sent_at, deleted_at, kind, target_seq, reason, edited_at";
+const MSG_COLS_M: &str = "m.room_id, m.seq, m.sender_id, m.body, m.client_msg_id, m.sent_at, m.deleted_at, \
+                          m.kind, m.target_seq, m.reason, m.edited_at";
 
 fn message_from(r: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
     Ok(StoredMessage {
+        kind: EntryType::parse(r.try_get("kind")?),
         room: r.try_get("room_id")?,
         seq: r.try_get("seq")?,
         sender: r.try_get("sender_id")?,
         body: r.try_get("body")?,
         client_msg_id: r.try_get("client_msg_id")?,
         sent_at: r.try_get("sent_at")?,
+        target_seq: r.try_get("target_seq")?,
+        reason: r.try_get::<Option<&str>, _>("reason")?.and_then(DeleteReason::parse),
+        edited_at: r.try_get("edited_at")?,
         deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
     })
+}
+
+/// The current state of a message a change in the batch applies to.
+struct Target {
+    sender: String,
+    sent_at: i64,
+    /// A message (not a change event) that is not deleted.
+    live: bool,
+    body: String,
+    edited_at: Option<i64>,
+    deleted: Option<(i64, String)>,
+    /// Changed by this batch: written back after the inserts.
+    dirty: bool,
+}
+
+/// Whether `m` may make its change to `t`: the reason of a delete, or the
+/// refusal.
+fn check_change(m: &NewMessage, t: &Target, owner: bool) -> Result<Option<DeleteReason>, Refused> {
+    if !t.live {
+        return Err(Refused::TargetNotFound);
+    }
+    match m.kind {
+        NewKind::Message => Ok(None),
+        NewKind::Edit { window_ms, .. } => {
+            if t.sender != m.sender_id {
+                Err(Refused::Forbidden)
+            } else if window_ms <= 0 || m.sent_at - t.sent_at > window_ms {
+                Err(Refused::EditWindowClosed)
+            } else {
+                Ok(None)
+            }
+        }
+        NewKind::Delete { by, .. } => match by {
+            Deleter::Member if t.sender == m.sender_id => Ok(Some(DeleteReason::Author)),
+            Deleter::Member if owner => Ok(Some(DeleteReason::Owner)),
+            Deleter::Member => Err(Refused::Forbidden),
+            Deleter::Operator => Ok(Some(DeleteReason::Operator)),
+            Deleter::Erasure if t.sender == m.sender_id => Ok(Some(DeleteReason::Erased)),
+            Deleter::Erasure => Err(Refused::Forbidden),
+        },
+    }
+}
+
+/// Why a change is refused (the matching [`AppendOutcome`] is large).
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    TargetNotFound,
+    Forbidden,
+    EditWindowClosed,
+}
+
+impl From<Refused> for AppendOutcome {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::TargetNotFound => AppendOutcome::TargetNotFound,
+            Refused::Forbidden => AppendOutcome::Forbidden,
+            Refused::EditWindowClosed => AppendOutcome::EditWindowClosed,
+        }
+    }
+}
+
+impl NewKind {
+    /// The message a change applies to.
+    fn target(self) -> Option<i64> {
+        match self {
+            NewKind::Message => None,
+            NewKind::Edit { target_seq, .. } | NewKind::Delete { target_seq, .. } => Some(target_seq),
+        }
+    }
+
+    /// Operators and erasures act without being members.
+    fn needs_membership(self) -> bool {
+        !matches!(self, NewKind::Delete { by: Deleter::Operator | Deleter::Erasure, .. })
+    }
 }
 
 /// Rows per multi-row INSERT: 6 parameters each stays far below both
@@ -124,7 +322,10 @@ impl Store {
     /// 3. find messages already stored with the same
     ///    `(room, sender, client_msg_id)`, and repeats within the batch: they
     ///    come back as [`AppendOutcome::Duplicate`] with the original seq;
-    /// 4. insert the rest with consecutive seqs after `last_seq`;
+    /// 4. check each change (edit, delete) against the current state of
+    ///    its target, read under the same lock, and insert the rest with
+    ///    consecutive seqs after `last_seq`; a change's target row is
+    ///    rewritten to its new state;
     /// 5. move each room's `last_seq`.
     ///
     /// A rollback releases the seqs unused, so they stay gap-free. Outcomes
@@ -147,6 +348,7 @@ impl Store {
         let mut rooms: Vec<&str> = batch.iter().map(|m| m.room_id.as_str()).collect();
         rooms.sort_unstable();
         rooms.dedup();
+        let has_changes = batch.iter().any(|m| m.kind != NewKind::Message);
         let mut tx = self.write.begin().await?;
 
         // 1. Lock and read.
@@ -166,17 +368,18 @@ impl Store {
             }
         }
 
-        // 2. Membership of (room, sender) pairs.
+        // 2. Membership of (room, sender) pairs, and whether the sender owns
+        // the room (for owners' deletes).
         let mut pairs: Vec<(&str, &str)> = batch.iter().map(|m| (m.room_id.as_str(), m.sender_id.as_str())).collect();
         pairs.sort_unstable();
         pairs.dedup();
-        let mut members: HashSet<(String, String)> = HashSet::new();
+        let mut members: HashMap<(String, String), bool> = HashMap::new();
         for chunk in pairs.chunks(IN_CHUNK) {
             let tuples =
                 (0..chunk.len()).map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k)).collect::<Vec<_>>().join(", ");
             // A join on VALUES plans as index look-ups on both backends.
             let sql = format!(
-                "SELECT m.room_id, m.user_id FROM memberships m JOIN (VALUES {tuples}) AS v \
+                "SELECT m.room_id, m.user_id, m.role FROM memberships m JOIN (VALUES {tuples}) AS v \
                  ON m.room_id = v.column1 AND m.user_id = v.column2"
             );
             let mut q = sqlx::query(&sql);
@@ -184,7 +387,8 @@ impl Store {
                 q = q.bind(*r).bind(*u);
             }
             for row in q.fetch_all(&mut *tx).await? {
-                members.insert((row.try_get("room_id")?, row.try_get("user_id")?));
+                let owner = row.try_get::<&str, _>("role")? == "owner";
+                members.insert((row.try_get("room_id")?, row.try_get("user_id")?), owner);
             }
         }
 
@@ -192,7 +396,8 @@ impl Store {
         let candidates: Vec<usize> = (0..batch.len())
             .filter(|&i| {
                 let m = &batch[i];
-                let ok = last.contains_key(&m.room_id) && members.contains(&(m.room_id.clone(), m.sender_id.clone()));
+                let ok = last.contains_key(&m.room_id)
+                    && (!m.kind.needs_membership() || members.contains_key(&(m.room_id.clone(), m.sender_id.clone())));
                 if !ok {
                     out[i] = Some(if last.contains_key(&m.room_id) {
                         AppendOutcome::NotMember
@@ -223,22 +428,84 @@ impl Store {
             }
         }
 
-        // 4. Allocate seqs in batch order and insert.
+        // 3b. The current state of the messages that changes apply to (none
+        // for a batch of plain messages).
+        let mut targets: HashMap<(String, i64), Target> = HashMap::new();
+        if has_changes {
+            let wanted: Vec<(&str, i64)> = candidates
+                .iter()
+                .filter_map(|&i| batch[i].kind.target().map(|t| (batch[i].room_id.as_str(), t)))
+                .collect();
+            for chunk in wanted.chunks(IN_CHUNK) {
+                let tuples = (0..chunk.len())
+                    .map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "SELECT m.room_id, m.seq, m.sender_id, m.sent_at, m.kind, m.deleted_at, m.body, m.edited_at \
+                     FROM messages m JOIN (VALUES {tuples}) AS v ON m.room_id = v.column1 AND m.seq = v.column2"
+                );
+                let mut q = sqlx::query(&sql);
+                for (r, t) in chunk {
+                    q = q.bind(*r).bind(*t);
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    let kind: String = row.try_get("kind")?;
+                    let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+                    targets.insert(
+                        (row.try_get("room_id")?, row.try_get("seq")?),
+                        Target {
+                            sender: row.try_get("sender_id")?,
+                            sent_at: row.try_get("sent_at")?,
+                            live: kind == "message" && deleted_at.is_none(),
+                            body: row.try_get("body")?,
+                            edited_at: row.try_get("edited_at")?,
+                            deleted: None,
+                            dirty: false,
+                        },
+                    );
+                }
+            }
+        }
+
+        // 4. Allocate seqs in batch order and insert. Changes are checked
+        // against the state left by the entries before them in the batch.
         let mut fresh: Vec<StoredMessage> = Vec::new();
         let mut moved: BTreeMap<&str, i64> = BTreeMap::new();
         for &i in &candidates {
             let m = &batch[i];
             let key = (m.room_id.clone(), m.sender_id.clone(), m.client_msg_id.clone());
             if let Some(orig) = known.get(&key) {
-                // A tombstone has lost its body: a retry of it is still the
-                // same message.
-                let same = orig.body == m.body || orig.deleted;
+                // The stored text is no longer what was sent once the
+                // message was edited or deleted (and an edit event's text is
+                // emptied when its message is deleted): a retry of it is
+                // still the same request.
+                let changed = orig.deleted
+                    || orig.edited_at.is_some()
+                    || (orig.kind != EntryType::Message && orig.body.is_empty());
+                let same = changed || orig.body == m.body;
                 out[i] = Some(if same {
                     AppendOutcome::Duplicate(orig.clone())
                 } else {
                     AppendOutcome::Conflict(orig.clone())
                 });
                 continue;
+            }
+            let target = m.kind.target();
+            let mut reason = None;
+            if let Some(t) = target {
+                let owner = members.get(&(m.room_id.clone(), m.sender_id.clone())).copied().unwrap_or(false);
+                let checked = match targets.get(&(m.room_id.clone(), t)) {
+                    Some(state) => check_change(m, state, owner),
+                    None => Err(Refused::TargetNotFound),
+                };
+                match checked {
+                    Ok(r) => reason = r,
+                    Err(refused) => {
+                        out[i] = Some(refused.into());
+                        continue;
+                    }
+                }
             }
             // `candidates` only holds rooms found in step 1.
             let seq = last.get_mut(&m.room_id).map(|l| {
@@ -248,19 +515,58 @@ impl Store {
             let Some(seq) = seq else { continue };
             moved.insert(&m.room_id, seq);
             let stored = StoredMessage {
+                kind: match m.kind {
+                    NewKind::Message => EntryType::Message,
+                    NewKind::Edit { .. } => EntryType::Edit,
+                    NewKind::Delete { .. } => EntryType::Delete,
+                },
                 room: m.room_id.clone(),
                 seq,
                 sender: m.sender_id.clone(),
                 body: m.body.clone(),
                 client_msg_id: m.client_msg_id.clone(),
                 sent_at: m.sent_at,
+                target_seq: target,
+                reason,
+                edited_at: None,
                 deleted: false,
             };
+            match (m.kind, target.and_then(|t| targets.get_mut(&(m.room_id.clone(), t)))) {
+                (NewKind::Edit { .. }, Some(t)) => {
+                    t.body = m.body.clone();
+                    t.edited_at = Some(m.sent_at);
+                    t.dirty = true;
+                }
+                (NewKind::Delete { .. }, Some(t)) => {
+                    t.body.clear();
+                    t.live = false;
+                    t.deleted = Some((m.sent_at, m.sender_id.clone()));
+                    t.dirty = true;
+                }
+                // A message a later change in this batch may apply to.
+                (NewKind::Message, _) if has_changes => {
+                    targets.insert(
+                        (m.room_id.clone(), seq),
+                        Target {
+                            sender: m.sender_id.clone(),
+                            sent_at: m.sent_at,
+                            live: true,
+                            body: m.body.clone(),
+                            edited_at: None,
+                            deleted: None,
+                            dirty: false,
+                        },
+                    );
+                }
+                _ => {}
+            }
             known.insert(key, stored.clone());
             out[i] = Some(AppendOutcome::Stored(stored.clone()));
             fresh.push(stored);
         }
-        for chunk in fresh.chunks(INSERT_CHUNK) {
+        let (plain, changes): (Vec<&StoredMessage>, Vec<&StoredMessage>) =
+            fresh.iter().partition(|m| m.kind == EntryType::Message);
+        for chunk in plain.chunks(INSERT_CHUNK) {
             let rows = (0..chunk.len())
                 .map(|k| format!("({})", super::placeholders(1 + 6 * k, 6)))
                 .collect::<Vec<_>>()
@@ -273,8 +579,12 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        if push_outbox && !fresh.is_empty() {
-            super::push::insert_outbox(&mut tx, &fresh).await?;
+        // Push notifications are for messages, not for edits and deletes.
+        if push_outbox && !plain.is_empty() {
+            super::push::insert_outbox(&mut tx, &plain).await?;
+        }
+        if has_changes {
+            self.store_changes(&mut tx, &changes, &targets).await?;
         }
 
         // 5. Move last_seq (one CASE statement per chunk of rooms).
@@ -299,6 +609,69 @@ impl Store {
         // Every index was filled: each message is either refused in step 3,
         // a duplicate, or stored in step 4.
         Ok(out.into_iter().map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom)).collect())
+    }
+
+    /// Inserts change events and writes their targets' new state (step 4
+    /// of [`Store::append_messages`], only for batches holding changes).
+    async fn store_changes(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        changes: &[&StoredMessage],
+        targets: &HashMap<(String, i64), Target>,
+    ) -> Result<(), DbError> {
+        for chunk in changes.chunks(INSERT_CHUNK) {
+            let rows = (0..chunk.len())
+                .map(|k| format!("({})", super::placeholders(1 + 9 * k, 9)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id, sent_at, kind, target_seq, reason) \
+                 VALUES {rows}"
+            );
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q
+                    .bind(&m.room)
+                    .bind(m.seq)
+                    .bind(&m.sender)
+                    .bind(&m.body)
+                    .bind(&m.client_msg_id)
+                    .bind(m.sent_at)
+                    .bind(m.kind.as_str())
+                    .bind(m.target_seq)
+                    .bind(m.reason.map(DeleteReason::as_str));
+            }
+            q.execute(&mut **tx).await?;
+        }
+        // One statement per changed message: changes are rare next to
+        // messages, and an erasure batch is bounded.
+        for ((room, seq), t) in targets.iter().filter(|(_, t)| t.dirty) {
+            let (deleted_at, deleted_by) = match &t.deleted {
+                Some((at, by)) => (Some(*at), Some(by.as_str())),
+                None => (None, None),
+            };
+            sqlx::query(
+                "UPDATE messages SET body = $3, edited_at = $4, deleted_at = $5, deleted_by = $6 \
+                 WHERE room_id = $1 AND seq = $2",
+            )
+            .bind(room)
+            .bind(*seq)
+            .bind(&t.body)
+            .bind(t.edited_at)
+            .bind(deleted_at)
+            .bind(deleted_by)
+            .execute(&mut **tx)
+            .await?;
+            if t.deleted.is_some() {
+                // A deleted message keeps no earlier version either.
+                sqlx::query("UPDATE messages SET body = '' WHERE room_id = $1 AND target_seq = $2 AND kind = 'edit'")
+                    .bind(room)
+                    .bind(*seq)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// One page of a room's history, ascending by seq.
@@ -354,6 +727,39 @@ impl Store {
         let rows =
             sqlx::query(&sql).bind(sender).bind(sent_at).bind(room).bind(seq).bind(limit).fetch_all(&self.read).await?;
         Ok(rows.iter().map(message_from).collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` messages of an erased sender still waiting for their
+    /// `delete` event, in (room, seq) order after `after`.
+    pub async fn erasure_pending(
+        &self,
+        sender: &str,
+        after: Option<(&str, i64)>,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, DbError> {
+        let (room, seq) = after.unwrap_or(("", i64::MIN));
+        let rows = sqlx::query(
+            "SELECT room_id, seq FROM messages WHERE sender_id = $1 AND kind = 'message' AND deleted_at IS NULL \
+             AND (room_id > $2 OR (room_id = $2 AND seq > $3)) ORDER BY room_id, seq LIMIT $4",
+        )
+        .bind(sender)
+        .bind(room)
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.write)
+        .await?;
+        Ok(rows.iter().map(|r| Ok((r.try_get("room_id")?, r.try_get("seq")?))).collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Erased accounts whose messages still wait for `delete` events (an
+    /// instance stopped in the middle of an erasure).
+    pub async fn erasures_unfinished(&self) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT u.id FROM users u WHERE u.deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM messages m \
+             WHERE m.sender_id = u.id AND m.kind = 'message' AND m.deleted_at IS NULL)",
+        )
+        .fetch_all(&self.read)
+        .await?)
     }
 
     /// The highest seq of a room, `None` for an unknown room.

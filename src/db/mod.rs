@@ -22,7 +22,10 @@ mod users;
 
 pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditRecord, PURGE_BATCH};
 pub use idempotency::IdempotencyRecord;
-pub use messages::{AppendOutcome, HistoryPage, MessageKey, NewMessage, StoredMessage};
+pub use messages::{
+    AppendOutcome, DeleteReason, Deleter, EntryType, HistoryPage, MessageKey, NewKind, NewMessage, OPERATOR,
+    StoredMessage,
+};
 pub use push::OutboxRow;
 pub use rooms::{Member, Role, Room, RoomForUser};
 pub use seed::SeedUser;

@@ -29,7 +29,7 @@ pub struct OutboxRow {
 
 /// Inserts an outbox row per fresh message, inside the caller's
 /// transaction (the group commit's).
-pub(super) async fn insert_outbox(conn: &mut sqlx::AnyConnection, fresh: &[StoredMessage]) -> Result<(), DbError> {
+pub(super) async fn insert_outbox(conn: &mut sqlx::AnyConnection, fresh: &[&StoredMessage]) -> Result<(), DbError> {
     for chunk in fresh.chunks(INSERT_CHUNK) {
         let rows =
             (0..chunk.len()).map(|k| format!("({})", super::placeholders(1 + 6 * k, 6))).collect::<Vec<_>>().join(", ");

@@ -205,8 +205,10 @@ impl Store {
     /// Credentials, sessions, tokens, tickets, read markers and memberships
     /// are deleted; the profile row stays, anonymised, so other people's
     /// history still resolves the sender id. The user's messages become
-    /// tombstones: body emptied and `deleted_at` set, but their `seq` kept, so
-    /// every room's sequence stays gap-free for clients that sync by seq.
+    /// tombstones: body emptied here, their `seq` kept; the caller then
+    /// appends a `delete` event (reason `erased`) per message, which sets
+    /// `deleted_at` (`Hub::finish_erasure`), so clients that have a message
+    /// learn of it on resume.
     /// Rooms the user owned pass to their longest-standing member, or are
     /// deleted when nobody else is in them.
     pub async fn erase_user(&self, id: &str) -> Result<(), DbError> {
@@ -255,11 +257,10 @@ impl Store {
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await?;
         }
-        sqlx::query("UPDATE messages SET body = '', deleted_at = $2 WHERE sender_id = $1 AND deleted_at IS NULL")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        // Bodies go now, in this transaction (edits included); each message
+        // then gets its `delete` event in bounded batches afterwards
+        // (`Hub::finish_erasure`), which marks it deleted.
+        sqlx::query("UPDATE messages SET body = '' WHERE sender_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE users SET email = NULL, email_lower = NULL, display_name = $2, \
              deleted_at = $3, updated_at = $3 WHERE id = $1",

@@ -57,24 +57,7 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
         let push = hub.settings().push_wake.as_ref();
         match hub.store().append_messages_with(&msgs, push.is_some()).await {
             Ok(outcomes) => {
-                // Fan out in seq order per room: outcomes of one room are in
-                // ascending seq already (allocated in batch order).
-                for o in &outcomes {
-                    match o {
-                        AppendOutcome::Stored(m) => {
-                            hub.metrics().ws_messages_stored.inc();
-                            hub.deliver_local_commit(&m.room, m.seq, message_frame(m));
-                        }
-                        // A re-send: the first attempt may have been stored
-                        // by an instance that died before fanning it out.
-                        // Delivering again is free of duplicates (rooms and
-                        // sockets drop seqs they have) and closes that hole.
-                        AppendOutcome::Duplicate(m) | AppendOutcome::Conflict(m) => {
-                            hub.deliver_local_commit(&m.room, m.seq, message_frame(m))
-                        }
-                        _ => {}
-                    }
-                }
+                hub.fan_out_stored(&outcomes);
                 // Once per batch, after the fan-out: the push worker looks at
                 // the outbox rows this commit wrote.
                 if let Some(wake) = push
@@ -98,6 +81,29 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                         _ => DbError::Unavailable(sqlx::Error::PoolTimedOut),
                     }));
                 }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Fans out what a batch stored, in seq order per room: outcomes of one
+    /// room are in ascending seq already (allocated in batch order).
+    pub(super) fn fan_out_stored(&self, outcomes: &[AppendOutcome]) {
+        for o in outcomes {
+            match o {
+                AppendOutcome::Stored(m) => {
+                    self.metrics().ws_messages_stored.inc();
+                    self.deliver_local_commit(&m.room, m.seq, message_frame(m));
+                }
+                // A re-send: the first attempt may have been stored by an
+                // instance that died before fanning it out. Delivering again
+                // is free of duplicates (rooms and sockets drop seqs they
+                // have) and closes that hole.
+                AppendOutcome::Duplicate(m) | AppendOutcome::Conflict(m) => {
+                    self.deliver_local_commit(&m.room, m.seq, message_frame(m))
+                }
+                _ => {}
             }
         }
     }

@@ -25,7 +25,7 @@ use super::sequencer::{self, Admit};
 use super::version::{self, Heartbeat};
 use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
-use crate::db::{AppendOutcome, DbError, NewMessage, now_ms};
+use crate::db::{AppendOutcome, DbError, Deleter, NewKind, NewMessage, now_ms};
 use crate::metrics::Local;
 use crate::net::ClientAddr;
 use crate::state::AppState;
@@ -448,8 +448,9 @@ impl Conn {
             self.pings_outstanding -= 1;
             return None;
         }
-        // Rate limits: sends and everything else have separate budgets.
-        let is_send = matches!(frame, ClientFrame::Send { .. });
+        // Rate limits: writes (sends, edits, deletes) and everything else
+        // have separate budgets.
+        let is_send = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Edit { .. } | ClientFrame::Delete { .. });
         let limiter = if is_send { &self.send_limit } else { &self.event_limit };
         if let Err(not_until) = limiter.check() {
             self.hub.metrics().rate_limited.inc(if is_send { "send" } else { "event" });
@@ -485,22 +486,17 @@ impl Conn {
                 ServerFrame::Left { id, room: &room, reason: "requested" }.encode()
             }
             ClientFrame::Send { room, body, client_msg_id } => {
-                let msg = NewMessage {
-                    room_id: room.clone(),
-                    sender_id: self.shared.user.to_string(),
-                    client_msg_id: client_msg_id.clone(),
-                    body,
-                    sent_at: now_ms(),
-                };
-                let rx: oneshot::Receiver<_> = self.hub.submit(msg).await;
-                let id = id.map(ToOwned::to_owned);
-                // Set when this frame was read: the start of the persist
-                // latency, at no extra clock read.
-                let received = self.last_seen;
-                acks.push(Box::pin(async move {
-                    let res = rx.await.unwrap_or(Err(DbError::Unavailable(sqlx::Error::PoolClosed)));
-                    (id, room, client_msg_id, received, res)
-                }));
+                self.submit(id, room, body, client_msg_id, NewKind::Message, acks).await;
+                return None;
+            }
+            ClientFrame::Edit { room, target_seq, body, client_msg_id } => {
+                let window_ms = self.hub.settings().edit_window_ms;
+                self.submit(id, room, body, client_msg_id, NewKind::Edit { target_seq, window_ms }, acks).await;
+                return None;
+            }
+            ClientFrame::Delete { room, target_seq, client_msg_id } => {
+                let kind = NewKind::Delete { target_seq, by: Deleter::Member };
+                self.submit(id, room, String::new(), client_msg_id, kind, acks).await;
                 return None;
             }
             ClientFrame::Typing { room } => {
@@ -538,6 +534,36 @@ impl Conn {
         self.error(id, ErrorCode::NotJoined, "join the room on this socket first", Some(room), None)
     }
 
+    /// Queues a send, edit or delete for the committer; its `ack` (or
+    /// error) is written when the commit resolves.
+    async fn submit(
+        &mut self,
+        id: Option<&RawValue>,
+        room: String,
+        body: String,
+        client_msg_id: String,
+        kind: NewKind,
+        acks: &mut FuturesUnordered<PendingAck>,
+    ) {
+        let msg = NewMessage {
+            room_id: room.clone(),
+            sender_id: self.shared.user.to_string(),
+            client_msg_id: client_msg_id.clone(),
+            body,
+            sent_at: now_ms(),
+            kind,
+        };
+        let rx: oneshot::Receiver<_> = self.hub.submit(msg).await;
+        let id = id.map(ToOwned::to_owned);
+        // Set when this frame was read: the start of the persist latency,
+        // at no extra clock read.
+        let received = self.last_seen;
+        acks.push(Box::pin(async move {
+            let res = rx.await.unwrap_or(Err(DbError::Unavailable(sqlx::Error::PoolClosed)));
+            (id, room, client_msg_id, received, res)
+        }));
+    }
+
     fn db_error(&self, id: Option<&RawValue>, room: &str, e: DbError) -> Utf8Bytes {
         tracing::warn!(error = %e, "storage error on socket request");
         self.hub.metrics().db_errors.inc("ws");
@@ -569,6 +595,19 @@ impl Conn {
             Ok(AppendOutcome::NotMember) | Ok(AppendOutcome::NoSuchRoom) => {
                 self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(room), None)
             }
+            Ok(AppendOutcome::TargetNotFound) => {
+                self.error(id, ErrorCode::NotFound, "no such message in this room", Some(room), None)
+            }
+            Ok(AppendOutcome::Forbidden) => {
+                self.error(id, ErrorCode::Forbidden, "not allowed to change this message", Some(room), None)
+            }
+            Ok(AppendOutcome::EditWindowClosed) => self.error(
+                id,
+                ErrorCode::EditWindowClosed,
+                "the edit window of this message has passed",
+                Some(room),
+                None,
+            ),
             Err(e) => self.db_error(id, room, e),
         }
     }

@@ -9,7 +9,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::db::StoredMessage;
+use crate::db::{EntryType, StoredMessage};
 
 /// Stable error codes of `error` frames (shared with REST where they overlap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,10 +32,12 @@ pub enum ErrorCode {
     /// A `client_msg_id` already stored with a different body: the retry is
     /// not the same message, and acking it would lose the new text.
     Conflict,
+    /// An `edit` after `EDIT_WINDOW_SECS` from the message's `sent_at`.
+    EditWindowClosed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -48,6 +50,7 @@ impl ErrorCode {
         ErrorCode::LimitExceeded,
         ErrorCode::NotJoined,
         ErrorCode::Conflict,
+        ErrorCode::EditWindowClosed,
     ];
 
     /// The code as it appears on the wire (and as a metric label).
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::EditWindowClosed => "edit_window_closed",
         }
     }
 }
@@ -107,6 +111,7 @@ pub struct RawFrame<'a> {
     pub client_msg_id: Option<String>,
     pub seq: Option<i64>,
     pub token: Option<String>,
+    pub target_seq: Option<i64>,
 }
 
 /// The fields each client frame type may carry besides `type` and `id`:
@@ -210,6 +215,17 @@ pub enum ClientFrame {
         body: String,
         client_msg_id: String,
     },
+    Edit {
+        room: String,
+        target_seq: i64,
+        body: String,
+        client_msg_id: String,
+    },
+    Delete {
+        room: String,
+        target_seq: i64,
+        client_msg_id: String,
+    },
     Typing {
         room: String,
     },
@@ -232,6 +248,8 @@ impl ClientFrame {
             ClientFrame::Join { .. } => "join",
             ClientFrame::Leave { .. } => "leave",
             ClientFrame::Send { .. } => "send",
+            ClientFrame::Edit { .. } => "edit",
+            ClientFrame::Delete { .. } => "delete",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Read { .. } => "read",
             ClientFrame::Ping => "ping",
@@ -323,6 +341,20 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
             None => Err(bad("room: required")),
         }
     };
+    let client_msg_id = || -> Result<String, FrameError> {
+        match &raw.client_msg_id {
+            Some(c) if valid_client_msg_id(c) => Ok(c.clone()),
+            Some(_) => Err(bad("client_msg_id: 1-64 characters of [A-Za-z0-9_.:-]")),
+            None => Err(bad("client_msg_id: required")),
+        }
+    };
+    let target_seq = || -> Result<i64, FrameError> {
+        match raw.target_seq {
+            Some(s) if s >= 1 => Ok(s),
+            Some(_) => Err(bad("target_seq: must be >= 1")),
+            None => Err(bad("target_seq: required")),
+        }
+    };
     let frame = match raw.ty.as_ref() {
         "join" => {
             if raw.since_seq.is_some_and(|s| s < 0) {
@@ -331,7 +363,7 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
             ClientFrame::Join { room: room()?, since_seq: raw.since_seq }
         }
         "leave" => ClientFrame::Leave { room: room()? },
-        "send" => {
+        "send" | "edit" => {
             let room = room()?;
             let body = raw.body.clone().ok_or_else(|| bad("body: required"))?;
             if body.is_empty() {
@@ -345,13 +377,14 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
                     room: Some(room),
                 });
             }
-            let client_msg_id = match &raw.client_msg_id {
-                Some(c) if valid_client_msg_id(c) => c.clone(),
-                Some(_) => return Err(bad("client_msg_id: 1-64 characters of [A-Za-z0-9_.:-]")),
-                None => return Err(bad("client_msg_id: required")),
-            };
-            ClientFrame::Send { room, body, client_msg_id }
+            let client_msg_id = client_msg_id()?;
+            if raw.ty == "send" {
+                ClientFrame::Send { room, body, client_msg_id }
+            } else {
+                ClientFrame::Edit { room, target_seq: target_seq()?, body, client_msg_id }
+            }
         }
+        "delete" => ClientFrame::Delete { room: room()?, target_seq: target_seq()?, client_msg_id: client_msg_id()? },
         "typing" => ClientFrame::Typing { room: room()? },
         "read" => {
             let room = room()?;
@@ -454,8 +487,30 @@ pub enum ServerFrame<'a> {
         body: &'a str,
         client_msg_id: &'a str,
         sent_at: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edited_at: Option<i64>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         deleted: bool,
+    },
+    /// A change event: message `target_seq` now has `body`.
+    Edit {
+        room: &'a str,
+        seq: i64,
+        target_seq: i64,
+        sender: &'a str,
+        body: &'a str,
+        client_msg_id: &'a str,
+        sent_at: i64,
+    },
+    /// A change event: message `target_seq` was deleted.
+    Delete {
+        room: &'a str,
+        seq: i64,
+        target_seq: i64,
+        sender: &'a str,
+        reason: &'a str,
+        client_msg_id: &'a str,
+        sent_at: i64,
     },
     Typing {
         room: &'a str,
@@ -528,16 +583,35 @@ impl ServerFrame<'_> {
 /// `heartbeat=app`): static text, no allocation per beat.
 pub const APP_PING: &str = r#"{"type":"ping"}"#;
 
-/// The `message` frame of a stored message.
+/// The stream frame of a stored entry: `message` (in its current state),
+/// or `edit`/`delete` for a change event. Everything that carries a room's
+/// stream (fan-out, replay, gap fill) goes through here, so change events
+/// travel exactly like messages.
 pub fn message_frame(m: &StoredMessage) -> Utf8Bytes {
-    ServerFrame::Message {
-        room: &m.room,
-        seq: m.seq,
-        sender: &m.sender,
-        body: &m.body,
-        client_msg_id: &m.client_msg_id,
-        sent_at: m.sent_at,
-        deleted: m.deleted,
+    let (room, seq, sender, client_msg_id, sent_at) = (&*m.room, m.seq, &*m.sender, &*m.client_msg_id, m.sent_at);
+    // A change event always has its target (written in the same row).
+    let target_seq = m.target_seq.unwrap_or_default();
+    match m.kind {
+        EntryType::Message => ServerFrame::Message {
+            room,
+            seq,
+            sender,
+            body: &m.body,
+            client_msg_id,
+            sent_at,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
+        },
+        EntryType::Edit => ServerFrame::Edit { room, seq, target_seq, sender, body: &m.body, client_msg_id, sent_at },
+        EntryType::Delete => ServerFrame::Delete {
+            room,
+            seq,
+            target_seq,
+            sender,
+            reason: m.reason.map_or("author", |r| r.as_str()),
+            client_msg_id,
+            sent_at,
+        },
     }
     .encode()
 }
@@ -705,6 +779,11 @@ mod props {
             Just(ClientFrame::Ping),
             Just(ClientFrame::Pong),
             "\\PC{1,200}".prop_map(|token| ClientFrame::Auth { token }),
+            (room(), 1..=i64::MAX, "\\PC{1,50}", "[A-Za-z0-9_.:-]{1,64}").prop_map(
+                |(room, target_seq, body, client_msg_id)| ClientFrame::Edit { room, target_seq, body, client_msg_id }
+            ),
+            (room(), 1..=i64::MAX, "[A-Za-z0-9_.:-]{1,64}")
+                .prop_map(|(room, target_seq, client_msg_id)| ClientFrame::Delete { room, target_seq, client_msg_id }),
         ]
     }
 
@@ -722,6 +801,12 @@ mod props {
             ClientFrame::Ping => json!({"type": "ping"}),
             ClientFrame::Pong => json!({"type": "pong"}),
             ClientFrame::Auth { token } => json!({"type": "auth", "token": token}),
+            ClientFrame::Edit { room, target_seq, body, client_msg_id } => json!({
+                "type": "edit", "room": room, "target_seq": target_seq, "body": body, "client_msg_id": client_msg_id
+            }),
+            ClientFrame::Delete { room, target_seq, client_msg_id } => {
+                json!({"type": "delete", "room": room, "target_seq": target_seq, "client_msg_id": client_msg_id})
+            }
         }
         .to_string();
         if let Some(id) = id {
@@ -761,6 +846,7 @@ mod props {
             Just("client_msg_id"),
             Just("seq"),
             Just("token"),
+            Just("target_seq"),
             Just("extra"),
         ];
         let ty = prop_oneof![
@@ -772,6 +858,8 @@ mod props {
             Just("ping"),
             Just("pong"),
             Just("auth"),
+            Just("edit"),
+            Just("delete"),
             Just("warp"),
         ]
         .prop_map(Value::from);
@@ -847,7 +935,7 @@ mod props {
                     match e.code {
                         ErrorCode::BadRequest => prop_assert!(e.room.is_none()),
                         ErrorCode::TooLarge => {
-                            prop_assert_eq!(m["type"].as_str(), Some("send"));
+                            prop_assert!(matches!(m["type"].as_str(), Some("send" | "edit")));
                             prop_assert!(m["body"].as_str().is_some_and(|b| b.len() > MAX_BODY));
                             prop_assert_eq!(e.room.as_deref(), m["room"].as_str());
                         }

@@ -13,6 +13,7 @@
 //! - [`drain`]: closing every socket at shutdown.
 //! - [`user_stream`]: what every socket of a user hears without joining
 //!   (rooms added, removed, renamed; unjoined rooms' last seq).
+//! - [`erasure`]: erased accounts' `delete` events, in bounded batches.
 //! - [`frames`]: the wire format.
 //! - [`version`]: subprotocol, minor version, features, heartbeat mode.
 //!
@@ -27,6 +28,7 @@ pub mod bridge;
 pub mod commit;
 pub mod conn;
 pub mod drain;
+pub mod erasure;
 pub mod frames;
 pub mod live;
 pub mod presence;
@@ -78,6 +80,8 @@ pub struct HubSettings {
     /// How often rooms that moved are announced as `room_seq` (per room,
     /// at most one frame per socket per interval from each instance).
     pub user_stream_interval: Duration,
+    /// How long an author may edit a message after sending it (ms).
+    pub edit_window_ms: i64,
 }
 
 /// A stored message on its way to sockets: one allocation shared by every
@@ -183,6 +187,7 @@ impl Hub {
         let interval = hub.inner.settings.user_stream_interval;
         tasks.spawn(hub.clone().run_user_stream(interval, stop.clone()));
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
+        tasks.spawn(hub.clone().resume_erasures());
         hub
     }
 

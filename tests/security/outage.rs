@@ -81,10 +81,14 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
         (Method::POST, format!("/api/v1/admin/users/{}/ban", bob.user_id), None, false),
         (Method::DELETE, format!("/api/v1/admin/users/{}/ban", bob.user_id), None, false),
         (Method::GET, "/api/v1/admin/audit".into(), None, false),
+        (Method::DELETE, format!("/api/v1/admin/rooms/{room}/messages/1"), None, false),
     ];
     // The list covers the document: a new route must be added here.
     let templ = |p: &str| {
-        p.replace(&room, "{id}").replace(&bob.user_id, "{id}").replacen("members/{id}", "members/{user_id}", 1)
+        p.replace(&room, "{id}")
+            .replace(&bob.user_id, "{id}")
+            .replacen("members/{id}", "members/{user_id}", 1)
+            .replacen("messages/1", "messages/{seq}", 1)
     };
     let covered: BTreeSet<(String, String)> = ops
         .iter()
@@ -126,6 +130,9 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
     ws.send(json!({"type": "send", "id": 1, "room": room, "client_msg_id": "during", "body": "during"})).await;
     let e = ws.next_of("error").await;
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(1), Some("unavailable")), "send: {e}");
+    ws.send(json!({"type": "edit", "id": 5, "room": room, "target_seq": 1, "client_msg_id": "e", "body": "x"})).await;
+    let e = ws.next_of("error").await;
+    assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(5), Some("unavailable")), "edit: {e}");
     ws.send(json!({"type": "read", "id": 2, "room": room, "seq": 1})).await;
     let e = ws.next_of("error").await;
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(2), Some("unavailable")), "read: {e}");
