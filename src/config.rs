@@ -116,6 +116,23 @@ pub struct Config {
     /// How long audit records are kept (`AUDIT_RETENTION_DAYS`); `None`
     /// keeps them forever.
     pub audit_retention: Option<Duration>,
+    /// Message retention (`RETENTION_*`).
+    pub retention: RetentionConfig,
+}
+
+/// Message retention: the global limits (a room's owner may override them)
+/// and the pace of the background job that enforces them.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// `RETENTION_MAX_AGE_SECS`; `None` (0) keeps messages of any age.
+    pub max_age: Option<Duration>,
+    /// `RETENTION_MAX_MESSAGES`; `None` (0) keeps any number per room.
+    pub max_messages: Option<i64>,
+    /// `RETENTION_INTERVAL_SECS`: time between passes of the job.
+    pub interval: Duration,
+    /// `RETENTION_BATCH`: rows per delete statement (each its own short
+    /// transaction).
+    pub batch: i64,
 }
 
 /// Where and how errors and panics are reported to Sentry.
@@ -153,6 +170,8 @@ pub struct WsConfig {
     pub max_rooms_per_socket: usize,
     /// Sockets one user may hold open on this instance at once.
     pub max_sockets_per_user: usize,
+    /// Rooms one `sync` frame may list (`WS_MAX_SYNC_ROOMS`).
+    pub max_sync_rooms: usize,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -310,6 +329,18 @@ impl Config {
                 0 => None,
                 days => Some(Duration::from_secs(days * 86_400)),
             },
+            retention: RetentionConfig {
+                max_age: match num("RETENTION_MAX_AGE_SECS", 0, 0, 100 * 365 * 86_400)? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                },
+                max_messages: match num("RETENTION_MAX_MESSAGES", 0, 0, 1 << 40)? {
+                    0 => None,
+                    n => Some(n as i64),
+                },
+                interval: secs("RETENTION_INTERVAL_SECS", 60, 1, 86_400)?,
+                batch: num("RETENTION_BATCH", 500, 1, 100_000)? as i64,
+            },
         })
     }
 
@@ -349,6 +380,7 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
         max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
         max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
+        max_sync_rooms: num("WS_MAX_SYNC_ROOMS", 1_000, 1, 100_000)? as usize,
     })
 }
 

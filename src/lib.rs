@@ -30,6 +30,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod retention;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;

@@ -20,6 +20,7 @@ use super::{admin, auth, debug, health, me, rooms};
         rooms::add_member, rooms::remove_member, rooms::history,
         health::healthz, health::readyz,
         admin::ban, admin::unban, admin::stats, admin::connections, admin::disconnect, admin::audit_log,
+        admin::reset_history,
         debug::sentry_test,
     ),
     modifiers(&BearerAuth, &CommonErrors)

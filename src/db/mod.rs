@@ -14,6 +14,7 @@
 mod audit;
 mod idempotency;
 mod messages;
+mod retention;
 mod rooms;
 mod seed;
 mod sessions;
@@ -22,6 +23,7 @@ mod users;
 pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditRecord, PURGE_BATCH};
 pub use idempotency::IdempotencyRecord;
 pub use messages::{AppendOutcome, HistoryPage, MessageKey, NewMessage, StoredMessage};
+pub use retention::{ResumeState, Retention, RetentionRoom, new_epoch};
 pub use rooms::{Member, Role, Room, RoomForUser};
 pub use seed::SeedUser;
 pub use sessions::{RefreshOutcome, SessionIdentity, SessionStatus};
