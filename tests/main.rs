@@ -22,6 +22,7 @@ mod schemathesis;
 mod security;
 mod sentry;
 mod storage;
+mod sync;
 mod ws;
 mod ws_client;
 mod ws_faults;
