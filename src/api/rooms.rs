@@ -177,10 +177,10 @@ pub async fn patch_room(
         return Err(ApiError::bad_request("give name and/or retention"));
     }
     let name = req.name.as_deref().map(validate::room_name).transpose()?;
-    if let Some(r) = &req.retention {
-        if r.max_age_secs.is_some_and(|v| v < 0) || r.max_messages.is_some_and(|v| v < 0) {
-            return Err(ApiError::bad_request("retention: values must be >= 0 or null"));
-        }
+    if let Some(r) = &req.retention
+        && (r.max_age_secs.is_some_and(|v| v < 0) || r.max_messages.is_some_and(|v| v < 0))
+    {
+        return Err(ApiError::bad_request("retention: values must be >= 0 or null"));
     }
     if let Some(name) = name {
         state.store.rename_room(&id, &name).await?;
