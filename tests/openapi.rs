@@ -38,6 +38,7 @@ async fn openapi_lists_every_route() {
         ("get", "/api/v1/admin/users/{id}/connections"),
         ("post", "/api/v1/admin/users/{id}/disconnect"),
         ("get", "/api/v1/admin/audit"),
+        ("post", "/api/v1/admin/rooms/{id}/reset-history"),
         ("post", "/api/v1/admin/debug/sentry-test"),
     ];
     let paths = doc["paths"].as_object().unwrap();
