@@ -263,7 +263,7 @@ resume() { # one client in 500 rooms resumes: one sync frame vs 500 joins; round
             printf '%-22s ' "resume-$mode-$backend"
             $LT resume --url $URL --seed "$OUT/seed.json" --rooms "$rooms" --mode $mode --runs "$RUNS" \
                 --gateway-pid $pid --json "$OUT/resume-$mode-$backend.json" \
-                | python3 -c 'import json,sys; r=json.load(sys.stdin); print("rtt %.1f ms  cpu %s ms  runs rtt %s cpu %s" % (r["rtt_ms_median"], r["cpu_ms_median"], [round(x,1) for x in r["rtt_ms_runs"]], [round(x,1) for x in r["cpu_ms_runs"]]))'
+                | python3 -c 'import json,sys; r=json.load(sys.stdin); print("rtt %.1f ms  cpu %.1f ms  runs rtt %s cpu %s" % (r["rtt_ms_median"], r["cpu_ms_median"] or 0, [round(x,1) for x in r["rtt_ms_runs"]], [round(x,1) for x in r["cpu_ms_runs"]]))'
         done
         stop
     done
