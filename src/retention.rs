@@ -66,11 +66,17 @@ pub async fn pass(store: &Store, cfg: &RetentionConfig, stop: &CancellationToken
             if stop.is_cancelled() {
                 return Ok(stats);
             }
+            let mut first = room.first_seq;
             if let Some(target) = target_first_seq(store, cfg, room).await? {
                 store.advance_first_seq(&room.id, target).await?;
                 stats.rooms += 1;
+                first = target;
             }
-            stats.deleted += delete_unretained(store, &room.id, cfg.batch).await?;
+            // Rows below the retained range (this pass's, or a pass that
+            // stopped midway): only then is the writer taken.
+            if store.lowest_stored_seq(&room.id).await?.is_some_and(|l| l < first) {
+                stats.deleted += delete_unretained(store, &room.id, cfg.batch).await?;
+            }
         }
         match page.last() {
             Some(last) if page.len() as i64 == ROOM_PAGE => after = last.id.clone(),

@@ -183,6 +183,16 @@ impl Store {
         Ok(())
     }
 
+    /// The room's lowest stored seq (a primary-key look-up on the read
+    /// pool), so the job takes the writer only when there is something to
+    /// delete.
+    pub async fn lowest_stored_seq(&self, room: &str) -> Result<Option<i64>, DbError> {
+        Ok(sqlx::query_scalar("SELECT MIN(seq) FROM messages WHERE room_id = $1")
+            .bind(room)
+            .fetch_one(&self.read)
+            .await?)
+    }
+
     /// Deletes up to `batch` of the room's rows below its `first_seq`;
     /// returns how many went (fewer than `batch`: none are left).
     pub async fn delete_unretained(&self, room: &str, batch: i64) -> Result<u64, DbError> {
