@@ -2,7 +2,8 @@
 # Reproduces the figures in BENCHMARKS.md.
 #
 #   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect cluster (default: all),
-#                                  and instructions (callgrind) and authstorm (sign-in storm; neither in the default set)
+#                                  and instructions (callgrind), authstorm (sign-in storm) and resume (500-room
+#                                  sync vs joins); none of these three in the default set
 #
 # The gateway (or the reference server) is pinned to CPU 0 and the load
 # client to CPU 1, so "server CPU per delivery" is not polluted by the client.
@@ -20,7 +21,7 @@ GW=${GW:-./target/release/chatgw}   # GW=... benchmarks another build (before/af
 LT=${LT:-./target/release/loadtest}
 REF=./target/release/refserver
 export JWT_SECRET=bench-secret-0123456789-abcdefghijklmnopqrstuv
-PORT=18181
+PORT=${PORT:-18181}
 URL=ws://127.0.0.1:$PORT/ws
 # Load-test knobs: one source IP would hit the per-IP handshake limit.
 export WS_HANDSHAKES_PER_IP_PER_SEC=1000000 WS_SEND_PER_SEC=10000 WS_SEND_BURST=10000 RUST_LOG=warn
@@ -247,6 +248,24 @@ authstorm() { # 1,000 sign-ins (half registrations, half logins) from 64 address
             --settle 10 --gateway-pid $pid --json "$OUT/authstorm-$run.json" --quiet
         stop
         unset LOGIN_ATTEMPTS_PER_MINUTE
+    done
+}
+
+resume() { # one client in 500 rooms resumes: one sync frame vs 500 joins; round trip and server CPU per resume
+    # Medians of RUNS runs of 10 resumes each, on each backend. The gateway
+    # runs with the event budget raised (WS_EVENTS_PER_SEC/BURST=100000) so
+    # the 500 back-to-back joins are not refused; the sync needs one token
+    # and would pass with the defaults too.
+    local rooms=${RESUME_ROOMS:-500}
+    for backend in sqlite postgres; do
+        WS_EVENTS_PER_SEC=100000 WS_EVENTS_BURST=100000 start_gateway $backend 1 "$rooms" 1
+        for mode in sync join; do
+            printf '%-22s ' "resume-$mode-$backend"
+            $LT resume --url $URL --seed "$OUT/seed.json" --rooms "$rooms" --mode $mode --runs "$RUNS" \
+                --gateway-pid $pid --json "$OUT/resume-$mode-$backend.json" \
+                | python3 -c 'import json,sys; r=json.load(sys.stdin); print("rtt %.1f ms  cpu %.1f ms  runs rtt %s cpu %s" % (r["rtt_ms_median"], r["cpu_ms_median"] or 0, [round(x,1) for x in r["rtt_ms_runs"]], [round(x,1) for x in r["cpu_ms_runs"]]))'
+        done
+        stop
     done
 }
 

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             events_per_sec: 1,
             events_burst: 1,
             max_rooms: 1000,
+            max_sync_rooms: 1000,
         },
         heartbeat: Duration::from_secs(25),
         idle_timeout: Duration::from_secs(60),

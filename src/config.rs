@@ -119,6 +119,8 @@ pub struct Config {
     /// The offline-push webhook (`WEBHOOK_*`); `None` when `WEBHOOK_URL`
     /// is unset, and then no outbox row is ever written.
     pub webhook: Option<WebhookConfig>,
+    /// Message retention (`RETENTION_*`).
+    pub retention: RetentionConfig,
 }
 
 /// Where and how offline-push events are delivered (README, "Offline push
@@ -149,6 +151,21 @@ pub struct WebhookConfig {
     /// another instance may deliver the batch again. Longer than `timeout`
     /// with room to spare.
     pub lease: Duration,
+}
+
+/// Message retention: the global limits (a room's owner may override them)
+/// and the pace of the background job that enforces them.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// `RETENTION_MAX_AGE_SECS`; `None` (0) keeps messages of any age.
+    pub max_age: Option<Duration>,
+    /// `RETENTION_MAX_MESSAGES`; `None` (0) keeps any number per room.
+    pub max_messages: Option<i64>,
+    /// `RETENTION_INTERVAL_SECS`: time between passes of the job.
+    pub interval: Duration,
+    /// `RETENTION_BATCH`: rows per delete statement (each its own short
+    /// transaction).
+    pub batch: i64,
 }
 
 /// Where and how errors and panics are reported to Sentry.
@@ -193,6 +210,8 @@ pub struct WsConfig {
     /// How long after sending a message its author may still edit it
     /// (`EDIT_WINDOW_SECS`, in ms; 0 turns edits off).
     pub edit_window_ms: i64,
+    /// Rooms one `sync` frame may list (`WS_MAX_SYNC_ROOMS`).
+    pub max_sync_rooms: usize,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -351,6 +370,18 @@ impl Config {
                 days => Some(Duration::from_secs(days * 86_400)),
             },
             webhook: webhook_config(&get, &num, dev)?,
+            retention: RetentionConfig {
+                max_age: match num("RETENTION_MAX_AGE_SECS", 0, 0, 100 * 365 * 86_400)? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                },
+                max_messages: match num("RETENTION_MAX_MESSAGES", 0, 0, 1 << 40)? {
+                    0 => None,
+                    n => Some(n as i64),
+                },
+                interval: secs("RETENTION_INTERVAL_SECS", 60, 1, 86_400)?,
+                batch: num("RETENTION_BATCH", 500, 1, 100_000)? as i64,
+            },
         })
     }
 
@@ -392,6 +423,7 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
         user_stream_interval: Duration::from_millis(num("USER_STREAM_INTERVAL_MS", 1_000, 10, 600_000)?),
         edit_window_ms: num("EDIT_WINDOW_SECS", 900, 0, 10 * 365 * 86_400)? as i64 * 1000,
+        max_sync_rooms: num("WS_MAX_SYNC_ROOMS", 1_000, 1, 100_000)? as usize,
     })
 }
 

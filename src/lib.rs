@@ -32,6 +32,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod push;
+pub mod retention;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;

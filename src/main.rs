@@ -44,6 +44,11 @@ enum Command {
     /// to a new file, while a gateway keeps running (PostgreSQL: use
     /// pg_dump; see README.md, "Backups and restore").
     Backup(chatgw::backup::BackupArgs),
+    /// Give every room of DATABASE_URL a new history epoch. Run it after
+    /// restoring a backup, before the gateways start: clients holding seqs
+    /// of the lost timeline then get `reset` instead of silently missing
+    /// the reused seqs (protocol §17; README.md, "Backups and restore").
+    BumpEpochs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Admin(_)) => unreachable!("handled above"),
         Some(Command::Seed(args)) => runtime()?.block_on(seed(&config, &args)),
         Some(Command::Backup(args)) => runtime()?.block_on(backup(&config, &args)),
+        Some(Command::BumpEpochs) => runtime()?.block_on(bump_epochs(&config)),
         None | Some(Command::Serve) => serve(config),
     }
 }
@@ -120,6 +126,16 @@ async fn seed(config: &Config, args: &chatgw::seed::SeedArgs) -> anyhow::Result<
     let file = chatgw::seed::run(config, args).await?;
     std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
     println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
+    Ok(())
+}
+
+async fn bump_epochs(config: &Config) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let store = chatgw::db::Store::connect(config.database_url.expose_secret(), 2).await?;
+    store.migrate().await?;
+    let n = store.bump_epochs().await?;
+    store.close().await;
+    println!("new epochs for {n} rooms");
     Ok(())
 }
 

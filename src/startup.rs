@@ -114,6 +114,7 @@ impl Application {
                 events_per_sec: ws.events_per_sec,
                 events_burst: ws.events_burst,
                 max_rooms: ws.max_rooms_per_socket,
+                max_sync_rooms: ws.max_sync_rooms,
             },
             heartbeat: ws.heartbeat,
             idle_timeout: ws.idle_timeout,
@@ -174,6 +175,7 @@ impl Application {
         if let Some(push) = push {
             tasks.spawn(push.run(stop.clone()));
         }
+        tasks.spawn(crate::retention::run(state.clone(), stop.clone()));
         if let Some(l) = metrics_listener {
             // Scrape-time gauges are read first (one database ping); the
             // rest are maintained as things happen.

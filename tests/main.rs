@@ -25,6 +25,7 @@ mod schemathesis;
 mod security;
 mod sentry;
 mod storage;
+mod sync;
 mod user_stream;
 mod ws;
 mod ws_client;

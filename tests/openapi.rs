@@ -39,6 +39,7 @@ async fn openapi_lists_every_route() {
         ("post", "/api/v1/admin/users/{id}/disconnect"),
         ("get", "/api/v1/admin/audit"),
         ("delete", "/api/v1/admin/rooms/{id}/messages/{seq}"),
+        ("post", "/api/v1/admin/rooms/{id}/reset-history"),
         ("post", "/api/v1/admin/debug/sentry-test"),
     ];
     let paths = doc["paths"].as_object().unwrap();

@@ -44,9 +44,19 @@ pub fn check_frame(text: &str) {
     match frames::parse(text, MAX_BODY_BYTES) {
         Ok((id, frame)) => {
             match &frame {
-                ClientFrame::Join { room, since_seq } => {
-                    assert!(valid_room(room), "join accepted room {room:?}");
-                    assert!(since_seq.is_none_or(|s| s >= 0), "join accepted since_seq {since_seq:?}");
+                ClientFrame::Join(r) => {
+                    assert!(valid_room(&r.room), "join accepted room {:?}", r.room);
+                    assert!(r.since_seq.is_none_or(|s| s >= 0), "join accepted since_seq {:?}", r.since_seq);
+                    assert!(r.epoch.as_deref().is_none_or(valid_room), "join accepted epoch {:?}", r.epoch);
+                }
+                ClientFrame::Sync { rooms } => {
+                    let mut seen = std::collections::HashSet::new();
+                    for r in rooms {
+                        assert!(valid_room(&r.room), "sync accepted room {:?}", r.room);
+                        assert!(r.since_seq.is_none_or(|s| s >= 0), "sync accepted since_seq {:?}", r.since_seq);
+                        assert!(r.epoch.as_deref().is_none_or(valid_room), "sync accepted epoch {:?}", r.epoch);
+                        assert!(seen.insert(r.room.as_str()), "sync accepted room {:?} twice", r.room);
+                    }
                 }
                 ClientFrame::Leave { room } | ClientFrame::Typing { room } => {
                     assert!(valid_room(room), "accepted room {room:?}");

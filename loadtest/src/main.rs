@@ -99,6 +99,7 @@ mod authstorm;
 mod client;
 mod procstat;
 mod report;
+mod resume;
 mod scenarios;
 mod shard;
 
@@ -169,6 +170,10 @@ enum Scenario {
     /// addresses: answers by status, latency, and the gateway's RSS before,
     /// at peak and after (see BENCHMARKS.md, "Sign-in storm").
     AuthStorm(authstorm::AuthStormArgs),
+    /// One client in many rooms resumes them all, with one `sync` frame or
+    /// one `join` per room: round trip and gateway CPU per resume, median
+    /// of runs (see BENCHMARKS.md, "Bulk resume").
+    Resume(resume::ResumeArgs),
     /// Merge the JSON reports of the shards of one run (`--shard i/n`,
     /// every shard exactly once) into the report of the whole run.
     Merge(MergeArgs),
@@ -421,6 +426,7 @@ async fn main() -> anyhow::Result<()> {
             (common.clone(), run_storm(&common, connections, concurrency).await?)
         }
         Scenario::AuthStorm(a) => return authstorm::run(a).await,
+        Scenario::Resume(a) => return resume::run(a).await,
         Scenario::Merge(m) => {
             let mut reports = Vec::with_capacity(m.reports.len());
             for p in &m.reports {

@@ -32,6 +32,42 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}/disconnect", post(disconnect))
         .route("/admin/audit", get(audit_log))
         .route("/admin/rooms/{id}/messages/{seq}", delete(delete_message))
+        .route("/admin/rooms/{id}/reset-history", post(reset_history))
+}
+
+/// The answer to a history reset.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryReset {
+    pub room_id: String,
+    /// The room's new epoch.
+    pub epoch: String,
+    /// Seqs keep counting: the next message gets `last_seq + 1`.
+    pub last_seq: i64,
+    /// Messages deleted.
+    pub deleted: u64,
+}
+
+/// Deletes every message of a room and gives it a new epoch (protocol
+/// §17): clients resuming with the old epoch get `reset` and drop their
+/// copy; sockets joined now get a `reset` frame at once. Seqs continue
+/// from `last_seq`, so no seq ever names two messages.
+#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/reset-history", tag = "admin", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = HistoryReset), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn reset_history(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<HistoryReset>> {
+    validate::id("id", &id)?;
+    let (epoch, last_seq) = state.store.reset_history(&id).await.map_err(|e| match e {
+        crate::db::DbError::NotFound => ApiError::NotFound("room"),
+        other => other.into(),
+    })?;
+    let frame = crate::hub::frames::ServerFrame::Reset { room: &id, reason: "epoch", epoch: &epoch, last_seq }.encode();
+    state.hub.broadcast(&id, frame, None);
+    let deleted = crate::retention::delete_unretained(&state.store, &id, state.config.retention.batch).await?;
+    tracing::info!(room_id = %id, deleted, "room history reset by an operator");
+    Ok(Json(HistoryReset { room_id: id, epoch, last_seq, deleted }))
 }
 
 /// Proof that the caller presented `ADMIN_TOKEN`.

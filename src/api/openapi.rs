@@ -19,7 +19,8 @@ use super::{admin, auth, debug, health, me, rooms};
         rooms::create_room, rooms::list_rooms, rooms::get_room, rooms::patch_room, rooms::delete_room,
         rooms::add_member, rooms::remove_member, rooms::history,
         health::healthz, health::readyz,
-        admin::ban, admin::unban, admin::stats, admin::connections, admin::disconnect, admin::audit_log, admin::delete_message,
+        admin::ban, admin::unban, admin::stats, admin::connections, admin::disconnect, admin::audit_log,
+        admin::reset_history, admin::delete_message,
         debug::sentry_test,
     ),
     modifiers(&BearerAuth, &CommonErrors)

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
 use crate::auth::AuthUser;
-use crate::db::{HistoryPage, Member, Role, RoomForUser};
+use crate::db::{HistoryPage, Member, Retention, Role, RoomForUser};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
@@ -52,7 +52,11 @@ pub struct CreateRoom {
 pub struct PatchRoom {
     /// 1–100 characters.
     #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
+    pub name: Option<String>,
+    /// The room's retention override: each field `null` to follow the
+    /// server's setting, 0 to keep forever, or a limit. Replaces the whole
+    /// override.
+    pub retention: Option<Retention>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -175,9 +179,22 @@ pub async fn patch_room(
     ApiJson(req): ApiJson<PatchRoom>,
 ) -> ApiResult<Json<RoomForUser>> {
     require_owner(&state, &id, &user).await?;
-    let name = validate::room_name(&req.name)?;
-    state.store.rename_room(&id, &name).await?;
-    state.hub.room_renamed(&id, &name);
+    if req.name.is_none() && req.retention.is_none() {
+        return Err(ApiError::bad_request("give name and/or retention"));
+    }
+    let name = req.name.as_deref().map(validate::room_name).transpose()?;
+    if let Some(r) = &req.retention
+        && (r.max_age_secs.is_some_and(|v| v < 0) || r.max_messages.is_some_and(|v| v < 0))
+    {
+        return Err(ApiError::bad_request("retention: values must be >= 0 or null"));
+    }
+    if let Some(name) = name {
+        state.store.rename_room(&id, &name).await?;
+        state.hub.room_renamed(&id, &name);
+    }
+    if let Some(r) = req.retention {
+        state.store.set_retention(&id, r).await?;
+    }
     Ok(Json(state.store.room_for_member(&id, &user.user_id).await?))
 }
 

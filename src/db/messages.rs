@@ -302,6 +302,11 @@ impl NewKind {
     }
 }
 
+/// Only the retained range: rows below `rooms.first_seq` may still exist
+/// while the retention job deletes them in batches, but no reader sees them
+/// (one primary-key look-up per page).
+const RETAINED: &str = "seq >= (SELECT first_seq FROM rooms WHERE id = $1)";
+
 /// Rows per multi-row INSERT: 6 parameters each stays far below both
 /// backends' parameter limits.
 const INSERT_CHUNK: usize = 500;
@@ -689,13 +694,14 @@ impl Store {
         let mut messages = if let Some(after) = after_seq {
             let upper = before_seq.unwrap_or(i64::MAX);
             let sql = format!(
-                "SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4"
+                "SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq > $2 AND seq < $3 AND {RETAINED} \
+                 ORDER BY seq ASC LIMIT $4"
             );
             sqlx::query(&sql).bind(room).bind(after).bind(upper).bind(fetch).fetch_all(&self.read).await?
         } else {
             let upper = before_seq.unwrap_or(i64::MAX);
             let sql =
-                format!("SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
+                format!("SELECT {MSG_COLS} FROM messages WHERE room_id = $1 AND seq < $2 AND {RETAINED} ORDER BY seq DESC LIMIT $3");
             sqlx::query(&sql).bind(room).bind(upper).bind(fetch).fetch_all(&self.read).await?
         }
         .iter()

@@ -15,6 +15,7 @@ mod audit;
 mod idempotency;
 mod messages;
 mod push;
+mod retention;
 mod rooms;
 mod seed;
 mod sessions;
@@ -27,6 +28,7 @@ pub use messages::{
     StoredMessage,
 };
 pub use push::OutboxRow;
+pub use retention::{ResumeState, Retention, RetentionRoom, new_epoch};
 pub use rooms::{Member, Role, Room, RoomForUser};
 pub use seed::SeedUser;
 pub use sessions::{RefreshOutcome, SessionIdentity, SessionStatus};

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{DbError, Store, new_id, now_ms};
+use super::{DbError, Retention, Store, new_epoch, new_id, now_ms};
 
 /// A member's role; only owners manage a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -36,6 +36,15 @@ pub struct Room {
     pub owner_id: String,
     /// Highest message seq in the room (0 when empty).
     pub last_seq: i64,
+    /// Lowest seq still retained (`last_seq + 1` when none is): older
+    /// messages were removed by retention or a history reset.
+    pub first_seq: i64,
+    /// Names the room's history; a client holding another one drops its
+    /// local copy (protocol §17).
+    pub epoch: String,
+    /// The owner's retention override (`null` fields follow the server's
+    /// setting, 0 keeps forever).
+    pub retention: Retention,
     pub created_at: i64,
 }
 
@@ -65,6 +74,12 @@ fn room_for_user(r: &AnyRow) -> Result<RoomForUser, sqlx::Error> {
             name: r.try_get("name")?,
             owner_id: r.try_get("owner_id")?,
             last_seq: r.try_get("last_seq")?,
+            first_seq: r.try_get("first_seq")?,
+            epoch: r.try_get("epoch")?,
+            retention: Retention {
+                max_age_secs: r.try_get("retention_max_age_secs")?,
+                max_messages: r.try_get("retention_max_messages")?,
+            },
             created_at: r.try_get("created_at")?,
         },
         role: Role::parse(&r.try_get::<String, _>("role")?),
@@ -72,7 +87,8 @@ fn room_for_user(r: &AnyRow) -> Result<RoomForUser, sqlx::Error> {
     })
 }
 
-const ROOM_FOR_USER: &str = "SELECT r.id, r.name, r.owner_id, r.last_seq, r.created_at, m.role, \
+const ROOM_FOR_USER: &str = "SELECT r.id, r.name, r.owner_id, r.last_seq, r.first_seq, r.epoch, \
+     r.retention_max_age_secs, r.retention_max_messages, r.created_at, m.role, \
      COALESCE(rm.seq, 0) AS read_seq \
      FROM memberships m JOIN rooms r ON r.id = m.room_id \
      LEFT JOIN read_markers rm ON rm.room_id = m.room_id AND rm.user_id = m.user_id";
@@ -82,14 +98,18 @@ impl Store {
     pub async fn create_room(&self, owner: &str, name: &str, members: &[String]) -> Result<RoomForUser, DbError> {
         let id = new_id();
         let now = now_ms();
+        let epoch = new_epoch();
         let mut tx = self.write.begin().await?;
-        sqlx::query("INSERT INTO rooms (id, name, owner_id, last_seq, created_at) VALUES ($1, $2, $3, 0, $4)")
-            .bind(&id)
-            .bind(name)
-            .bind(owner)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO rooms (id, name, owner_id, last_seq, created_at, epoch) VALUES ($1, $2, $3, 0, $4, $5)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(owner)
+        .bind(now)
+        .bind(&epoch)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO memberships (room_id, user_id, role, joined_at) VALUES ($1, $2, 'owner', $3)")
             .bind(&id)
             .bind(owner)
@@ -109,7 +129,16 @@ impl Store {
         }
         tx.commit().await?;
         Ok(RoomForUser {
-            room: Room { id, name: name.to_owned(), owner_id: owner.to_owned(), last_seq: 0, created_at: now },
+            room: Room {
+                id,
+                name: name.to_owned(),
+                owner_id: owner.to_owned(),
+                last_seq: 0,
+                first_seq: 1,
+                epoch,
+                retention: Retention::default(),
+                created_at: now,
+            },
             role: Role::Owner,
             read_seq: 0,
         })

@@ -67,10 +67,10 @@ impl Store {
         let mut tx = self.write.begin().await?;
         for (c, chunk) in ids.chunks(CHUNK).enumerate() {
             let rows = (0..chunk.len())
-                .map(|k| format!("({}, 0, {now})", placeholders(1 + 3 * k, 3)))
+                .map(|k| format!("({}, 0, {now}, '{}')", placeholders(1 + 3 * k, 3), super::new_epoch()))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!("INSERT INTO rooms (id, name, owner_id, last_seq, created_at) VALUES {rows}");
+            let sql = format!("INSERT INTO rooms (id, name, owner_id, last_seq, created_at, epoch) VALUES {rows}");
             let mut q = sqlx::query(&sql);
             for (k, id) in chunk.iter().enumerate() {
                 q = q.bind(id).bind(format!("{prefix} room {}", c * CHUNK + k)).bind(&members[c * CHUNK + k][0]);

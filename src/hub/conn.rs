@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::Instrument;
 
-use super::frames::{self, ClientFrame, ErrorCode, ServerFrame, close, error_frame, message_frame};
+use super::frames::{self, ClientFrame, ErrorCode, Resume, ServerFrame, close, error_frame, message_frame};
 use super::sequencer::{self, Admit};
 use super::version::{self, Heartbeat};
 use super::{ConnShared, Hub, Outbound};
@@ -474,10 +474,27 @@ impl Conn {
             ClientFrame::Ping => ServerFrame::Pong { id }.encode(),
             // Unsolicited: counted against the budget above, no answer.
             ClientFrame::Pong => return None,
-            ClientFrame::Join { room, since_seq } => match self.join(id, room, since_seq).await {
-                Ok(f) => f,
-                Err(_) => return Some(End::Gone(None)),
-            },
+            ClientFrame::Join(entry) => {
+                let done = match self.resume(id, std::slice::from_ref(&entry)).await {
+                    Ok(_) => self.ws.flush().await,
+                    Err(e) => Err(e),
+                };
+                return done.err().map(|_| End::Gone(None));
+            }
+            ClientFrame::Sync { rooms } => {
+                let max = self.hub.settings().limits.max_sync_rooms;
+                if rooms.len() > max {
+                    let msg = format!("at most {max} rooms per sync (limits.max_sync_rooms); split it");
+                    self.error(id, ErrorCode::LimitExceeded, &msg, None, None)
+                } else {
+                    match self.resume(None, &rooms).await {
+                        Ok((joined, failed)) => {
+                            ServerFrame::Synced { id, rooms: rooms.len() as u64, joined, failed }.encode()
+                        }
+                        Err(_) => return Some(End::Gone(None)),
+                    }
+                }
+            }
             ClientFrame::Leave { room } => {
                 let room: Arc<str> = Arc::from(room);
                 if self.joined.remove(&room).is_some() {
@@ -612,61 +629,164 @@ impl Conn {
         }
     }
 
-    /// `join`: subscribe first (here and, confirmed, on the bus), then read
-    /// storage, then replay; anything fanned out meanwhile waits in the
-    /// queue and is filtered by seq.
-    async fn join(
-        &mut self,
-        id: Option<&RawValue>,
-        room: String,
-        since_seq: Option<i64>,
-    ) -> Result<Utf8Bytes, axum::Error> {
-        let max_rooms = self.hub.settings().limits.max_rooms;
-        if self.joined.len() >= max_rooms && !self.joined.contains_key(room.as_str()) {
-            let msg = format!("this socket has joined {max_rooms} rooms (limits.max_rooms); leave one first");
-            return Ok(self.error(id, ErrorCode::LimitExceeded, &msg, Some(&room), None));
-        }
+    /// Resumes rooms: one for `join`, many for `sync` (§14). The same path
+    /// for both, in a constant number of storage round trips whatever the
+    /// number of rooms:
+    ///
+    /// 1. membership of every listed room, in bulk;
+    /// 2. subscribe (here and, confirmed, on the bus) to the rooms kept,
+    ///    within `max_rooms`; until a room's replay is written nothing live
+    ///    for it passes (its entry in `joined` is `i64::MAX`);
+    /// 3. seq range, epoch and read marker of those rooms, in bulk, read
+    ///    after the subscriptions so nothing falls between replay and live;
+    /// 4. the cluster's presence snapshot of those rooms, in bulk;
+    /// 5. per room, in the listed order: `reset` or `history_gone` when
+    ///    due, the replay, `joined`; or an `error` for that room alone.
+    ///
+    /// Frames are fed and flushed per replay page; the caller flushes the
+    /// rest. `id` goes on the per-room answers of a `join`; a `sync` passes
+    /// none (its `synced` carries it). Returns (joined, failed).
+    async fn resume(&mut self, id: Option<&RawValue>, entries: &[Resume]) -> Result<(u64, u64), axum::Error> {
+        let user = self.shared.user.clone();
         let store = self.state.store.clone();
-        match store.role_in(&room, &self.shared.user).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Ok(self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(&room), None));
-            }
-            Err(e) => return Ok(self.db_error(id, &room, e)),
-        }
-        let room_arc: Arc<str> = Arc::from(room.as_str());
-        let watched = self.hub.subscribe(&self.shared, &room_arc);
-        // Until the replay is written, nothing live for this room passes.
-        self.joined.insert(room_arc.clone(), i64::MAX);
-        if let Err(e) = watched.await {
-            // The bus is down: storage is read anyway, and the hub catches
-            // the room up once the bus is back (resync).
-            tracing::debug!(error = %e, "joining without a confirmed bus subscription");
-        }
-        let last = match store.last_seq(&room).await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                self.joined.remove(&room_arc);
-                self.hub.unsubscribe(&self.shared, &room);
-                // Deleted since the membership check: as for any room the
-                // user cannot see (§6).
-                return Ok(self.error(id, ErrorCode::Forbidden, "not a member of this room", Some(&room), None));
+        let names: Vec<&str> = entries.iter().map(|e| e.room.as_str()).collect();
+        let mut failed: Vec<Option<(ErrorCode, String)>> = vec![None; entries.len()];
+        let unavailable = || (ErrorCode::Unavailable, "storage temporarily unavailable; retry".to_owned());
+
+        // 1. Membership, and the per-socket room cap in the listed order.
+        match store.member_rooms(&user, &names).await {
+            Ok(members) => {
+                let max_rooms = self.hub.settings().limits.max_rooms;
+                let mut count = self.joined.len();
+                for (i, e) in entries.iter().enumerate() {
+                    if !members.contains(&e.room) {
+                        failed[i] = Some((ErrorCode::Forbidden, "not a member of this room".into()));
+                    } else if !self.joined.contains_key(e.room.as_str()) {
+                        if count >= max_rooms {
+                            let msg =
+                                format!("this socket has joined {max_rooms} rooms (limits.max_rooms); leave one first");
+                            failed[i] = Some((ErrorCode::LimitExceeded, msg));
+                        } else {
+                            count += 1;
+                        }
+                    }
+                }
             }
             Err(e) => {
-                self.joined.remove(&room_arc);
-                self.hub.unsubscribe(&self.shared, &room);
-                return Ok(self.db_error(id, &room, e));
+                self.note_db_error(&e);
+                failed.iter_mut().for_each(|f| *f = Some(unavailable()));
+            }
+        }
+
+        // 2. Subscribe to what is left.
+        let kept: Vec<usize> = (0..entries.len()).filter(|&i| failed[i].is_none()).collect();
+        let mut watches = Vec::with_capacity(kept.len());
+        for &i in &kept {
+            let room: Arc<str> = Arc::from(names[i]);
+            watches.push(self.hub.subscribe(&self.shared, &room));
+            self.joined.insert(room, i64::MAX);
+        }
+        for res in futures_util::future::join_all(watches).await {
+            if let Err(e) = res {
+                // The bus is down: storage is read anyway, and the hub
+                // catches the room up once the bus is back (resync).
+                tracing::debug!(error = %e, "joining without a confirmed bus subscription");
+            }
+        }
+
+        // 3. Where each room stands, after the subscriptions.
+        let kept_names: Vec<&str> = kept.iter().map(|&i| names[i]).collect();
+        let states = match store.resume_states(&user, &kept_names).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.note_db_error(&e);
+                for &i in &kept {
+                    failed[i] = Some(unavailable());
+                }
+                HashMap::new()
             }
         };
-        self.hub.seed_room(&room, last);
-        let mut replayed = 0;
-        if let Some(since) = since_seq.filter(|s| *s < last) {
-            replayed = self.replay(&room_arc, since, Some(last + 1)).await?;
-            self.ws.flush().await?;
+        let mut ok: Vec<usize> = Vec::with_capacity(kept.len());
+        for &i in &kept {
+            match states.get(names[i]) {
+                Some(st) => {
+                    self.hub.seed_room(names[i], st.last_seq);
+                    ok.push(i);
+                }
+                None => {
+                    self.joined.remove(names[i]);
+                    self.hub.unsubscribe(&self.shared, names[i]);
+                    // Deleted since the membership check: as for any room
+                    // the user cannot see (§6).
+                    if failed[i].is_none() {
+                        failed[i] = Some((ErrorCode::Forbidden, "not a member of this room".into()));
+                    }
+                }
+            }
         }
-        self.joined.insert(room_arc, last);
-        let online = self.hub.presence_snapshot(&room, &self.shared.user).await;
-        Ok(ServerFrame::Joined { id, room: &room, last_seq: last, replayed, online: &online }.encode())
+
+        // 4. Presence, one bulk look-up.
+        let ok_names: Vec<&str> = ok.iter().map(|&i| names[i]).collect();
+        let mut online = self.hub.presence_snapshots(&ok_names, &user).await.into_iter();
+
+        // 5. The answers, in the listed order.
+        let (mut joined, mut refused) = (0, 0);
+        for (i, e) in entries.iter().enumerate() {
+            if let Some((code, msg)) = &failed[i] {
+                refused += 1;
+                let f = self.error(id, *code, msg, Some(&e.room), None);
+                self.feed_frame(f).await?;
+                continue;
+            }
+            let Some(st) = states.get(&e.room) else { continue };
+            let room: Arc<str> = Arc::from(e.room.as_str());
+            let mut replayed = 0;
+            let reset = if e.epoch.as_deref().is_some_and(|ep| ep != st.epoch) {
+                Some("epoch")
+            } else if e.since_seq.is_some_and(|s| s > st.last_seq) {
+                Some("ahead")
+            } else {
+                None
+            };
+            if let Some(reason) = reset {
+                let f = ServerFrame::Reset { room: &room, reason, epoch: &st.epoch, last_seq: st.last_seq }.encode();
+                self.feed_frame(f).await?;
+            } else if let Some(since) = e.since_seq.filter(|s| *s < st.last_seq) {
+                if since + 1 < st.first_seq {
+                    let f =
+                        ServerFrame::HistoryGone { room: &room, since_seq: since, oldest_seq: st.first_seq }.encode();
+                    self.feed_frame(f).await?;
+                }
+                replayed = self.replay(&room, since, Some(st.last_seq + 1)).await?;
+            }
+            self.joined.insert(room, st.last_seq);
+            let online = online.next().unwrap_or_default();
+            let f = ServerFrame::Joined {
+                id,
+                room: &e.room,
+                last_seq: st.last_seq,
+                replayed,
+                online: &online,
+                epoch: &st.epoch,
+                read_seq: st.read_seq,
+            }
+            .encode();
+            self.feed_frame(f).await?;
+            joined += 1;
+        }
+        Ok((joined, refused))
+    }
+
+    fn note_db_error(&self, e: &DbError) {
+        tracing::warn!(error = %e, "storage error on socket request");
+        self.hub.metrics().db_errors.inc("ws");
+    }
+
+    /// Feeds one encoded frame without flushing, counting it.
+    async fn feed_frame(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
+        self.frames_out += 1;
+        self.hub.metrics().frames_out.inc(frames::kind_of(&frame));
+        self.ws.feed(Message::Text(frame)).await
     }
 
     /// Feeds stored messages with `after < seq < until` to the socket, in

@@ -112,6 +112,27 @@ pub struct RawFrame<'a> {
     pub seq: Option<i64>,
     pub token: Option<String>,
     pub target_seq: Option<i64>,
+    pub epoch: Option<String>,
+    pub rooms: Option<Vec<RawSyncEntry>>,
+}
+
+/// One entry of a `sync` frame's `rooms`, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyncEntry {
+    pub room: String,
+    pub since_seq: Option<i64>,
+    pub epoch: Option<String>,
+}
+
+/// One room to resume: by `join`, or as an entry of `sync`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub room: String,
+    /// Highest seq the client holds; `None`: no replay.
+    pub since_seq: Option<i64>,
+    /// The epoch the client's copy belongs to, when it has one.
+    pub epoch: Option<String>,
 }
 
 /// The fields each client frame type may carry besides `type` and `id`:
@@ -203,9 +224,10 @@ struct IdOnly<'a> {
 /// A validated client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Join {
-        room: String,
-        since_seq: Option<i64>,
+    Join(Resume),
+    /// Bulk resume: many rooms in one frame (§14).
+    Sync {
+        rooms: Vec<Resume>,
     },
     Leave {
         room: String,
@@ -245,7 +267,8 @@ impl ClientFrame {
     /// The frame's `type`, as counted in metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            ClientFrame::Join { .. } => "join",
+            ClientFrame::Join(_) => "join",
+            ClientFrame::Sync { .. } => "sync",
             ClientFrame::Leave { .. } => "leave",
             ClientFrame::Send { .. } => "send",
             ClientFrame::Edit { .. } => "edit",
@@ -291,6 +314,11 @@ fn valid_id(raw: &RawValue) -> bool {
 
 fn valid_room(r: &str) -> bool {
     !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Epochs are opaque to clients; the server's are 12 hex characters.
+fn valid_epoch(e: &str) -> bool {
+    valid_room(e)
 }
 
 fn valid_client_msg_id(c: &str) -> bool {
@@ -360,7 +388,31 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
             if raw.since_seq.is_some_and(|s| s < 0) {
                 return Err(bad("since_seq: must be >= 0"));
             }
-            ClientFrame::Join { room: room()?, since_seq: raw.since_seq }
+            if raw.epoch.as_deref().is_some_and(|e| !valid_epoch(e)) {
+                return Err(bad("epoch: not a valid epoch"));
+            }
+            ClientFrame::Join(Resume { room: room()?, since_seq: raw.since_seq, epoch: raw.epoch.clone() })
+        }
+        "sync" => {
+            let Some(entries) = &raw.rooms else { return Err(bad("rooms: required")) };
+            let mut seen = std::collections::HashSet::with_capacity(entries.len());
+            let mut rooms = Vec::with_capacity(entries.len());
+            for e in entries {
+                if !valid_room(&e.room) {
+                    return Err(bad("rooms[].room: not a valid room id"));
+                }
+                if e.since_seq.is_some_and(|s| s < 0) {
+                    return Err(bad("rooms[].since_seq: must be >= 0"));
+                }
+                if e.epoch.as_deref().is_some_and(|e| !valid_epoch(e)) {
+                    return Err(bad("rooms[].epoch: not a valid epoch"));
+                }
+                if !seen.insert(e.room.as_str()) {
+                    return Err(bad("rooms: a room is listed twice"));
+                }
+                rooms.push(Resume { room: e.room.clone(), since_seq: e.since_seq, epoch: e.epoch.clone() });
+            }
+            ClientFrame::Sync { rooms }
         }
         "leave" => ClientFrame::Leave { room: room()? },
         "send" | "edit" => {
@@ -429,6 +481,8 @@ pub struct Limits {
     pub events_burst: u32,
     /// Rooms one socket may have joined at once.
     pub max_rooms: usize,
+    /// Rooms one `sync` frame may list.
+    pub max_sync_rooms: usize,
 }
 
 /// Frames the server sends. Serialised once per event; message frames are
@@ -464,6 +518,33 @@ pub enum ServerFrame<'a> {
         replayed: u64,
         /// Users online in the room now, across the cluster.
         online: &'a [String],
+        /// The room's history epoch.
+        epoch: &'a str,
+        /// The user's stored read marker (0 when none).
+        read_seq: i64,
+    },
+    /// End of a `sync`: how many rooms were listed, joined and refused.
+    Synced {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        rooms: u64,
+        joined: u64,
+        failed: u64,
+    },
+    /// Retention removed messages the client has not seen: the replay that
+    /// follows starts at `oldest_seq`.
+    HistoryGone {
+        room: &'a str,
+        since_seq: i64,
+        oldest_seq: i64,
+    },
+    /// The client's copy of the room cannot be right (another epoch, or a
+    /// since_seq above last_seq): it drops it; nothing is replayed.
+    Reset {
+        room: &'a str,
+        reason: &'a str,
+        epoch: &'a str,
+        last_seq: i64,
     },
     Left {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -638,7 +719,13 @@ mod tests {
         assert!(matches!(f, ClientFrame::Send { .. }));
         let (id, f) = parse(r#"{"type":"join","id":"a","room":"r1","since_seq":3}"#, 100).unwrap();
         assert_eq!(id.unwrap().get(), r#""a""#);
-        assert!(matches!(f, ClientFrame::Join { since_seq: Some(3), .. }));
+        assert!(matches!(f, ClientFrame::Join(Resume { since_seq: Some(3), .. })));
+        let (_, f) =
+            parse(r#"{"type":"sync","id":1,"rooms":[{"room":"a","since_seq":2,"epoch":"e1"},{"room":"b"}]}"#, 100)
+                .unwrap();
+        let ClientFrame::Sync { rooms } = f else { panic!("not a sync") };
+        assert_eq!(rooms.len(), 2);
+        assert_eq!(rooms[0].epoch.as_deref(), Some("e1"));
         assert!(matches!(parse(r#"{"type":"ping"}"#, 100).unwrap().1, ClientFrame::Ping));
     }
 
@@ -667,6 +754,11 @@ mod tests {
             r#"{"room":"r"}"#,
             r#"{"type":"ping","id":{"x":1}}"#,
             r#"[1,2]"#,
+            r#"{"type":"sync"}"#,
+            r#"{"type":"sync","rooms":[{"room":"a"},{"room":"a"}]}"#,
+            r#"{"type":"sync","rooms":[{"room":"a","since_seq":-1}]}"#,
+            r#"{"type":"sync","rooms":[{"room":"a","x":1}]}"#,
+            r#"{"type":"join","room":"a","epoch":""}"#,
         ] {
             assert_eq!(parse(bad, 100).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
         }
@@ -765,8 +857,18 @@ mod props {
     /// Every valid client frame, as the value `parse` must return.
     fn client_frame() -> impl Strategy<Value = ClientFrame> {
         prop_oneof![
-            (room(), prop::option::of(0..=i64::MAX))
-                .prop_map(|(room, since_seq)| ClientFrame::Join { room, since_seq }),
+            (room(), prop::option::of(0..=i64::MAX), prop::option::of("[a-f0-9]{12}"))
+                .prop_map(|(room, since_seq, epoch)| ClientFrame::Join(Resume { room, since_seq, epoch })),
+            prop::collection::vec((room(), prop::option::of(0..=i64::MAX), prop::option::of("[a-f0-9]{12}")), 0..5)
+                .prop_map(|entries| {
+                    let mut seen = std::collections::HashSet::new();
+                    let rooms = entries
+                        .into_iter()
+                        .filter(|(r, _, _)| seen.insert(r.clone()))
+                        .map(|(room, since_seq, epoch)| Resume { room, since_seq, epoch })
+                        .collect();
+                    ClientFrame::Sync { rooms }
+                }),
             room().prop_map(|room| ClientFrame::Leave { room }),
             // At most 50 characters: at most 200 bytes, within MAX_BODY.
             (room(), "\\PC{1,50}", "[A-Za-z0-9_.:-]{1,64}").prop_map(|(room, body, client_msg_id)| ClientFrame::Send {
@@ -790,8 +892,32 @@ mod props {
     /// The frame as a client encodes it, its id's JSON text spliced in.
     fn encode(frame: &ClientFrame, id: Option<&str>) -> String {
         let mut v = match frame {
-            ClientFrame::Join { room, since_seq: Some(s) } => json!({"type": "join", "room": room, "since_seq": s}),
-            ClientFrame::Join { room, since_seq: None } => json!({"type": "join", "room": room}),
+            ClientFrame::Join(r) => {
+                let mut v = json!({"type": "join", "room": r.room});
+                if let Some(s) = r.since_seq {
+                    v["since_seq"] = json!(s);
+                }
+                if let Some(e) = &r.epoch {
+                    v["epoch"] = json!(e);
+                }
+                v
+            }
+            ClientFrame::Sync { rooms } => {
+                let rooms: Vec<Value> = rooms
+                    .iter()
+                    .map(|r| {
+                        let mut v = json!({"room": r.room});
+                        if let Some(s) = r.since_seq {
+                            v["since_seq"] = json!(s);
+                        }
+                        if let Some(e) = &r.epoch {
+                            v["epoch"] = json!(e);
+                        }
+                        v
+                    })
+                    .collect();
+                json!({"type": "sync", "rooms": rooms})
+            }
             ClientFrame::Leave { room } => json!({"type": "leave", "room": room}),
             ClientFrame::Send { room, body, client_msg_id } => {
                 json!({"type": "send", "room": room, "body": body, "client_msg_id": client_msg_id})

@@ -50,6 +50,24 @@ impl Hub {
         users.into_iter().collect()
     }
 
+    /// [`Hub::presence_snapshot`] of many rooms at once (for `sync`), in
+    /// their order.
+    pub async fn presence_snapshots(&self, rooms: &[&str], me: &str) -> Vec<Vec<String>> {
+        let cluster = self.inner.bus.presence_of_many(rooms).await;
+        rooms
+            .iter()
+            .enumerate()
+            .map(|(i, room)| {
+                let mut users: BTreeSet<String> = match &cluster {
+                    Ok(all) => all.get(i).into_iter().flatten().cloned().collect(),
+                    Err(_) => self.local_users(room).into_iter().map(|u| u.to_string()).collect(),
+                };
+                users.insert(me.to_owned());
+                users.into_iter().collect()
+            })
+            .collect()
+    }
+
     /// Sends a presence frame to the room here and everywhere, except to
     /// the user's own sockets.
     fn announce(&self, room: &str, user: &str, status: &str) {

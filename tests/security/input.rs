@@ -241,7 +241,11 @@ async fn huge_and_negative_numbers_are_refused_or_clamped(db: Db) {
     assert_eq!((r.status, r.body["messages"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{}", r.body);
     let r = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?before_seq={}", i64::MAX)).await;
     assert_eq!((r.status, r.body["messages"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{}", r.body);
+    // A since_seq above last_seq cannot be right: `reset` (protocol §17),
+    // then `joined` with nothing replayed.
     c.send(json!({"type": "join", "id": "max", "room": room, "since_seq": i64::MAX})).await;
+    let r = c.next_of("reset").await;
+    assert_eq!((r["reason"].as_str(), r["last_seq"].as_i64()), (Some("ahead"), Some(1)));
     let j = c.next_of("joined").await;
     assert_eq!((j["last_seq"].as_i64(), j["replayed"].as_i64()), (Some(1), Some(0)));
     // Disconnect code past u16: 400.

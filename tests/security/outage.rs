@@ -82,6 +82,7 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
         (Method::DELETE, format!("/api/v1/admin/users/{}/ban", bob.user_id), None, false),
         (Method::GET, "/api/v1/admin/audit".into(), None, false),
         (Method::DELETE, format!("/api/v1/admin/rooms/{room}/messages/1"), None, false),
+        (Method::POST, format!("/api/v1/admin/rooms/{room}/reset-history"), None, false),
     ];
     // The list covers the document: a new route must be added here.
     let templ = |p: &str| {
@@ -139,6 +140,11 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
     ws.send(json!({"type": "join", "id": 3, "room": room, "since_seq": 0})).await;
     let e = ws.next_of("error").await;
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(3), Some("unavailable")), "join: {e}");
+    ws.send(json!({"type": "sync", "id": 5, "rooms": [{"room": room, "since_seq": 0}]})).await;
+    let e = ws.next_of("error").await;
+    assert_eq!((e["room"].as_str(), e["code"].as_str()), (Some(room.as_str()), Some("unavailable")), "sync: {e}");
+    let done = ws.next_of("synced").await;
+    assert_eq!((done["id"].as_i64(), done["failed"].as_i64()), (Some(5), Some(1)), "sync: {done}");
     ws.send(json!({"type": "auth", "id": 4, "token": alice.access})).await;
     let e = ws.next_of("error").await;
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(4), Some("unavailable")), "auth: {e}");
