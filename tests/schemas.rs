@@ -176,7 +176,7 @@ fn tolerant_schemas_accept_later_additions_only() {
             "session_id": "s", "user_id": "u", "heartbeat": "ws", "heartbeat_ms": 1, "idle_timeout_ms": 2,
             "server_time": 1, "token_expires_at": 2, "token_expires_in_ms": 1,
             "limits": {"max_frame_bytes": 1, "max_body_bytes": 1, "send_per_sec": 1, "send_burst": 1,
-                "events_per_sec": 1, "events_burst": 1, "max_rooms": 1, "max_wormholes": 2}}),
+                "events_per_sec": 1, "events_burst": 1, "max_rooms": 1, "max_sync_rooms": 1, "max_wormholes": 2}}),
     ];
     assert!(tight.is_valid(&pong) && tolerant.is_valid(&pong));
     for f in &later {
