@@ -18,7 +18,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::Notify;
 
-use crate::helpers::{Db, TestApp, eventually, spawn_app_with, spawn_cluster_tweaked};
+use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster_tweaked};
 use crate::procs::{Gateway, RedisProc, cluster_db, cluster_env, free_port, test_prefix};
 use crate::ws_client::WsClient;
 
@@ -185,6 +185,17 @@ async fn wait_online(c: &mut WsClient, pairs: &[(&str, &str)]) {
     }
 }
 
+/// Ann (joined on a socket) and Bob (offline) in a new room: the set-up of
+/// most tests here.
+async fn ann_writes_to_bob(app: &TestApp) -> (Session, String, WsClient) {
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&ann, "push", &[&bob]).await;
+    let mut ca = WsClient::connect(app, &ann.access).await;
+    ca.join(&room, None).await;
+    (bob, room, ca)
+}
+
 async fn outbox_drained(app: &TestApp) {
     eventually(Duration::from_secs(30), || async { (app.store.outbox_len().await.unwrap() == 0).then_some(()) }).await;
 }
@@ -234,11 +245,7 @@ async fn offline_members_are_listed_and_online_ones_not(db: Db) {
 async fn the_body_is_sent_when_configured(db: Db) {
     let recv = Receiver::start().await;
     let app = spawn_app_with(db, |v| webhook_vars(v, &recv.url(), true)).await;
-    let ann = app.register("ann").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&ann, "push", &[&bob]).await;
-    let mut ca = WsClient::connect(&app, &ann.access).await;
-    ca.join(&room, None).await;
+    let (bob, room, mut ca) = ann_writes_to_bob(&app).await;
     ca.send_msg(&room, "m1", "ping bob").await;
     ca.next_of("ack").await;
     let got = recv.wait_for("one event", |r| !r.is_empty()).await;
@@ -291,11 +298,7 @@ async fn a_receiver_down_then_up_gets_every_event() {
         v.insert("WEBHOOK_MAX_ATTEMPTS".into(), "1000".into());
     })
     .await;
-    let ann = app.register("ann").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&ann, "push", &[&bob]).await;
-    let mut ca = WsClient::connect(&app, &ann.access).await;
-    ca.join(&room, None).await;
+    let (_, room, mut ca) = ann_writes_to_bob(&app).await;
     for i in 1..=5 {
         ca.send_msg(&room, &format!("m{i}"), "while down").await;
         ca.next_of("ack").await;
@@ -322,11 +325,7 @@ async fn a_receiver_down_then_up_gets_every_event() {
 async fn a_slow_receiver_gets_the_same_event_ids_again() {
     let recv = Receiver::start_on(0, 1).await;
     let app = spawn_app_with(Db::Sqlite, |v| webhook_vars(v, &recv.url(), false)).await;
-    let ann = app.register("ann").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&ann, "push", &[&bob]).await;
-    let mut ca = WsClient::connect(&app, &ann.access).await;
-    ca.join(&room, None).await;
+    let (_, room, mut ca) = ann_writes_to_bob(&app).await;
     ca.send_msg(&room, "m1", "slow").await;
     ca.next_of("ack").await;
 
@@ -399,11 +398,7 @@ async fn an_event_is_given_up_after_its_last_attempt() {
         v.insert("WEBHOOK_MAX_ATTEMPTS".into(), "3".into());
     })
     .await;
-    let ann = app.register("ann").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&ann, "push", &[&bob]).await;
-    let mut ca = WsClient::connect(&app, &ann.access).await;
-    ca.join(&room, None).await;
+    let (_, room, mut ca) = ann_writes_to_bob(&app).await;
     ca.send_msg(&room, "m1", "never taken").await;
     ca.next_of("ack").await;
     outbox_drained(&app).await;

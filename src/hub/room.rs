@@ -253,6 +253,16 @@ impl Hub {
     }
 
     /// The local sockets of `user` in `room`.
+    /// Ids of the connections subscribed to `room` here, sorted.
+    pub(super) fn subscriber_ids(&self, room: &str) -> Vec<u64> {
+        let mut ids: Vec<u64> = match self.inner.rooms.map.get(room) {
+            Some(e) => e.subs.iter().map(|c| c.id).collect(),
+            None => Vec::new(),
+        };
+        ids.sort_unstable();
+        ids
+    }
+
     pub(super) fn room_conns_of(&self, room: &str, user: &str) -> Vec<Arc<ConnShared>> {
         match self.inner.rooms.map.get(room) {
             Some(e) => e.subs.iter().filter(|c| &*c.user == user).cloned().collect(),

@@ -288,11 +288,19 @@ impl Hub {
             if users.is_empty() {
                 continue;
             }
+            // Sockets subscribed to the room here have joined it (or are
+            // joining: their `joined` carries the seq): skipping them here
+            // spares a busy room's members a queue push and a wake-up per
+            // interval each. The socket's own filter still catches a join
+            // that races this.
+            let joined = self.subscriber_ids(room);
             let item =
                 Arc::new(RoomSeq { room: room.clone(), frame: ServerFrame::RoomSeq { room, last_seq: *seq }.encode() });
             for user in users {
                 for c in self.user_conns(&user) {
-                    c.offer(Outbound::RoomSeq(item.clone()), metrics);
+                    if joined.binary_search(&c.id).is_err() {
+                        c.offer(Outbound::RoomSeq(item.clone()), metrics);
+                    }
                 }
             }
         }
