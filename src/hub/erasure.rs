@@ -51,10 +51,9 @@ impl Hub {
                     Err(e) => {
                         tracing::warn!(error = %e, user_id = %user, "reading an erasure batch failed");
                         failures += 1;
-                        if failures >= 5 {
+                        if !retry_later(&stop, failures).await {
                             return;
                         }
-                        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
                         continue;
                     }
                 };
@@ -83,12 +82,25 @@ impl Hub {
                     tracing::warn!(error = %e, user_id = %user, "an erasure batch failed");
                     self.metrics().db_errors.inc("commit");
                     failures += 1;
-                    if failures >= 5 {
+                    if !retry_later(&stop, failures).await {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
                 }
             }
         }
+    }
+}
+
+/// Waits before the next attempt after `failures` failures in a row:
+/// `false` when it is time to give up (five failures; the next start
+/// resumes the erasure) or the hub is stopping, which does not wait out
+/// the backoff.
+async fn retry_later(stop: &tokio_util::sync::CancellationToken, failures: u64) -> bool {
+    if failures >= 5 {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(200 * failures)) => true,
+        () = stop.cancelled() => false,
     }
 }
