@@ -203,10 +203,14 @@ async fn instance_killed_mid_traffic_clients_resume_elsewhere() {
 async fn rolling_restart_under_traffic_loses_nothing_and_spreads_reconnects() {
     let redis = RedisProc::start().await;
     let mut c = Cluster::start(2, &redis.url(), &[]).await;
-    let t = Traffic::start(&c, &[0, 1], &[0, 0, 1, 1, 0, 1], 250).await;
+    let t = Traffic::start(&c, &[0, 1], &[0, 0, 1, 1, 0, 1], 400).await;
     for i in 0..2 {
+        // Each restart waits for some progress since the last one; on a
+        // loaded machine a restart can outlast the traffic, and then it
+        // happens after the last ack rather than waiting for acks that
+        // cannot come.
         let before = t.acked.lock().unwrap().len();
-        t.acked_at_least(before + 30).await;
+        t.acked_at_least((before + 30).min(t.total)).await;
         assert!(c.gws[i].terminate().await, "instance {i} exits cleanly on SIGTERM");
         c.gws[i].restart().await;
         c.addrs.set(i, c.gws[i].addr);

@@ -375,7 +375,9 @@ async fn slow_consumer_is_cut_off_then_resumes_without_loss(db: Db) {
 /// close 4001; one renewed with `auth` and a refreshed token stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_and_renewal() {
-    let app = spawn_app_with(Db::Sqlite, |v| set(v, &[("ACCESS_TOKEN_TTL_SECS", "2")])).await;
+    // Long enough for a password hash or two on a loaded machine before
+    // the renewal (a 2 s life ran out first under CI's load).
+    let app = spawn_app_with(Db::Sqlite, |v| set(v, &[("ACCESS_TOKEN_TTL_SECS", "6")])).await;
     let ann = app.register("ann").await;
     let mut a = WsClient::connect(&app, &ann.access).await;
     let mut b = WsClient::connect(&app, &ann.access).await;
