@@ -114,8 +114,12 @@ impl Passwords {
         };
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _held: OwnedSemaphorePermit = permit;
-            let _ = tx.send(f());
+            let out = f();
+            // The slot is free before the caller hears the answer: a client
+            // that signs in again right after its answer must not find its
+            // own finished hash still counted (seen under load in CI).
+            drop::<OwnedSemaphorePermit>(permit);
+            let _ = tx.send(out);
         });
         if self.inner.jobs.send(job).is_err() {
             return Err(HashError::Failed(anyhow::anyhow!("password hashing pool is gone")));
