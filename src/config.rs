@@ -121,6 +121,20 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// Message retention (`RETENTION_*`).
     pub retention: RetentionConfig,
+    /// The browser chat demo at `/demo/` (`DEMO`, `DEMO_DIR`); `None` when
+    /// it is off. On by default in development only: a production gateway
+    /// serves no page nobody asked for.
+    pub demo: Option<DemoConfig>,
+}
+
+/// Where the demo page's files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DemoConfig {
+    /// The copy built into the binary from `clients/typescript/demo/dist`.
+    Embedded,
+    /// A directory holding `index.html`, `app.js` and `app.css`
+    /// (`DEMO_DIR`): for working on the demo without rebuilding the gateway.
+    Dir(std::path::PathBuf),
 }
 
 /// Where and how offline-push events are delivered (README, "Offline push
@@ -382,6 +396,7 @@ impl Config {
                 interval: secs("RETENTION_INTERVAL_SECS", 60, 1, 86_400)?,
                 batch: num("RETENTION_BATCH", 500, 1, 100_000)? as i64,
             },
+            demo: demo_config(&get, dev)?,
         })
     }
 
@@ -424,6 +439,28 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
         user_stream_interval: Duration::from_millis(num("USER_STREAM_INTERVAL_MS", 1_000, 10, 600_000)?),
         edit_window_ms: num("EDIT_WINDOW_SECS", 900, 0, 10 * 365 * 86_400)? as i64 * 1000,
         max_sync_rooms: num("WS_MAX_SYNC_ROOMS", 1_000, 1, 100_000)? as usize,
+    })
+}
+
+/// `DEMO=1` serves the demo, `DEMO=0` does not, unset follows the
+/// environment (on in development). `DEMO_DIR` only says where it comes from.
+fn demo_config<'a>(get: &dyn Fn(&str) -> Option<&'a str>, dev: bool) -> Result<Option<DemoConfig>, ConfigError> {
+    let on = match get("DEMO") {
+        None => dev,
+        Some("0") | Some("false") | Some("off") => false,
+        Some("1") | Some("true") | Some("on") => true,
+        Some(_) => return Err(err("DEMO", "must be 0 or 1")),
+    };
+    Ok(match (on, get("DEMO_DIR")) {
+        (false, _) => None,
+        (true, None) => Some(DemoConfig::Embedded),
+        (true, Some(dir)) => {
+            let dir = std::path::PathBuf::from(dir);
+            if !dir.join("index.html").is_file() {
+                return Err(err("DEMO_DIR", "must be a directory holding index.html, app.js and app.css"));
+            }
+            Some(DemoConfig::Dir(dir))
+        }
     })
 }
 
@@ -633,6 +670,23 @@ mod tests {
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_demo_is_on_in_development_off_in_production_and_switchable() {
+        let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef-long-enough");
+        let demo = |pairs: &[(&str, &str)]| Config::from_vars(&vars(pairs)).map(|c| c.demo);
+        assert_eq!(demo(&[]).unwrap(), Some(DemoConfig::Embedded));
+        assert_eq!(demo(&[("DEMO", "0")]).unwrap(), None);
+        assert_eq!(demo(&[("APP_ENV", "production"), secret]).unwrap(), None);
+        assert_eq!(demo(&[("APP_ENV", "production"), secret, ("DEMO", "1")]).unwrap(), Some(DemoConfig::Embedded));
+        assert_eq!(demo(&[("DEMO", "yes")]).err().map(|e| e.var), Some("DEMO"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        assert_eq!(demo(&[("DEMO_DIR", path)]).err().map(|e| e.var), Some("DEMO_DIR"));
+        std::fs::write(dir.path().join("index.html"), "<!doctype html>").unwrap();
+        assert_eq!(demo(&[("DEMO_DIR", path)]).unwrap(), Some(DemoConfig::Dir(dir.path().to_owned())));
+        assert_eq!(demo(&[("DEMO_DIR", path), ("DEMO", "0")]).unwrap(), None);
     }
 
     #[test]

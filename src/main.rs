@@ -104,10 +104,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(s) = &config.sentry {
             tracing::info!(environment = %s.environment, sample_rate = s.sample_rate, "reporting errors to Sentry");
         }
+        let demo = config.demo.is_some();
         let app = Application::build(config).await?;
         // Installed before the URL is printed (from then on a SIGTERM
         // drains), not before the build (a hung start-up stays killable).
         let stop = chatgw::shutdown::signal();
+        // Before the listening line, which tools and tests wait for as the
+        // last word of start-up.
+        if demo {
+            println!("demo on http://{}/demo/ (DEMO=0 turns it off)", app.local_addr());
+        }
         println!("chatgw listening on http://{}", app.local_addr());
         if let Some(m) = app.metrics_addr() {
             println!("metrics on http://{m}/metrics");

@@ -63,6 +63,7 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
     let url = rx.recv_timeout(Duration::from_secs(60)).expect("gateway printed its URL");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async { reqwest::get(format!("{url}/readyz")).await.map(|r| r.status()) });
+    let demo = rt.block_on(async { reqwest::get(format!("{url}/demo/")).await.map(|r| r.status()) });
     // A REST flow whose secrets must not reach the logs.
     let secrets = rt.block_on(async {
         let c = reqwest::Client::new();
@@ -132,6 +133,9 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
     reader.join().unwrap();
     assert_eq!(status.unwrap(), reqwest::StatusCode::OK);
     let log = log.lock().unwrap();
+    // Development serves the browser demo, and says where.
+    assert!(log.iter().any(|l| l.starts_with(&format!("demo on {url}/demo/"))), "demo URL printed: {log:?}");
+    assert_eq!(demo.unwrap(), reqwest::StatusCode::OK);
     assert!(log.iter().any(|l| l.contains("\"request_id\"")), "JSON logs with request ids");
     let events: Vec<serde_json::Value> = log
         .iter()

@@ -12,6 +12,7 @@ mod bad_input;
 mod binary;
 mod cluster;
 mod cluster_faults;
+mod demo;
 mod edits;
 mod me;
 mod observability;

@@ -11,7 +11,8 @@ both_backends!(
     rooms_crud_and_membership,
     non_members_get_404_and_members_403,
     history_pages_by_seq,
-    idempotency_key_replays_the_first_response
+    idempotency_key_replays_the_first_response,
+    members_added_by_email
 );
 
 async fn rooms_crud_and_membership(db: Db) {
@@ -197,4 +198,57 @@ async fn idempotency_key_replays_the_first_response(db: Db) {
     assert!(created >= 1);
     let list = app.get(&ann.access, "/api/v1/rooms").await;
     assert_eq!(list.body["rooms"].as_array().unwrap().iter().filter(|r| r["name"] == "race").count(), 1);
+}
+
+/// People know each other by email, not by user id: a room is created with
+/// `member_emails` and members are added with `{"email"}` (any case). An
+/// unknown email is a 400 or 404 naming it, never a silent skip; giving both
+/// or neither of `user_id` and `email` is a 400; the added member learns the
+/// room like any other.
+async fn members_added_by_email(db: Db) {
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let cat = app.register("cat").await;
+
+    let r = app
+        .post(
+            Some(&ann.access),
+            "/api/v1/rooms",
+            json!({"name": "by email", "member_emails": [bob.email.to_uppercase(), bob.email], "members": []}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let room = r.body["id"].as_str().unwrap().to_owned();
+    let detail = app.get(&bob.access, &format!("/api/v1/rooms/{room}")).await;
+    assert_eq!(detail.status, StatusCode::OK, "bob is a member");
+    assert_eq!(detail.body["members"].as_array().unwrap().len(), 2);
+
+    let r = app
+        .post(Some(&ann.access), "/api/v1/rooms", json!({"name": "typo", "member_emails": ["nobody@example.com"]}))
+        .await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("nobody@example.com"), "{}", r.body);
+    let r =
+        app.post(Some(&ann.access), "/api/v1/rooms", json!({"name": "bad", "member_emails": ["not-an-email"]})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(app.get(&ann.access, "/api/v1/rooms").await.body["rooms"].as_array().unwrap().len(), 1, "none created");
+
+    let members = format!("/api/v1/rooms/{room}/members");
+    let add = app.post(Some(&ann.access), &members, json!({"email": cat.email.to_uppercase()})).await;
+    assert_eq!(add.status, StatusCode::CREATED, "{}", add.body);
+    assert_eq!(add.body["user_id"], cat.user_id.as_str());
+    let again = app.post(Some(&ann.access), &members, json!({"email": cat.email})).await;
+    assert_eq!(again.status, StatusCode::OK);
+    let nobody = app.post(Some(&ann.access), &members, json!({"email": "nobody@example.com"})).await;
+    assert_eq!((nobody.status, nobody.error_code()), (StatusCode::NOT_FOUND, "not_found"));
+    for body in [json!({}), json!({"email": cat.email, "user_id": cat.user_id}), json!({"email": "x"})] {
+        let r = app.post(Some(&ann.access), &members, body.clone()).await;
+        assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "bad_request"), "{body}");
+    }
+    // Only the owner adds, by email as by id.
+    let r = app.post(Some(&bob.access), &members, json!({"email": "dan@example.com"})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::FORBIDDEN, "forbidden"));
+    let detail = app.get(&cat.access, &format!("/api/v1/rooms/{room}")).await;
+    assert_eq!(detail.body["members"].as_array().unwrap().len(), 3);
 }

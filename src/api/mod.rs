@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod debug;
+pub mod demo;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -69,6 +70,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(extra)
+        .merge(if config.demo.is_some() { demo::router() } else { Router::new() })
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::bad_request("method not allowed on this route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

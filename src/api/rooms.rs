@@ -45,6 +45,11 @@ pub struct CreateRoom {
     #[serde(default)]
     #[schema(max_items = 1000)]
     pub members: Vec<String>,
+    /// Other users to add as members, by the email they signed up with (at
+    /// most 1000, together with `members`): what a person knows of another.
+    #[serde(default)]
+    #[schema(max_items = 1000)]
+    pub member_emails: Vec<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -62,8 +67,11 @@ pub struct PatchRoom {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    /// The user to add: give exactly one of `user_id` and `email`.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
-    pub user_id: String,
+    pub user_id: Option<String>,
+    /// The email the user signed up with (any case).
+    pub email: Option<String>,
 }
 
 /// A room with its member list.
@@ -128,7 +136,7 @@ pub async fn create_room(
     ApiJson(req): ApiJson<CreateRoom>,
 ) -> ApiResult<(StatusCode, Json<RoomForUser>)> {
     let name = validate::room_name(&req.name)?;
-    if req.members.len() > validate::MAX_INITIAL_MEMBERS {
+    if req.members.len() + req.member_emails.len() > validate::MAX_INITIAL_MEMBERS {
         return Err(ApiError::bad_request(format!("members: at most {} users", validate::MAX_INITIAL_MEMBERS)));
     }
     let mut members = req.members;
@@ -141,6 +149,9 @@ pub async fn create_room(
     if active.len() != members.len() {
         return Err(ApiError::bad_request("members: unknown user id"));
     }
+    members.extend(users_by_email(&state, &req.member_emails).await?);
+    members.sort();
+    members.dedup();
     let room = state.store.create_room(&user.user_id, &name, &members).await?;
     // Every member's sockets (the owner's other devices too) learn the room.
     let hub = &state.hub;
@@ -214,6 +225,17 @@ pub async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The ids of the active users with these emails; any unknown one is a 400
+/// naming it, so a typo does not silently leave someone out.
+async fn users_by_email(state: &AppState, emails: &[String]) -> ApiResult<Vec<String>> {
+    let emails = emails.iter().map(|e| validate::email(e).map(|e| e.to_lowercase())).collect::<Result<Vec<_>, _>>()?;
+    let found = state.store.active_user_ids_by_email(&emails).await?;
+    if let Some(missing) = emails.iter().find(|e| !found.iter().any(|(f, _)| f == *e)) {
+        return Err(ApiError::bad_request(format!("member_emails: no user with email {missing}")));
+    }
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
 /// Adds a member (owner only). 201 when added, 200 when already a member.
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path),
     ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request")), request_body = AddMember,
@@ -226,19 +248,30 @@ pub async fn add_member(
     ApiJson(req): ApiJson<AddMember>,
 ) -> ApiResult<(StatusCode, Json<Membership>)> {
     require_owner(&state, &id, &user).await?;
-    validate::id("user_id", &req.user_id)?;
-    if state.store.active_user_ids(std::slice::from_ref(&req.user_id)).await?.is_empty() {
-        return Err(ApiError::NotFound("user"));
-    }
-    let added = state.store.add_member(&id, &req.user_id).await?;
-    let role = state.store.role_in(&id, &req.user_id).await?.unwrap_or(Role::Member);
+    let user_id = match (req.user_id, req.email) {
+        (Some(user_id), None) => {
+            validate::id("user_id", &user_id)?;
+            if state.store.active_user_ids(std::slice::from_ref(&user_id)).await?.is_empty() {
+                return Err(ApiError::NotFound("user"));
+            }
+            user_id
+        }
+        (None, Some(email)) => {
+            let email = validate::email(&email)?;
+            let found = state.store.active_user_ids_by_email(std::slice::from_ref(&email)).await?;
+            found.into_iter().next().map(|(_, id)| id).ok_or(ApiError::NotFound("user"))?
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of user_id and email")),
+    };
+    let added = state.store.add_member(&id, &user_id).await?;
+    let role = state.store.role_in(&id, &user_id).await?.unwrap_or(Role::Member);
     if added {
         // The new member's sockets learn the room at once, on every instance.
-        let room = state.store.room_for_member(&id, &req.user_id).await?;
-        state.hub.room_added(&id, &req.user_id, &room.room.name, role.as_str(), room.room.last_seq);
+        let room = state.store.room_for_member(&id, &user_id).await?;
+        state.hub.room_added(&id, &user_id, &room.room.name, role.as_str(), room.room.last_seq);
     }
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(Membership { room_id: id, user_id: req.user_id, role })))
+    Ok((status, Json(Membership { room_id: id, user_id, role })))
 }
 
 /// Removes a member. The owner may remove anyone but themselves (delete the

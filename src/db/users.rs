@@ -157,6 +157,24 @@ impl Store {
         Ok(q.fetch_all(&self.read).await?)
     }
 
+    /// The ids of the active (not erased, not banned) users with these
+    /// emails (any case), as `(lowercased email, id)`; unknown ones are left
+    /// out.
+    pub async fn active_user_ids_by_email(&self, emails: &[String]) -> Result<Vec<(String, String)>, DbError> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT email_lower, id FROM users WHERE deleted_at IS NULL AND banned_at IS NULL AND email_lower IN ({})",
+            super::placeholders(1, emails.len())
+        );
+        let mut q = sqlx::query_as(&sql);
+        for e in emails {
+            q = q.bind(e.to_lowercase());
+        }
+        Ok(q.fetch_all(&self.read).await?)
+    }
+
     /// Updates the profile fields that are given.
     pub async fn update_user(
         &self,

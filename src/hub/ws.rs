@@ -83,6 +83,19 @@ pub async fn handler(
     }
 }
 
+/// Whether a browser's `Origin` may open a socket: listed in
+/// `ALLOWED_ORIGINS` (or `*` listed), or, when `own_host` is given (the demo
+/// is on), the request's own `Host` with any scheme: the page this gateway
+/// served. A proxy that rewrites `Host` must pass the public one on.
+fn origin_allowed(origin: &str, allowed: &[String], own_host: Option<&str>) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    matches!((host, own_host), (Some(h), Some(own)) if h.eq_ignore_ascii_case(own))
+}
+
 fn count(state: &AppState, outcome: &str) {
     state.metrics.ws_handshakes.inc(outcome);
 }
@@ -97,10 +110,10 @@ async fn admit(
         return Err(("draining", ApiError::Unavailable("server is restarting; reconnect later".into())));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &state.config.allowed_origins;
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/'))));
+        // The demo page is served by this gateway, so its own origin is the
+        // page's; without the demo, only ALLOWED_ORIGINS counts.
+        let own_host = state.config.demo.as_ref().and_then(|_| headers.get(header::HOST)?.to_str().ok());
+        let ok = origin.to_str().is_ok_and(|o| origin_allowed(o, &state.config.allowed_origins, own_host));
         if !ok {
             return Err(("origin", ApiError::Forbidden("origin not allowed")));
         }
@@ -178,4 +191,23 @@ async fn admit(
         .try_reserve_connection()
         .ok_or(("capacity", ApiError::Unavailable("too many connections on this instance".into())))?;
     Ok((who, place, heartbeat))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins_are_the_listed_ones_or_with_the_demo_the_gateways_own_host() {
+        let listed = vec!["https://app.example.com".to_owned()];
+        assert!(origin_allowed("https://app.example.com/", &listed, None));
+        assert!(!origin_allowed("https://evil.example.com", &listed, None));
+        assert!(!origin_allowed("http://127.0.0.1:8080", &listed, None));
+        assert!(origin_allowed("http://127.0.0.1:8080", &listed, Some("127.0.0.1:8080")));
+        assert!(origin_allowed("https://Chat.Example.com", &[], Some("chat.example.com")));
+        // Same host, other port: another origin.
+        assert!(!origin_allowed("http://127.0.0.1:9090", &[], Some("127.0.0.1:8080")));
+        assert!(!origin_allowed("null", &[], Some("null")));
+        assert!(origin_allowed("https://anything.example", &["*".to_owned()], None));
+    }
 }

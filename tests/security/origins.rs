@@ -169,3 +169,29 @@ async fn handshake_origin_allowlist() {
     let mut n = WsClient::try_connect(&closed, Some(&bob.access), None, None).await.ok().expect("native");
     assert!(n.drain_until_pong().await.is_empty());
 }
+
+/// With the demo on (the development default), the page the gateway serves
+/// may open a socket: its Origin is the gateway's own `Host`. Other origins
+/// stay refused, and with `DEMO=0` the own origin is just another origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_accepts_the_gateways_own_origin_only_with_the_demo() {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let ann = app.register("ann").await;
+    let own = format!("http://{}", app.addr);
+    let mut page = WsClient::try_connect(&app, Some(&ann.access), None, Some(&own)).await.ok().expect("own origin");
+    assert!(page.drain_until_pong().await.is_empty());
+    let other_port = format!("http://{}:{}", app.addr.ip(), app.addr.port() + 1);
+    for origin in HOSTILE.iter().copied().chain([other_port.as_str()]) {
+        assert_eq!(refused(&app, Some(&ann.access), None, Some(origin)).await, (403, "forbidden".into()), "{origin}");
+    }
+
+    let off = spawn_app_with(Db::Sqlite, |v| {
+        v.insert("DEMO".into(), "0".into());
+    })
+    .await;
+    let bob = off.register("bob").await;
+    let own = format!("http://{}", off.addr);
+    assert_eq!(refused(&off, Some(&bob.access), None, Some(&own)).await, (403, "forbidden".into()));
+    super::assert_healthy(&app).await;
+    super::assert_healthy(&off).await;
+}
