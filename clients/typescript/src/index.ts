@@ -1,0 +1,28 @@
+/**
+ * @chatgw/client: TypeScript client for the chatgw gateway (protocol v1.1).
+ * See README.md for the reference.
+ */
+export { ChatClient } from "./client.js";
+export type {
+  ChatClientOptions,
+  ClientEvents,
+  ClientState,
+  CredentialProvider,
+  HeartbeatMode,
+  LogLevel,
+  PendingSend,
+  StateInfo,
+} from "./client.js";
+export { Room } from "./room.js";
+export type { RemovedReason, RoomEvents, RoomSnapshot } from "./room.js";
+export { ChatError } from "./errors.js";
+export type { ChatErrorCode } from "./errors.js";
+export { MemoryStore, LocalStorageStore, IndexedDBStore } from "./store.js";
+export type { Store, StorageLike } from "./store.js";
+export { Emitter } from "./emitter.js";
+export type { Listener } from "./emitter.js";
+export { Backoff, fullJitter, parseDrainDelay } from "./backoff.js";
+export type { BackoffOptions } from "./backoff.js";
+export type { OutboxEntry, OutboxKind } from "./outbox.js";
+export type { SocketLike, WebSocketConstructor } from "./transport.js";
+export * from "./generated/protocol.js";
