@@ -31,18 +31,12 @@ import type { ChatError, ClientState, Room, ServerMessage, ServerEdit, ServerDel
 const execFileP = promisify(execFile);
 
 /**
- * The binary under test: CHATGW_BIN, else the shared copy at
- * /tmp/chatgw-bin/chatgw, else this repository's cargo build (release, then
- * debug), so `npm run test:e2e` works after a plain `cargo build`.
+ * The binary under test: CHATGW_BIN (scripts/test.sh sets it), else this
+ * repository's cargo build (debug, then release), so `npm run test:e2e`
+ * works after a plain `cargo build`.
  */
-export const CHATGW_BIN =
-  process.env.CHATGW_BIN ??
-  [
-    "/tmp/chatgw-bin/chatgw",
-    fileURLToPath(new URL("../../../target/release/chatgw", import.meta.url)),
-    fileURLToPath(new URL("../../../target/debug/chatgw", import.meta.url)),
-  ].find((p) => existsSync(p)) ??
-  "/tmp/chatgw-bin/chatgw";
+const BUILDS = ["debug", "release"].map((p) => fileURLToPath(new URL(`../../../target/${p}/chatgw`, import.meta.url)));
+export const CHATGW_BIN = process.env.CHATGW_BIN ?? BUILDS.find((p) => existsSync(p)) ?? BUILDS[0];
 /** Fixed so tokens survive restarts (development mode would pick a random one per start). */
 export const JWT_SECRET = "sdk-e2e-secret-0123456789-abcdefghijklmnopqrstuv";
 export const ADMIN_TOKEN = "sdk-e2e-admin-token-0123456789-abcdefghijklmn";

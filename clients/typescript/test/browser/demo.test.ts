@@ -14,7 +14,7 @@
  *    page; adding a member by email and leaving; sign-out and sign-in again.
  * 4. With 3 s access tokens the pages renew over the socket and never reconnect.
  *
- * Env: CHATGW_BIN (default /tmp/chatgw-bin/chatgw), CHROMIUM (default
+ * Env: CHATGW_BIN (default: this repository's target/debug, then target/release), CHROMIUM (default
  * /usr/bin/chromium), CHATGW_DEMO_DIR=<dir> to serve the page from <dir>
  * (DEMO_DIR) instead of the copy embedded in the binary, UPDATE_SCREENSHOT=1
  * to copy the chat screenshot to demo/screenshot.png, DEMO_TEST_DEBUG=1 to
@@ -29,13 +29,13 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { CHATGW_BIN } from "../harness.ts";
 
 const PKG = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIST = join(PKG, "demo", "dist");
 const RESULTS = join(PKG, "test-results");
-const CHATGW_BIN = process.env.CHATGW_BIN ?? "/tmp/chatgw-bin/chatgw";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-/** Generous: four agents share two cores. Tests wait for conditions, never for times. */
+/** Generous: CI machines are small and shared. Tests wait for conditions, never for times. */
 const WAIT_MS = 60_000;
 const PASSWORD = "correct horse battery";
 
