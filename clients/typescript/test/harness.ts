@@ -138,7 +138,12 @@ export async function eventually<T>(
       lastErr = e;
     }
     if (Date.now() > deadline) {
-      const state = opts.state ? ` state: ${safeJson(opts.state())}` : "";
+      let state = "";
+      try {
+        state = opts.state ? ` state: ${safeJson(await opts.state())}` : "";
+      } catch {
+        // the state is a diagnosis, best effort
+      }
       const err = lastErr ? ` last error: ${String(lastErr)}` : "";
       throw new Error(`timed out waiting for ${what}${state}${err}`);
     }

@@ -29,7 +29,7 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
-import { CHATGW_BIN } from "../harness.ts";
+import { CHATGW_BIN, eventually as waitFor } from "../harness.ts";
 
 const PKG = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIST = join(PKG, "demo", "dist");
@@ -42,27 +42,9 @@ const PASSWORD = "correct horse battery";
 // ---------------------------------------------------------------------------
 // Helpers
 
-async function eventually<T>(what: string, cond: () => Promise<T | false | undefined | null> | T | false | undefined | null, state?: () => Promise<unknown> | unknown): Promise<T> {
-  const deadline = Date.now() + WAIT_MS;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      const v = await cond();
-      if (v) return v;
-    } catch (e) {
-      lastErr = e;
-    }
-    if (Date.now() > deadline) {
-      let s = "";
-      try {
-        s = state ? ` state: ${JSON.stringify(await state())}` : "";
-      } catch {
-        // best effort
-      }
-      throw new Error(`timed out waiting for ${what}${s}${lastErr ? ` (last error: ${String(lastErr)})` : ""}`);
-    }
-    await sleep(100);
-  }
+/** The harness's `eventually`, with this file's call shape and a slower poll (each check drives a page). */
+function eventually<T>(what: string, cond: () => Promise<T | false | undefined | null> | T | false | undefined | null, state?: () => unknown): Promise<T> {
+  return waitFor(what, cond, { timeoutMs: WAIT_MS, intervalMs: 100, state });
 }
 
 function run(cmd: string, args: string[], cwd: string): Promise<{ code: number | null; out: string }> {
