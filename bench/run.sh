@@ -62,7 +62,7 @@ r=json.load(open(sys.argv[1])); s=r.get("server") or {}
 print(f'{r["scenario"]:<14} clients={r["connected"]}/{r["clients"]} deliv/s={r["deliveries_per_sec"]:.0f} '
       f'p50={r["latency"]["p50_ms"]:.2f} p99={r["latency"]["p99_ms"]:.2f} p999={r["latency"]["p999_ms"]:.2f}ms '
       f'lost={r["lost"]} dup={r["duplicated"]} reord={r["reordered"]} '
-      f'cpu_us/deliv={s.get("cpu_us_per_delivery") or 0:.2f} kib/conn={s.get("kib_per_connection") or 0:.2f} '
+      f'cpu_us/deliv={s.get("cpu_us_per_delivery") or 0:.2f} ctx/deliv={s.get("ctx_switches_per_delivery") or 0:.3f} kib/conn={s.get("kib_per_connection") or 0:.2f} '
       f'hs/s={r.get("handshakes_per_sec") or 0:.0f} errors={r["errors_by_code"]} closes={r["closes_by_code"]}')
 PY
 }

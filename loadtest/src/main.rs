@@ -523,6 +523,7 @@ fn server_stats(
 ) -> Option<Server> {
     let (b, a) = (before?, after?);
     let cpu = a.cpu_secs - b.cpu_secs;
+    let ctx_switches = a.ctx_switches.zip(b.ctx_switches).map(|(a, b)| a.saturating_sub(b));
     Some(Server {
         sources: sources.iter().map(ToString::to_string).collect(),
         cpu_seconds: cpu,
@@ -531,6 +532,8 @@ fn server_stats(
         rss_kib_peak: peak.max(a.rss_kib),
         cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
         kib_per_connection: (conns > 0).then(|| (a.rss_kib as f64 - b.rss_kib as f64) / conns as f64),
+        ctx_switches,
+        ctx_switches_per_delivery: ctx_switches.filter(|_| deliveries > 0).map(|n| n as f64 / deliveries as f64),
     })
 }
 

@@ -10,6 +10,10 @@ pub struct Sample {
     /// User + system CPU seconds since the process started.
     pub cpu_secs: f64,
     pub rss_kib: u64,
+    /// Voluntary + involuntary context switches of all the process's
+    /// threads alive now (`/proc/<pid>/task/*/status`; a thread that ended
+    /// takes its count with it). `None` from a metrics source.
+    pub ctx_switches: Option<u64>,
 }
 
 /// Where to read from.
@@ -36,7 +40,7 @@ impl Source {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
                 let rss_kib =
                     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-                Some(Sample { cpu_secs: (utime + stime) / USER_HZ, rss_kib })
+                Some(Sample { cpu_secs: (utime + stime) / USER_HZ, rss_kib, ctx_switches: ctx_switches(*pid) })
             }
             Source::Metrics(url) => {
                 let body = http_get(url)?;
@@ -51,6 +55,7 @@ impl Source {
                 Some(Sample {
                     cpu_secs: metric("process_cpu_seconds_total")?,
                     rss_kib: (metric("process_resident_memory_bytes")? / 1024.0) as u64,
+                    ctx_switches: None,
                 })
             }
         }
@@ -69,13 +74,33 @@ impl std::fmt::Display for Source {
 /// One reading of several processes (the instances of a cluster): CPU and
 /// RSS summed; `None` unless every source answered.
 pub fn sample_all(sources: &[Source]) -> Option<Sample> {
-    if sources.is_empty() {
-        return None;
-    }
-    sources.iter().try_fold(Sample::default(), |acc, s| {
-        let x = s.sample()?;
-        Some(Sample { cpu_secs: acc.cpu_secs + x.cpu_secs, rss_kib: acc.rss_kib + x.rss_kib })
+    let mut samples = sources.iter().map(Source::sample);
+    let first = samples.next()??;
+    samples.try_fold(first, |acc, x| {
+        let x = x?;
+        Some(Sample {
+            cpu_secs: acc.cpu_secs + x.cpu_secs,
+            rss_kib: acc.rss_kib + x.rss_kib,
+            ctx_switches: acc.ctx_switches.zip(x.ctx_switches).map(|(a, b)| a + b),
+        })
     })
+}
+
+/// Context switches of every thread of `pid`: the count the kernel keeps
+/// per thread in `/proc/<pid>/task/<tid>/status` (the process's own
+/// `status` shows its main thread's only). A count, not a time: it holds on
+/// a noisy machine.
+pub fn ctx_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        total += status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
 }
 
 /// A tiny HTTP/1.0 GET for loopback metrics endpoints.

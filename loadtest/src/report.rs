@@ -54,6 +54,10 @@ pub struct Server {
     pub cpu_us_per_delivery: Option<f64>,
     /// RSS growth per connection held.
     pub kib_per_connection: Option<f64>,
+    /// Context switches of the server's threads over the window.
+    pub ctx_switches: Option<u64>,
+    /// Context switches per delivered message.
+    pub ctx_switches_per_delivery: Option<f64>,
 }
 
 /// Clients per gateway URL.
@@ -482,6 +486,9 @@ impl Report {
             if let Some(x) = sv.kib_per_connection {
                 row("server KiB / connection", format!("{x:.2}"));
             }
+            if let (Some(n), Some(x)) = (sv.ctx_switches, sv.ctx_switches_per_delivery) {
+                row("server context switches", format!("{n} ({x:.3} / delivery)"));
+            }
         }
         s
     }
@@ -547,9 +554,16 @@ fn merge_server(reports: &[Report], deliveries: u64, connected: usize) -> Option
             sum.rss_kib_start += s.rss_kib_start;
             sum.rss_kib_end += s.rss_kib_end;
             sum.rss_kib_peak += s.rss_kib_peak;
+            // Counted only if every process was counted.
+            sum.ctx_switches = if sum.sources.len() == s.sources.len() {
+                s.ctx_switches
+            } else {
+                sum.ctx_switches.zip(s.ctx_switches).map(|(a, b)| a + b)
+            };
         }
         sum
     };
+    out.ctx_switches_per_delivery = out.ctx_switches.filter(|_| deliveries > 0).map(|n| n as f64 / deliveries as f64);
     out.cpu_us_per_delivery = (deliveries > 0).then(|| out.cpu_seconds * 1e6 / deliveries as f64);
     let held = reports.iter().any(|r| r.server.as_ref().is_some_and(|s| s.kib_per_connection.is_some()));
     out.kib_per_connection =

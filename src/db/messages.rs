@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::script::Script;
 use super::{DbError, Store};
 
 /// A message, or a change event, to store.
@@ -354,107 +355,76 @@ impl Store {
         rooms.sort_unstable();
         rooms.dedup();
         let has_changes = batch.iter().any(|m| m.kind != NewKind::Message);
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
 
+        // Steps 1-3b are one script (one query on SQLite); each row says
+        // which step it answers in its first column.
+        let mut reads = Script::new(&tx);
         // 1. Lock and read.
-        let mut last: HashMap<String, i64> = HashMap::new();
+        let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
         for chunk in rooms.chunks(IN_CHUNK) {
-            let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
-            let sql = format!(
-                "SELECT id, last_seq FROM rooms WHERE id IN ({}) ORDER BY id{lock}",
-                super::placeholders(1, chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q.bind(*r);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                last.insert(row.try_get("id")?, row.try_get("last_seq")?);
-            }
+            let ids = chunk.iter().map(|r| reads.arg(*r)).collect::<Vec<_>>().join(", ");
+            reads.push(format!("SELECT 'r' AS k, id, last_seq FROM rooms WHERE id IN ({ids}) ORDER BY id{lock}"));
         }
-
         // 2. Membership of (room, sender) pairs, and whether the sender owns
         // the room (for owners' deletes).
         let mut pairs: Vec<(&str, &str)> = batch.iter().map(|m| (m.room_id.as_str(), m.sender_id.as_str())).collect();
         pairs.sort_unstable();
         pairs.dedup();
-        let mut members: HashMap<(String, String), bool> = HashMap::new();
         for chunk in pairs.chunks(IN_CHUNK) {
-            let tuples =
-                (0..chunk.len()).map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k)).collect::<Vec<_>>().join(", ");
-            // A join on VALUES plans as index look-ups on both backends.
-            let sql = format!(
-                "SELECT m.room_id, m.user_id, m.role FROM memberships m JOIN (VALUES {tuples}) AS v \
-                 ON m.room_id = v.column1 AND m.user_id = v.column2"
-            );
-            let mut q = sqlx::query(&sql);
-            for (r, u) in chunk {
-                q = q.bind(*r).bind(*u);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                let owner = row.try_get::<&str, _>("role")? == "owner";
-                members.insert((row.try_get("room_id")?, row.try_get("user_id")?), owner);
-            }
-        }
-
-        // 3. Already stored.
-        let candidates: Vec<usize> = (0..batch.len())
-            .filter(|&i| {
-                let m = &batch[i];
-                let ok = last.contains_key(&m.room_id)
-                    && (!m.kind.needs_membership() || members.contains_key(&(m.room_id.clone(), m.sender_id.clone())));
-                if !ok {
-                    out[i] = Some(if last.contains_key(&m.room_id) {
-                        AppendOutcome::NotMember
-                    } else {
-                        AppendOutcome::NoSuchRoom
-                    });
-                }
-                ok
-            })
-            .collect();
-        let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
-        for chunk in candidates.chunks(IN_CHUNK) {
-            let tuples = (0..chunk.len())
-                .map(|k| format!("({})", super::placeholders(1 + 3 * k, 3)))
+            let tuples = chunk
+                .iter()
+                .map(|(r, u)| format!("({}, {})", reads.arg(*r), reads.arg(*u)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!(
-                "SELECT {MSG_COLS_M} FROM messages m JOIN (VALUES {tuples}) AS v \
-                 ON m.room_id = v.column1 AND m.sender_id = v.column2 AND m.client_msg_id = v.column3"
-            );
-            let mut q = sqlx::query(&sql);
-            for &i in chunk {
-                q = q.bind(&batch[i].room_id).bind(&batch[i].sender_id).bind(&batch[i].client_msg_id);
-            }
-            for r in q.fetch_all(&mut *tx).await? {
-                let m = message_from(&r)?;
-                known.insert((m.room.clone(), m.sender.clone(), m.client_msg_id.clone()), m);
-            }
+            // A join on VALUES plans as index look-ups on both backends.
+            reads.push(format!(
+                "SELECT 'm' AS k, m.room_id, m.user_id, m.role FROM memberships m JOIN (VALUES {tuples}) AS v \
+                 ON m.room_id = v.column1 AND m.user_id = v.column2"
+            ));
         }
-
+        // 3. Already stored.
+        for chunk in batch.chunks(IN_CHUNK) {
+            let tuples = chunk
+                .iter()
+                .map(|m| format!("({}, {}, {})", reads.arg(&m.room_id), reads.arg(&m.sender_id), reads.arg(&m.client_msg_id)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            reads.push(format!(
+                "SELECT 'd' AS k, {MSG_COLS_M} FROM messages m JOIN (VALUES {tuples}) AS v \
+                 ON m.room_id = v.column1 AND m.sender_id = v.column2 AND m.client_msg_id = v.column3"
+            ));
+        }
         // 3b. The current state of the messages that changes apply to (none
         // for a batch of plain messages).
+        let wanted: Vec<(&str, i64)> =
+            batch.iter().filter_map(|m| m.kind.target().map(|t| (m.room_id.as_str(), t))).collect();
+        for chunk in wanted.chunks(IN_CHUNK) {
+            let tuples =
+                chunk.iter().map(|(r, t)| format!("({}, {})", reads.arg(*r), reads.arg(*t))).collect::<Vec<_>>().join(", ");
+            reads.push(format!(
+                "SELECT 't' AS k, m.room_id, m.seq, m.sender_id, m.sent_at, m.kind, m.deleted_at, m.body, m.edited_at \
+                 FROM messages m JOIN (VALUES {tuples}) AS v ON m.room_id = v.column1 AND m.seq = v.column2"
+            ));
+        }
+        let mut last: HashMap<String, i64> = HashMap::new();
+        let mut members: HashMap<(String, String), bool> = HashMap::new();
+        let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
         let mut targets: HashMap<(String, i64), Target> = HashMap::new();
-        if has_changes {
-            let wanted: Vec<(&str, i64)> = candidates
-                .iter()
-                .filter_map(|&i| batch[i].kind.target().map(|t| (batch[i].room_id.as_str(), t)))
-                .collect();
-            for chunk in wanted.chunks(IN_CHUNK) {
-                let tuples = (0..chunk.len())
-                    .map(|k| format!("(${}, ${})", 1 + 2 * k, 2 + 2 * k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "SELECT m.room_id, m.seq, m.sender_id, m.sent_at, m.kind, m.deleted_at, m.body, m.edited_at \
-                     FROM messages m JOIN (VALUES {tuples}) AS v ON m.room_id = v.column1 AND m.seq = v.column2"
-                );
-                let mut q = sqlx::query(&sql);
-                for (r, t) in chunk {
-                    q = q.bind(*r).bind(*t);
+        for row in tx.fetch(reads).await? {
+            match row.try_get::<&str, _>("k")? {
+                "r" => {
+                    last.insert(row.try_get("id")?, row.try_get("last_seq")?);
                 }
-                for row in q.fetch_all(&mut *tx).await? {
+                "m" => {
+                    let owner = row.try_get::<&str, _>("role")? == "owner";
+                    members.insert((row.try_get("room_id")?, row.try_get("user_id")?), owner);
+                }
+                "d" => {
+                    let m = message_from(&row)?;
+                    known.insert((m.room.clone(), m.sender.clone(), m.client_msg_id.clone()), m);
+                }
+                _ => {
                     let kind: String = row.try_get("kind")?;
                     let deleted_at: Option<i64> = row.try_get("deleted_at")?;
                     targets.insert(
@@ -472,6 +442,22 @@ impl Store {
                 }
             }
         }
+        // Refused: no such room, or not a member.
+        let candidates: Vec<usize> = (0..batch.len())
+            .filter(|&i| {
+                let m = &batch[i];
+                let ok = last.contains_key(&m.room_id)
+                    && (!m.kind.needs_membership() || members.contains_key(&(m.room_id.clone(), m.sender_id.clone())));
+                if !ok {
+                    out[i] = Some(if last.contains_key(&m.room_id) {
+                        AppendOutcome::NotMember
+                    } else {
+                        AppendOutcome::NoSuchRoom
+                    });
+                }
+                ok
+            })
+            .collect();
 
         // 4. Allocate seqs in batch order and insert. Changes are checked
         // against the state left by the entries before them in the batch.
@@ -571,46 +557,53 @@ impl Store {
         }
         let (plain, changes): (Vec<&StoredMessage>, Vec<&StoredMessage>) =
             fresh.iter().partition(|m| m.kind == EntryType::Message);
+        // The inserts, then (rare) outbox rows and changes, then 5. the
+        // moved `last_seq`s (one CASE statement per chunk of rooms) and the
+        // commit: one query on SQLite when there is nothing rare.
+        let mut writes = Script::new(&tx);
         for chunk in plain.chunks(INSERT_CHUNK) {
-            let rows = (0..chunk.len())
-                .map(|k| format!("({})", super::placeholders(1 + 6 * k, 6)))
+            let rows = chunk
+                .iter()
+                .map(|m| {
+                    let v = [
+                        writes.arg(&m.room),
+                        writes.arg(m.seq),
+                        writes.arg(&m.sender),
+                        writes.arg(&m.body),
+                        writes.arg(&m.client_msg_id),
+                        writes.arg(m.sent_at),
+                    ];
+                    format!("({})", v.join(", "))
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql =
-                format!("INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id, sent_at) VALUES {rows}");
-            let mut q = sqlx::query(&sql);
-            for m in chunk {
-                q = q.bind(&m.room).bind(m.seq).bind(&m.sender).bind(&m.body).bind(&m.client_msg_id).bind(m.sent_at);
-            }
-            q.execute(&mut *tx).await?;
+            writes.push(format!(
+                "INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id, sent_at) VALUES {rows}"
+            ));
         }
         // Push notifications are for messages, not for edits and deletes.
-        if push_outbox && !plain.is_empty() {
-            super::push::insert_outbox(&mut tx, &plain).await?;
+        let outbox = push_outbox && !plain.is_empty();
+        if outbox || has_changes {
+            tx.fetch(writes).await?;
+            writes = Script::new(&tx);
+        }
+        if outbox {
+            super::push::insert_outbox(tx.conn().await?, &plain).await?;
         }
         if has_changes {
-            self.store_changes(&mut tx, &changes, &targets).await?;
+            self.store_changes(tx.conn().await?, &changes, &targets).await?;
         }
-
-        // 5. Move last_seq (one CASE statement per chunk of rooms).
         let moved: Vec<(&str, i64)> = moved.into_iter().collect();
         for chunk in moved.chunks(IN_CHUNK) {
-            let cases = (0..chunk.len())
-                .map(|k| format!("WHEN ${} THEN ${}", 1 + 2 * k, 2 + 2 * k))
+            let cases = chunk
+                .iter()
+                .map(|(room, seq)| format!("WHEN {} THEN {}", writes.arg(*room), writes.arg(*seq)))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let ids = super::placeholders(1 + 2 * chunk.len(), chunk.len());
-            let sql = format!("UPDATE rooms SET last_seq = CASE id {cases} END WHERE id IN ({ids})");
-            let mut q = sqlx::query(&sql);
-            for (room, seq) in chunk {
-                q = q.bind(*room).bind(*seq);
-            }
-            for (room, _) in chunk {
-                q = q.bind(*room);
-            }
-            q.execute(&mut *tx).await?;
+            let ids = chunk.iter().map(|(room, _)| writes.arg(*room)).collect::<Vec<_>>().join(", ");
+            writes.push(format!("UPDATE rooms SET last_seq = CASE id {cases} END WHERE id IN ({ids})"));
         }
-        tx.commit().await?;
+        tx.commit(writes).await?;
         // Every index was filled: each message is either refused in step 3,
         // a duplicate, or stored in step 4.
         Ok(out.into_iter().map(|o| o.unwrap_or(AppendOutcome::NoSuchRoom)).collect())
@@ -620,7 +613,7 @@ impl Store {
     /// of [`Store::append_messages`], only for batches holding changes).
     async fn store_changes(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::AnyConnection,
         changes: &[&StoredMessage],
         targets: &HashMap<(String, i64), Target>,
     ) -> Result<(), DbError> {
@@ -646,7 +639,7 @@ impl Store {
                     .bind(m.target_seq)
                     .bind(m.reason.map(DeleteReason::as_str));
             }
-            q.execute(&mut **tx).await?;
+            q.execute(&mut *tx).await?;
         }
         // One statement per changed message: changes are rare next to
         // messages, and an erasure batch is bounded.
@@ -665,14 +658,14 @@ impl Store {
             .bind(t.edited_at)
             .bind(deleted_at)
             .bind(deleted_by)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             if t.deleted.is_some() {
                 // A deleted message keeps no earlier version either.
                 sqlx::query("UPDATE messages SET body = '' WHERE room_id = $1 AND target_seq = $2 AND kind = 'edit'")
                     .bind(room)
                     .bind(*seq)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
             }
         }

@@ -17,6 +17,7 @@ mod messages;
 mod push;
 mod retention;
 mod rooms;
+mod script;
 mod seed;
 mod sessions;
 mod users;
@@ -146,6 +147,10 @@ impl Store {
                     AnyPoolOptions::new()
                         .max_connections(n)
                         .acquire_timeout(Duration::from_secs(10))
+                        // A local file does not go away like a server does;
+                        // the ping would be one more hand-off to sqlx's
+                        // worker thread (two context switches) per query.
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 conn.execute(
