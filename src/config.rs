@@ -66,6 +66,9 @@ pub struct Config {
     /// `sqlite://…` (embedded) or `postgres://…` (cluster).
     pub database_url: SecretString,
     pub db_max_connections: u32,
+    /// `SQLITE_SYNCHRONOUS`: what an SQLite commit waits for (see
+    /// [`crate::db::SqliteSync`]).
+    pub sqlite_synchronous: crate::db::SqliteSync,
     /// `None` means the in-process bus.
     pub redis_url: Option<SecretString>,
     /// Prefix of Redis channels and keys (`REDIS_PREFIX`).
@@ -349,6 +352,11 @@ impl Config {
             metrics_addr,
             database_url: SecretString::from(database_url),
             db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", 16)?.clamp(1, 1000) as u32,
+            sqlite_synchronous: match get("SQLITE_SYNCHRONOUS").map(str::to_ascii_lowercase).as_deref() {
+                None | Some("normal") => crate::db::SqliteSync::Normal,
+                Some("full") => crate::db::SqliteSync::Full,
+                Some(_) => return Err(err("SQLITE_SYNCHRONOUS", "must be normal or full")),
+            },
             redis_url,
             redis_prefix,
             redis_publish_queue: num("REDIS_PUBLISH_QUEUE", 65_536, 16, 10_000_000)? as usize,

@@ -60,9 +60,13 @@ impl Application {
     /// Builds with `bus` if given, else the one the configuration asks for:
     /// Redis when `REDIS_URL` is set, in-process otherwise.
     async fn build_with(config: Config, bus: Option<SharedBus>) -> anyhow::Result<Self> {
-        let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections)
-            .await
-            .context("connecting to DATABASE_URL")?;
+        let store = Store::connect_with(
+            config.database_url.expose_secret(),
+            config.db_max_connections,
+            config.sqlite_synchronous,
+        )
+        .await
+        .context("connecting to DATABASE_URL")?;
         store.migrate().await.context("applying database migrations")?;
         let keys = JwtKeys::from_config(&config).context("loading JWT keys")?;
         let listener = TcpListener::bind(config.listen_addr)

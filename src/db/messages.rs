@@ -387,7 +387,9 @@ impl Store {
         for chunk in batch.chunks(IN_CHUNK) {
             let tuples = chunk
                 .iter()
-                .map(|m| format!("({}, {}, {})", reads.arg(&m.room_id), reads.arg(&m.sender_id), reads.arg(&m.client_msg_id)))
+                .map(|m| {
+                    format!("({}, {}, {})", reads.arg(&m.room_id), reads.arg(&m.sender_id), reads.arg(&m.client_msg_id))
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             reads.push(format!(
@@ -400,8 +402,11 @@ impl Store {
         let wanted: Vec<(&str, i64)> =
             batch.iter().filter_map(|m| m.kind.target().map(|t| (m.room_id.as_str(), t))).collect();
         for chunk in wanted.chunks(IN_CHUNK) {
-            let tuples =
-                chunk.iter().map(|(r, t)| format!("({}, {})", reads.arg(*r), reads.arg(*t))).collect::<Vec<_>>().join(", ");
+            let tuples = chunk
+                .iter()
+                .map(|(r, t)| format!("({}, {})", reads.arg(*r), reads.arg(*t)))
+                .collect::<Vec<_>>()
+                .join(", ");
             reads.push(format!(
                 "SELECT 't' AS k, m.room_id, m.seq, m.sender_id, m.sent_at, m.kind, m.deleted_at, m.body, m.edited_at \
                  FROM messages m JOIN (VALUES {tuples}) AS v ON m.room_id = v.column1 AND m.seq = v.column2"

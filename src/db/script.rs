@@ -81,7 +81,11 @@ impl<'q> Script<'q> {
 pub(super) enum WriteTx {
     /// `None` once committed.
     Postgres(Option<sqlx::Transaction<'static, Any>>),
-    Sqlite { conn: Option<PoolConnection<Any>>, begun: bool, open: bool },
+    Sqlite {
+        conn: Option<PoolConnection<Any>>,
+        begun: bool,
+        open: bool,
+    },
 }
 
 impl Store {

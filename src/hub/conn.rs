@@ -54,10 +54,6 @@ type PendingAck = std::pin::Pin<
 >;
 
 struct Conn {
-    /// Resolves when the connection is killed. Created once: making a new
-    /// cancellation future per loop turn costs a waiter registration each.
-    /// (`None` only while a write batch has it out, see `write_queue`.)
-    killed: Option<Killed>,
     hub: Hub,
     state: AppState,
     shared: Arc<ConnShared>,
@@ -134,7 +130,6 @@ async fn serve(
     Box::pin(hub.load_user_rooms(&shared.user)).await;
     let limits = &hub.settings().limits;
     let mut conn = Conn {
-        killed: Some(Box::pin(shared.kill.clone().cancelled_owned())),
         send_limit: RateLimiter::direct(quota(limits.send_per_sec, limits.send_burst)),
         event_limit: RateLimiter::direct(quota(limits.events_per_sec, limits.events_burst)),
         hub: hub.clone(),
@@ -218,6 +213,8 @@ impl Conn {
         let expiry = sleep_until(deadline_of(self.expires_at));
         tokio::pin!(expiry);
         let mut armed_for = self.expires_at;
+        // Not borrowed from `self`: the select's other arms need it mutably.
+        let shared = self.shared.clone();
         loop {
             if armed_for != self.expires_at {
                 armed_for = self.expires_at;
@@ -225,10 +222,10 @@ impl Conn {
             }
             tokio::select! {
                 biased;
-                () = killed_or_pending(&mut self.killed) => return self.on_killed(&mut rx).await,
+                () = shared.kill.cancelled() => return self.on_killed(&mut rx).await,
                 item = rx.recv() => {
                     let Some(item) = item else { return End::Gone(None) };
-                    if let Err(end) = self.write_queue(item, &mut rx).await { return end; }
+                    if let Err(end) = self.write_queue(item, &mut rx, &shared).await { return end; }
                 }
                 Some((id, room, cmid, received, res)) = acks.next(), if !acks.is_empty() => {
                     let frame = self.ack_frame(id.as_deref(), &room, &cmid, res);
@@ -315,21 +312,23 @@ impl Conn {
     }
 
     /// Writes one queued item and up to [`WRITE_BATCH`] more that are ready,
-    /// then flushes once: several frames, one syscall.
-    async fn write_queue(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), End> {
-        if self.shared.kill.is_cancelled() {
-            let (code, reason) = self.shared.close_request();
+    /// then flushes once: several frames, one syscall. `shared` is this
+    /// connection's own (a clone the writes do not borrow from `self`).
+    async fn write_queue(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &ConnShared,
+    ) -> Result<(), End> {
+        if shared.kill.is_cancelled() {
+            let (code, reason) = shared.close_request();
             return Err(End::Close(code, reason));
         }
-        // Moved out for the duration, so the writes may borrow `self`.
-        let Some(mut killed) = self.killed.take() else { return Err(End::Gone(None)) };
+        // The write first: one that completes at once (the usual case) never
+        // looks at the switch; one that waits on a peer that stopped reading
+        // is cut off by it.
         let res = tokio::select! {
             biased;
-            () = &mut killed => {
-                self.killed = Some(killed);
-                let (code, reason) = self.shared.close_request();
-                return Err(End::Close(code, reason));
-            }
             r = async {
                 // One clock read per batch: the frames of a batch are written
                 // by the same flush.
@@ -343,8 +342,11 @@ impl Conn {
                 }
                 self.ws.flush().await
             } => r,
+            () = shared.kill.cancelled() => {
+                let (code, reason) = shared.close_request();
+                return Err(End::Close(code, reason));
+            }
         };
-        self.killed = Some(killed);
         res.map_err(|_| End::Gone(None))
     }
 
@@ -412,9 +414,10 @@ impl Conn {
         }
         self.frames_out += 1;
         self.hub.metrics().frames_out.inc(frames::kind_of(&frame));
+        let shared = self.shared.clone();
         tokio::select! {
             biased;
-            () = killed_or_pending(&mut self.killed) => Err(gone()),
+            () = shared.kill.cancelled() => Err(gone()),
             r = self.ws.send(Message::Text(frame)) => r,
         }
     }
@@ -837,16 +840,6 @@ impl Conn {
         *self.shared.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(claims.sid.as_str());
         self.expires_at = claims.exp * 1000;
         ServerFrame::AuthOk { id, expires_at: self.expires_at, expires_in_ms: self.expires_at - now_ms() }.encode()
-    }
-}
-
-type Killed = std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>;
-
-/// The kill future, or one that never resolves while it is lent out.
-async fn killed_or_pending(k: &mut Option<Killed>) {
-    match k {
-        Some(f) => f.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 

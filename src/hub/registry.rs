@@ -5,12 +5,12 @@
 //! and the connection task holds it until the socket is gone, so concurrent
 //! handshakes cannot all pass a count check together.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use super::frames::close;
 use super::{Hub, Outbound};
@@ -22,12 +22,45 @@ pub struct ConnShared {
     pub user: Arc<str>,
     pub session: Mutex<Arc<str>>,
     pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled to close the connection with `close_code`.
-    pub kill: CancellationToken,
+    /// Pulled to close the connection with `close_code`.
+    pub kill: KillSwitch,
     /// Unix milliseconds.
     pub connected_at: i64,
     close_code: AtomicU16,
     close_reason: Mutex<String>,
+}
+
+/// A connection's kill switch: a flag, and the connection's own task as its
+/// one waiter. Every wake-up of a connection task looks at it, so it is two
+/// atomics (a `CancellationToken` took a mutex for each look).
+#[derive(Default)]
+pub struct KillSwitch {
+    pulled: AtomicBool,
+    waiter: AtomicWaker,
+}
+
+impl KillSwitch {
+    pub fn cancel(&self) {
+        self.pulled.store(true, Ordering::SeqCst);
+        self.waiter.wake();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.pulled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the switch is pulled. One task may wait at a time (a
+    /// second waiter would take the first one's place).
+    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_cancelled() {
+                return std::task::Poll::Ready(());
+            }
+            self.waiter.register(cx.waker());
+            // Pulled between the look and the registration: seen here.
+            if self.is_cancelled() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+    }
 }
 
 impl ConnShared {
@@ -129,7 +162,7 @@ impl Hub {
             user: Arc::from(user),
             session: Mutex::new(Arc::from(session)),
             tx,
-            kill: CancellationToken::new(),
+            kill: KillSwitch::default(),
             connected_at: crate::db::now_ms(),
             close_code: AtomicU16::new(0),
             close_reason: Mutex::new(String::new()),
