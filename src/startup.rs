@@ -69,9 +69,8 @@ impl Application {
         .context("connecting to DATABASE_URL")?;
         store.migrate().await.context("applying database migrations")?;
         let keys = JwtKeys::from_config(&config).context("loading JWT keys")?;
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+        let listener =
+            listen(config.listen_addr).with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding METRICS_ADDR {addr}"))?),
             None => None,
@@ -299,4 +298,19 @@ pub async fn purge_audit_log(store: &Store, retention: Duration) -> Result<u64, 
         }
     }
     Ok(total)
+}
+
+/// Connections the kernel queues for the public listener before `accept`
+/// (capped by `net.core.somaxconn`). The standard 128 overflowed when a few
+/// hundred clients reconnected at once: each connection the queue dropped
+/// came back only with the client's SYN retry a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the public listener (with `SO_REUSEADDR`, as `TcpListener::bind`
+/// does) with a backlog sized for reconnect storms.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

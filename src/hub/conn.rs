@@ -130,8 +130,11 @@ async fn serve(
     Box::pin(hub.load_user_rooms(&shared.user)).await;
     let limits = &hub.settings().limits;
     let mut conn = Conn {
-        send_limit: RateLimiter::direct(quota(limits.send_per_sec, limits.send_burst)),
-        event_limit: RateLimiter::direct(quota(limits.events_per_sec, limits.events_burst)),
+        send_limit: RateLimiter::direct_with_clock(quota(limits.send_per_sec, limits.send_burst), hub.clock().clone()),
+        event_limit: RateLimiter::direct_with_clock(
+            quota(limits.events_per_sec, limits.events_burst),
+            hub.clock().clone(),
+        ),
         hub: hub.clone(),
         state,
         shared: shared.clone(),
@@ -461,7 +464,7 @@ impl Conn {
             if self.strikes > self.hub.settings().abuse_strikes {
                 return Some(End::Close(close::RATE_LIMIT, "rate limit abuse".into()));
             }
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(self.hub.clock()));
             let f = self.error(
                 id.as_deref(),
                 ErrorCode::RateLimited,
