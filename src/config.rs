@@ -279,6 +279,7 @@ impl Config {
         };
 
         let database_url = get("DATABASE_URL").unwrap_or("sqlite://./data/chatgw.db").to_owned();
+        let sqlite = database_url.starts_with("sqlite:");
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -351,7 +352,9 @@ impl Config {
             listen_addr,
             metrics_addr,
             database_url: SecretString::from(database_url),
-            db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", 16)?.clamp(1, 1000) as u32,
+            // SQLite readers beyond the cores add page caches, not speed.
+            db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", if sqlite { 4 } else { 16 })?
+                .clamp(1, 1000) as u32,
             sqlite_synchronous: match get("SQLITE_SYNCHRONOUS").map(str::to_ascii_lowercase).as_deref() {
                 None | Some("normal") => crate::db::SqliteSync::Normal,
                 Some("full") => crate::db::SqliteSync::Full,

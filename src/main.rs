@@ -17,6 +17,16 @@ use chatgw::startup::Application;
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+/// jemalloc's options, read before `main`: a background thread gives freed
+/// pages back to the OS a second after they were freed, even while the
+/// process is idle. By default they went back only as a side effect of
+/// later allocations, so what a burst of handshakes used stayed resident
+/// in a quiet gateway (4 KiB per idle socket at 2,000 sockets,
+/// BENCHMARKS.md "Idle sockets"). `_RJEM_MALLOC_CONF` in the environment
+/// still overrides it.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -205,9 +205,13 @@ impl Store {
                                 let pragmas = format!(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
                                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                                     PRAGMA wal_autocheckpoint = {};",
+                                     PRAGMA wal_autocheckpoint = {}; PRAGMA cache_size = {};",
                                     sync.pragma(),
-                                    if writer { 0 } else { 1000 }
+                                    if writer { 0 } else { 1000 },
+                                    // Readers: 256 KiB of pages each (SQLite's
+                                    // default is 2 MiB); what they miss is in
+                                    // the OS's page cache. The writer keeps 2 MiB.
+                                    if writer { -2000 } else { -256 }
                                 );
                                 conn.execute(pragmas.as_str()).await?;
                                 Ok(())
