@@ -2,8 +2,9 @@
 # Reproduces the figures in BENCHMARKS.md.
 #
 #   bench/run.sh [scenario...]     scenarios: fanout maxrate idle storm throughput reconnect cluster (default: all),
-#                                  and instructions (callgrind), authstorm (sign-in storm) and resume (500-room
-#                                  sync vs joins); none of these three in the default set
+#                                  and instructions (callgrind), authstorm (sign-in storm), resume (500-room
+#                                  sync vs joins) and rstorm (reconnect storm: RSTORM_N clients in 5 rooms each
+#                                  drop at once and resume with sync); none of these four in the default set
 #
 # The gateway (or the reference server) is pinned to CPU 0 and the load
 # client to CPU 1, so "server CPU per delivery" is not polluted by the client.
@@ -267,6 +268,23 @@ resume() { # one client in 500 rooms resumes: one sync frame vs 500 joins; round
                 --gateway-pid $pid --json "$OUT/resume-$mode-$backend.json" \
                 | python3 -c 'import json,sys; r=json.load(sys.stdin); print("rtt %.1f ms  cpu %.1f ms  runs rtt %s cpu %s" % (r["rtt_ms_median"], r["cpu_ms_median"] or 0, [round(x,1) for x in r["rtt_ms_runs"]], [round(x,1) for x in r["cpu_ms_runs"]]))'
         done
+        stop
+    done
+}
+
+rstorm() { # reconnect storm: N clients in 5 rooms each drop at once and resume with one sync each
+    # SQLite; `seed --users N --rooms N/10 --room-size 50` puts every user in
+    # exactly 5 rooms. Every client connects and syncs, 2 messages go into
+    # every room, every socket closes at once, 3 more go into every room,
+    # then all reconnect (512 handshakes in flight, from 8 source addresses)
+    # and resume: 0 lost / 0 duplicated, time until all resumed, peak RSS.
+    local n=${RSTORM_N:-10000}
+    for run in $(seq "$RUNS"); do
+        start_gateway sqlite "$n" $((n / 10)) 50
+        printf '%-14s ' "rstorm-$n-$run"
+        taskset -c 1 $LT reconnect-storm --url $URL --seed "$OUT/seed.json" --clients "$n" --concurrency 512 \
+            --source-ips 8 --before-messages 2 --storm-messages 3 --gateway-pid $pid \
+            --json "$OUT/rstorm-$n-$run.json" --quiet --assert
         stop
     done
 }

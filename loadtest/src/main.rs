@@ -100,6 +100,7 @@ mod client;
 mod procstat;
 mod report;
 mod resume;
+mod rstorm;
 mod scenarios;
 mod shard;
 
@@ -174,6 +175,10 @@ enum Scenario {
     /// one `join` per room: round trip and gateway CPU per resume, median
     /// of runs (see BENCHMARKS.md, "Bulk resume").
     Resume(resume::ResumeArgs),
+    /// N clients in a few rooms each drop their sockets at once and all
+    /// resume with one `sync`, while messages are sent into every room: lost,
+    /// duplicated, time until all have resumed, the gateway's peak RSS.
+    ReconnectStorm(rstorm::RstormArgs),
     /// Merge the JSON reports of the shards of one run (`--shard i/n`,
     /// every shard exactly once) into the report of the whole run.
     Merge(MergeArgs),
@@ -427,6 +432,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::AuthStorm(a) => return authstorm::run(a).await,
         Scenario::Resume(a) => return resume::run(a).await,
+        Scenario::ReconnectStorm(a) => return rstorm::run(a).await,
         Scenario::Merge(m) => {
             let mut reports = Vec::with_capacity(m.reports.len());
             for p in &m.reports {
