@@ -207,21 +207,25 @@ impl Conn {
         if self.write(hello).await.is_err() {
             return End::Gone(None);
         }
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + settings.heartbeat, settings.heartbeat);
-        let mut acks: FuturesUnordered<PendingAck> = FuturesUnordered::new();
-        // One timer for the token's expiry, reset only when `auth` renews it
-        // (re-arming a timer on every loop turn costs a timer-wheel update
-        // per frame).
-        let expiry = sleep_until(deadline_of(self.expires_at));
-        tokio::pin!(expiry);
+        // Made on the first send: a socket that only listens does not carry
+        // the pending-acks set.
+        let mut acks: Option<FuturesUnordered<PendingAck>> = None;
+        // One timer for the heartbeat and the token's expiry, whichever is
+        // due first; moved only at a heartbeat or when `auth` renews the
+        // token (re-arming a timer on every loop turn costs a timer-wheel
+        // update per frame, and a second timer a second poll per wake-up).
+        let mut next_beat = tokio::time::Instant::now() + settings.heartbeat;
+        let mut expires = deadline_of(self.expires_at);
+        let timer = sleep_until(next_beat.min(expires));
+        tokio::pin!(timer);
         let mut armed_for = self.expires_at;
         // Not borrowed from `self`: the select's other arms need it mutably.
         let shared = self.shared.clone();
         loop {
             if armed_for != self.expires_at {
                 armed_for = self.expires_at;
-                expiry.as_mut().reset(deadline_of(armed_for));
+                expires = deadline_of(armed_for);
+                timer.as_mut().reset(next_beat.min(expires));
             }
             tokio::select! {
                 biased;
@@ -230,7 +234,7 @@ impl Conn {
                     let Some(item) = item else { return End::Gone(None) };
                     if let Err(end) = self.write_queue(item, &mut rx, &shared).await { return end; }
                 }
-                Some((id, room, cmid, received, res)) = acks.next(), if !acks.is_empty() => {
+                Some((id, room, cmid, received, res)) = next_ack(&mut acks), if acks.as_ref().is_some_and(|a| !a.is_empty()) => {
                     let frame = self.ack_frame(id.as_deref(), &room, &cmid, res);
                     if self.write(frame).await.is_err() { return End::Gone(None); }
                     self.hub.metrics().persist_seconds.observe(received.elapsed().as_secs_f64());
@@ -244,7 +248,8 @@ impl Conn {
                             self.frames_in += 1;
                             // Boxed: request handling (join, replay, auth) is
                             // a large future that an idle socket need not carry.
-                            if let Some(end) = Box::pin(self.on_text(&text, &mut acks)).await { return end; }
+                            let acks = acks.get_or_insert_with(FuturesUnordered::new);
+                            if let Some(end) = Box::pin(self.on_text(&text, acks)).await { return end; }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             self.frames_in += 1;
@@ -256,7 +261,15 @@ impl Conn {
                         Some(Err(e)) => return self.on_read_error(e).await,
                     }
                 }
-                _ = heartbeat.tick() => {
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= expires {
+                        let f = self.error(None, ErrorCode::TokenExpired, "access token expired; renew with an auth frame before token_expires_at", None, None);
+                        let _ = self.write(f).await;
+                        return End::Close(close::AUTH, "token expired".into());
+                    }
+                    next_beat = now + settings.heartbeat;
+                    timer.as_mut().reset(next_beat.min(expires));
                     if let Some(f) = &mut self.fanout {
                         f.fold(self.hub.metrics().fanout_seconds.now_ns());
                     }
@@ -273,11 +286,6 @@ impl Conn {
                         }
                     };
                     if beat.is_err() { return End::Gone(None); }
-                }
-                () = &mut expiry => {
-                    let f = self.error(None, ErrorCode::TokenExpired, "access token expired; renew with an auth frame before token_expires_at", None, None);
-                    let _ = self.write(f).await;
-                    return End::Close(close::AUTH, "token expired".into());
                 }
             }
         }
@@ -843,6 +851,16 @@ impl Conn {
         *self.shared.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(claims.sid.as_str());
         self.expires_at = claims.exp * 1000;
         ServerFrame::AuthOk { id, expires_at: self.expires_at, expires_in_ms: self.expires_at - now_ms() }.encode()
+    }
+}
+
+/// The next settled send, edit or delete, if any were made.
+async fn next_ack(
+    acks: &mut Option<FuturesUnordered<PendingAck>>,
+) -> Option<<PendingAck as std::future::Future>::Output> {
+    match acks {
+        Some(a) => a.next().await,
+        None => None,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::state::AppState;
 
 /// Bytes read per socket read: client frames are small; a larger frame just
 /// takes more reads.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 
 /// Bytes of frames gathered before a socket write (a flush writes sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
