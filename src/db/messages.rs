@@ -564,8 +564,10 @@ impl Store {
             fresh.iter().partition(|m| m.kind == EntryType::Message);
         // The inserts, then (rare) outbox rows and changes, then 5. the
         // moved `last_seq`s (one CASE statement per chunk of rooms) and the
-        // commit: one query on SQLite when there is nothing rare.
+        // commit. With nothing rare: the inserts and the update in one
+        // query (one round trip), and on SQLite the commit in it too.
         let mut writes = Script::new(&tx);
+        let mut parts = Vec::new();
         for chunk in plain.chunks(INSERT_CHUNK) {
             let rows = chunk
                 .iter()
@@ -582,13 +584,15 @@ impl Store {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            writes.push(format!(
+            parts.push(format!(
                 "INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id, sent_at) VALUES {rows}"
             ));
         }
         // Push notifications are for messages, not for edits and deletes.
         let outbox = push_outbox && !plain.is_empty();
         if outbox || has_changes {
+            // These need the new rows in place: the inserts go first.
+            writes.push_together(std::mem::take(&mut parts));
             tx.fetch(writes).await?;
             writes = Script::new(&tx);
         }
@@ -606,8 +610,9 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(" ");
             let ids = chunk.iter().map(|(room, _)| writes.arg(*room)).collect::<Vec<_>>().join(", ");
-            writes.push(format!("UPDATE rooms SET last_seq = CASE id {cases} END WHERE id IN ({ids})"));
+            parts.push(format!("UPDATE rooms SET last_seq = CASE id {cases} END WHERE id IN ({ids})"));
         }
+        writes.push_together(parts);
         tx.commit(writes).await?;
         // Every index was filled: each message is either refused in step 3,
         // a duplicate, or stored in step 4.

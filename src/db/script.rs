@@ -60,6 +60,22 @@ impl<'q> Script<'q> {
         }
     }
 
+    /// Ends statements that write and whose order does not matter, as one
+    /// query on both backends: on PostgreSQL, data-modifying `WITH`
+    /// clauses of one statement (each runs once, to completion), so the
+    /// commit's inserts and `last_seq` update cost one round trip. Their
+    /// placeholders are taken together, before this call.
+    pub(super) fn push_together(&mut self, parts: Vec<String>) {
+        if self.joined || parts.len() < 2 {
+            for p in parts {
+                self.push(p);
+            }
+        } else {
+            let clauses = parts.iter().enumerate().map(|(i, p)| format!("w{i} AS ({p})")).collect::<Vec<_>>();
+            self.push(format!("WITH {} SELECT 1", clauses.join(", ")));
+        }
+    }
+
     /// The queries to send: one when joined (all values together).
     fn into_queries(mut self) -> Vec<(String, AnyArguments<'q>)> {
         if self.joined
