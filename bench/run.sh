@@ -10,6 +10,10 @@
 # client to CPU 1, so "server CPU per delivery" is not polluted by the client.
 # Each figure is run RUNS times (default 3); the JSON reports land in
 # $OUT (default bench/results) and a summary line per run is printed.
+# Knobs: GW (another gateway build), NO_BUILD=1, BACKENDS (fanout, maxrate),
+# ROOMS/ROOM_SIZE (fanout), SCRAPE=1 (serve /metrics, scraped every second),
+# PG_URL_PARAMS (appended to the PostgreSQL URL), and any gateway variable
+# (SQLITE_SYNCHRONOUS=full, …), which the gateway inherits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -36,7 +40,7 @@ db_url() { # sqlite|postgres
         rm -rf "$OUT/data"; mkdir -p "$OUT/data"; echo "sqlite://$OUT/data/bench.db"
     else
         psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS chatgw_bench WITH (FORCE)" -c "CREATE DATABASE chatgw_bench" >/dev/null
-        echo "${PG_ADMIN%/*}/chatgw_bench"
+        echo "${PG_ADMIN%/*}/chatgw_bench${PG_URL_PARAMS:-}"   # e.g. ?options=-c%20synchronous_commit%3Doff
     fi
 }
 
@@ -44,7 +48,9 @@ db_url() { # sqlite|postgres
 start_gateway() {
     local db; db=$(db_url "$1")
     DATABASE_URL=$db $GW seed --users "$2" --rooms "$3" --room-size "$4" --token-ttl-secs 7200 --out "$OUT/seed.json" >/dev/null
-    DATABASE_URL=$db LISTEN_ADDR=127.0.0.1:$PORT taskset -c 0 $GW >"$OUT/gateway.log" 2>&1 &
+    local metrics=off
+    [ -n "${SCRAPE:-}" ] && metrics=127.0.0.1:$((PORT + 1))
+    DATABASE_URL=$db LISTEN_ADDR=127.0.0.1:$PORT METRICS_ADDR=$metrics taskset -c 0 $GW >"$OUT/gateway.log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && return; sleep 0.1; done
     echo "gateway did not start" >&2; exit 1
@@ -75,26 +81,36 @@ lt() { # name args...
 }
 
 fanout() { # 1,000 sockets, 10 rooms of 100, 500 sends/s = 50k deliveries/s
+    # ROOMS/ROOM_SIZE change the shape (ROOMS*ROOM_SIZE users); BACKENDS picks
+    # the gateways; SCRAPE=1 serves /metrics and scrapes it every second.
+    local rooms=${ROOMS:-10} size=${ROOM_SIZE:-100}
     for run in $(seq "$RUNS"); do
         start_ref
-        lt "fanout-ref-$run" fanout --url $URL --rooms 10 --room-size 100 --rate 500 --duration "$DURATION" --gateway-pid $pid
+        lt "fanout-ref-$run" fanout --url $URL --rooms "$rooms" --room-size "$size" --rate 500 --duration "$DURATION" --gateway-pid $pid
         stop
-        for be in sqlite postgres; do
-            start_gateway $be 1000 10 100
-            lt "fanout-$be-$run" fanout --url $URL --seed "$OUT/seed.json" --rooms 10 --room-size 100 --rate 500 --duration "$DURATION" --gateway-pid $pid
+        for be in ${BACKENDS:-sqlite postgres}; do
+            start_gateway $be $((rooms * size)) "$rooms" "$size"
+            local scraper=""
+            if [ -n "${SCRAPE:-}" ]; then
+                (while sleep 1; do curl -fs "http://127.0.0.1:$((PORT + 1))/metrics" >/dev/null; done) & scraper=$!
+            fi
+            lt "fanout-$be-$run" fanout --url $URL --seed "$OUT/seed.json" --rooms "$rooms" --room-size "$size" --rate 500 --duration "$DURATION" --gateway-pid $pid
+            [ -n "$scraper" ] && kill "$scraper"
             stop
         done
     done
 }
 
-maxrate() { # the send rate at which p99 passes 50 ms, gateway vs reference
+maxrate() { # the send rate at which p99 passes 50 ms, gateway vs reference (BACKENDS: postgres by default)
     for rate in ${RATES:-500 1000 1500 2000 3000}; do
         start_ref
         lt "maxrate-ref-$rate" fanout --url $URL --rooms 10 --room-size 100 --rate "$rate" --duration 10 --gateway-pid $pid
         stop
-        start_gateway postgres 1000 10 100
-        lt "maxrate-postgres-$rate" fanout --url $URL --seed "$OUT/seed.json" --rooms 10 --room-size 100 --rate "$rate" --duration 10 --gateway-pid $pid
-        stop
+        for be in ${BACKENDS:-postgres}; do
+            start_gateway $be 1000 10 100
+            lt "maxrate-$be-$rate" fanout --url $URL --seed "$OUT/seed.json" --rooms 10 --room-size 100 --rate "$rate" --duration 10 --gateway-pid $pid
+            stop
+        done
     done
 }
 
