@@ -280,6 +280,9 @@ impl Config {
 
         let database_url = get("DATABASE_URL").unwrap_or("sqlite://./data/chatgw.db").to_owned();
         let sqlite = database_url.starts_with("sqlite:");
+        // SQLite readers by default: the cores this process may run on (its
+        // CPU affinity), at least 2.
+        let sqlite_readers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2) as u64);
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -353,8 +356,12 @@ impl Config {
             metrics_addr,
             database_url: SecretString::from(database_url),
             // SQLite readers beyond the cores add page caches, not speed.
-            db_max_connections: parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", if sqlite { 4 } else { 16 })?
-                .clamp(1, 1000) as u32,
+            db_max_connections: parse_num(
+                get("DB_MAX_CONNECTIONS"),
+                "DB_MAX_CONNECTIONS",
+                if sqlite { sqlite_readers } else { 16 },
+            )?
+            .clamp(1, 1000) as u32,
             sqlite_synchronous: match get("SQLITE_SYNCHRONOUS").map(str::to_ascii_lowercase).as_deref() {
                 None | Some("normal") => crate::db::SqliteSync::Normal,
                 Some("full") => crate::db::SqliteSync::Full,

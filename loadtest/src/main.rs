@@ -296,22 +296,23 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// The parts of `chatgw seed`'s file the scenarios read.
 #[derive(serde::Deserialize)]
-struct SeedFile {
-    users: Vec<SeedUser>,
-    rooms: Vec<SeedRoom>,
+pub(crate) struct SeedFile {
+    pub(crate) users: Vec<SeedUser>,
+    pub(crate) rooms: Vec<SeedRoom>,
 }
 #[derive(serde::Deserialize)]
-struct SeedUser {
-    token: String,
+pub(crate) struct SeedUser {
+    pub(crate) token: String,
 }
 #[derive(serde::Deserialize)]
-struct SeedRoom {
-    id: String,
-    members: Vec<usize>,
+pub(crate) struct SeedRoom {
+    pub(crate) id: String,
+    pub(crate) members: Vec<usize>,
 }
 
-fn load_seed(path: &PathBuf) -> anyhow::Result<SeedFile> {
+pub(crate) fn load_seed(path: &PathBuf) -> anyhow::Result<SeedFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).context("parsing the seed file")
 }

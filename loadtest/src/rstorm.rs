@@ -473,25 +473,9 @@ impl Shared {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct SeedFile {
-    users: Vec<SeedUser>,
-    rooms: Vec<SeedRoom>,
-}
-#[derive(serde::Deserialize)]
-struct SeedUser {
-    token: String,
-}
-#[derive(serde::Deserialize)]
-struct SeedRoom {
-    id: String,
-    members: Vec<usize>,
-}
-
 pub async fn run(a: RstormArgs) -> anyhow::Result<()> {
     let target = Target::parse(&a.url)?;
-    let text = std::fs::read_to_string(&a.seed).with_context(|| format!("reading {}", a.seed.display()))?;
-    let seed: SeedFile = serde_json::from_str(&text).context("parsing the seed file")?;
+    let seed = crate::load_seed(&a.seed)?;
     let n = if a.clients == 0 { seed.users.len() } else { a.clients };
     if n > seed.users.len() {
         bail!("--clients {n}: the seed file has {} users", seed.users.len());
