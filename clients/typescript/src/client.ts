@@ -59,12 +59,30 @@ export interface StateInfo {
   reason?: string;
   /** Delay before the next attempt. */
   delayMs?: number;
-  /** With "closed" after a fatal refusal. */
+  /**
+   * With "closed" after a fatal refusal; with "reconnecting" when no socket
+   * ended (the credential provider failed: code "provider_failed"; the
+   * socket could not be created: code "network"). Every "reconnecting"
+   * carries `code` or `error`.
+   */
   error?: ChatError;
 }
 
-/** A credential provider: may fetch over REST; its result is used once. */
+/**
+ * A credential provider: may fetch over REST. The SDK calls a `token`
+ * provider one call at a time per client (concurrent needs share the call in
+ * flight); a `ticket` provider is called once per connection attempt.
+ */
 export type CredentialProvider = () => string | Promise<string>;
+
+/** A gap in a room's stream that made the client re-join from `lastSeq` (§12.2 step 5). */
+export interface GapInfo {
+  room: string;
+  /** The highest seq processed when the gap was seen. */
+  lastSeq: number | undefined;
+  /** The frame's seq beyond lastSeq + 1, or the `joined.last_seq` a replay fell short of. */
+  seq: number;
+}
 
 export interface ChatClientOptions {
   /** Gateway URL(s) of GET /ws; several are tried in turn, rotating on each reconnect. */
@@ -99,6 +117,8 @@ export type ClientEvents = {
   room_seq: [ServerRoomSeq];
   /** Entries in the outbox, after every change. */
   outbox: [number];
+  /** A gap in a room's stream: the client re-joins the room from its lastSeq. */
+  gap: [GapInfo];
 };
 
 /** The view of an outbox entry the app sees. */
@@ -161,6 +181,12 @@ class Connection {
   readonly requests = new Map<string, PendingRequest>();
   /** Local mirror of the server's events bucket (set from hello.limits). */
   readonly bucket = new TokenBucket(100, 50);
+  /**
+   * Local mirror of the server's send bucket (send, edit and delete; set
+   * from hello.limits): the outbox is paced by it, so a burst of queued
+   * entries is not refused one in two after the server's burst is spent.
+   */
+  readonly sendBucket = new TokenBucket(Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
   /** The tracked `read` request per room (reads get no reply on success). */
   readonly readIds = new Map<string, string>();
   handshakeStatus: number | undefined;
@@ -259,8 +285,20 @@ function detach(socket: SocketLike): void {
   socket.onerror = () => {};
 }
 
-/** Errors after which a send/edit/delete is refused for good (§6). */
-const DEFINITIVE_SEND_ERRORS = new Set(["bad_request", "forbidden", "not_found", "too_large", "conflict", "edit_window_closed"]);
+/**
+ * Errors after which a send/edit/delete is refused for good (§6). Only
+ * `forbidden` also drops the room (not a member); `not_author` (an edit or
+ * delete of someone else's message) concerns that request alone.
+ */
+const DEFINITIVE_SEND_ERRORS = new Set([
+  "bad_request",
+  "forbidden",
+  "not_found",
+  "too_large",
+  "conflict",
+  "edit_window_closed",
+  "not_author",
+]);
 /** Errors after which a room cannot be joined (it is dropped from the resume set). */
 const DEFINITIVE_JOIN_ERRORS = new Set(["forbidden", "not_found", "limit_exceeded", "bad_request"]);
 /** Requests in flight at once from the outbox; 1 after a rate limit, to keep order. */
@@ -297,6 +335,8 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   #connectWaiters: Array<Deferred<void>> = [];
   #saveChain: Promise<void> = Promise.resolve();
   #saveScheduled = false;
+  #tokenInFlight: Promise<string> | undefined;
+  #gapRecoveries = 0;
 
   constructor(readonly options: ChatClientOptions) {
     super();
@@ -320,6 +360,14 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   }
   get hello(): ServerHello | undefined {
     return this.#hello;
+  }
+  /**
+   * Re-joins made to fill a gap in a room's stream (a frame beyond
+   * lastSeq + 1, or a replay that ended short of `joined.last_seq`) since
+   * the client was made. Also announced by the `gap` event.
+   */
+  get gapRecoveries(): number {
+    return this.#gapRecoveries;
   }
   /** "1.0" for a server without protocol_version. */
   get serverVersion(): string | undefined {
@@ -389,17 +437,21 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   /**
    * Joins a room (or returns it when already wanted) and resolves once it is
    * live. A room with a stored lastSeq resumes from it: the missed messages
-   * arrive as events. `sinceSeq` asks for a replay from that seq for a room
-   * without local state (e.g. 0 for its whole history).
+   * arrive as events. A room without local state is replayed from
+   * `sinceSeq`, by default 0: its whole history arrives as events, so the
+   * first join misses nothing sent before it. `sinceSeq: null` starts at the
+   * live edge (no replay; page older history over REST, §13.4), for large
+   * rooms.
    */
-  async join(roomId: string, opts: { sinceSeq?: number } = {}): Promise<Room> {
+  async join(roomId: string, opts: { sinceSeq?: number | null } = {}): Promise<Room> {
     if (this.#state === "closed") throw new ChatError("closed", "client is closed");
     await this.restore();
     if (this.#closed()) throw new ChatError("closed", "client is closed");
     let room = this.#rooms.get(roomId);
     if (!room) {
       const snap: RoomSnapshot = {};
-      if (opts.sinceSeq !== undefined) snap.lastSeq = opts.sinceSeq;
+      const since = opts.sinceSeq === undefined ? 0 : opts.sinceSeq;
+      if (since !== null) snap.lastSeq = since;
       room = this.#newRoom(roomId, snap);
       this.#rooms.set(roomId, room);
       this.#persistSoon();
@@ -504,7 +556,7 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     }
     let credential: string;
     try {
-      credential = useTicket ? await this.options.ticket!() : await this.options.token!();
+      credential = useTicket ? await this.options.ticket!() : await this.#callToken();
     } catch (err) {
       if (this.#closed()) return;
       // A provider that says the user is logged out ends it; anything else
@@ -515,7 +567,9 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
         return;
       }
       this.#log("warn", "credential provider failed; retrying", err);
-      this.#scheduleReconnect(this.#backoff.next(), { reason: "credential provider failed" });
+      const error =
+        err instanceof ChatError ? err : new ChatError("provider_failed", `credential provider failed: ${String(err)}`);
+      this.#scheduleReconnect(this.#backoff.next(), { reason: "credential provider failed", error });
       return;
     }
     if (this.#closed()) return;
@@ -531,7 +585,10 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
       });
     } catch (err) {
       this.#log("error", "cannot open socket", err);
-      this.#scheduleReconnect(this.#backoff.next(), { reason: String(err) });
+      this.#scheduleReconnect(this.#backoff.next(), {
+        reason: String(err),
+        error: new ChatError("network", `cannot open socket: ${String(err)}`),
+      });
       return;
     }
     const conn = new Connection(socket, url);
@@ -769,6 +826,9 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     }
     conn.hello = h;
     if (h.limits) conn.bucket.configure(h.limits.events_burst, h.limits.events_per_sec);
+    if (typeof h.limits?.send_burst === "number" && typeof h.limits.send_per_sec === "number") {
+      conn.sendBucket.configure(h.limits.send_burst, h.limits.send_per_sec);
+    }
     const previousUser = this.#userId;
     this.#userId = h.user_id;
     this.#hello = h;
@@ -924,6 +984,7 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
       room.lastSeq = j.last_seq;
     } else if (room.lastSeq < j.last_seq && room.pendingJoins === 0) {
       // Replay ended short of last_seq (a gap was skipped): resume again (§12.2 step 5).
+      this.#gapRecovery(room, j.last_seq);
       this.#sendJoin(conn, room, "join");
     }
     room.joinedOnSocket = true;
@@ -966,7 +1027,10 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     if (v === "duplicate") return;
     if (v === "gap") {
       this.#log("warn", "gap in room stream; re-joining", { room: f.room, lastSeq: room.lastSeq, seq: f.seq });
-      if (room.pendingJoins === 0) this.#sendJoin(conn, room, "join");
+      if (room.pendingJoins === 0) {
+        this.#gapRecovery(room, f.seq);
+        this.#sendJoin(conn, room, "join");
+      }
       return;
     }
     room.lastSeq = f.seq;
@@ -974,6 +1038,12 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     else if (f.type === "edit") room.deliver("edit", f);
     else room.deliver("delete", f);
     this.#persistSoon();
+  }
+
+  /** Counts and announces a re-join made to fill a gap (tests assert where they happen). */
+  #gapRecovery(room: Room, seq: number): void {
+    this.#gapRecoveries++;
+    this.emit("gap", { room: room.id, lastSeq: room.lastSeq, seq });
   }
 
   #onTyping(t: ServerTyping): void {
@@ -1246,7 +1316,7 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   async #renew(conn: Connection): Promise<void> {
     let token: string;
     try {
-      token = await this.options.token!();
+      token = await this.#callToken();
     } catch (err) {
       const remaining = conn.expiresAtLocal - Date.now();
       const delay = Math.max(500, Math.min(10_000, Math.floor(remaining / 3)));
@@ -1256,6 +1326,24 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     }
     if (this.#conn !== conn) return;
     this.#request(conn, { type: "auth", token }, { kind: "auth" });
+  }
+
+  /**
+   * Calls the token provider, one call at a time: a renewal and a reconnect
+   * that need a token at once share one call. Why: a provider that rotates
+   * refresh tokens and is called twice concurrently presents the same
+   * refresh token twice, and the server treats the second as a reuse.
+   */
+  #callToken(): Promise<string> {
+    if (!this.#tokenInFlight) {
+      const p = Promise.resolve().then(() => this.options.token!());
+      this.#tokenInFlight = p;
+      const clear = () => {
+        if (this.#tokenInFlight === p) this.#tokenInFlight = undefined;
+      };
+      p.then(clear, clear);
+    }
+    return this.#tokenInFlight;
   }
 
   // ------------------------------------------------------------ outbox
@@ -1312,6 +1400,16 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
       } else {
         frame = { type: "delete", room: e.room, target_seq: e.seq ?? 0, client_msg_id: e.clientMsgId };
       }
+      if (!conn.sendBucket.take()) {
+        // Paced to hello.limits: the next entry goes when a token is there.
+        if (!this.#pumpTimer) {
+          this.#pumpTimer = setTimeout(() => {
+            this.#pumpTimer = undefined;
+            this.#pump();
+          }, conn.sendBucket.waitMs());
+        }
+        break;
+      }
       const id = `o${++this.#reqCounter}`;
       if (!this.#sendFrame(conn, { ...frame, id } as ClientFrame)) break;
       conn.requests.set(id, { kind: "out", clientMsgId: e.clientMsgId, room: e.room });
@@ -1323,7 +1421,11 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     this.#outbox.clearInflight(clientMsgId);
     if (!this.#outbox.has(clientMsgId)) return;
     if (DEFINITIVE_SEND_ERRORS.has(err.code)) {
+      const room = this.#outbox.get(clientMsgId)?.room;
       this.#settleOutbox(clientMsgId, err);
+      // forbidden: not a member (§6): the room is dropped like a refused join.
+      const wanted = err.code === "forbidden" && room !== undefined ? this.#rooms.get(room) : undefined;
+      if (wanted) this.#forgetRoom(wanted, "removed");
       this.#pump();
       return;
     }
@@ -1332,6 +1434,8 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     let delay: number;
     if (err.code === "rate_limited") {
       delay = err.retryAfterMs ?? 1000;
+      // The server's bucket is empty: so is ours, from here it refills at the announced rate.
+      conn.sendBucket.tokens = 0;
       this.emit("error", err);
     } else {
       delay = 500 + fullJitter(2, {}, this.#random);

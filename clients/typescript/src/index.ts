@@ -12,6 +12,7 @@ export type {
   LogLevel,
   PendingSend,
   StateInfo,
+  GapInfo,
 } from "./client.js";
 export { Room } from "./room.js";
 export type { RemovedReason, RoomEvents, RoomSnapshot } from "./room.js";

@@ -5,7 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { afterEach, test } from "node:test";
-import { ChatClient, ChatError, MemoryStore, type ClientState, type ServerMessage } from "../../src/index.ts";
+import {
+  ChatClient,
+  ChatError,
+  MemoryStore,
+  type ClientState,
+  type ServerHello,
+  type ServerMessage,
+  type StateInfo,
+} from "../../src/index.ts";
 import { fakeServer, hello, hello10, joined, msg, sleep, waitFor, type FakeSocket } from "./fake.ts";
 
 const clients: ChatClient[] = [];
@@ -48,9 +56,9 @@ test("connects with the token header and subprotocol, joins, dedupes messages", 
   assert.equal(client.userId, "u-me");
   assert.equal(client.serverVersion, "1.1");
 
-  const joining = client.join("r1");
+  const joining = client.join("r1", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
-  assert.deepEqual(Object.keys(j).sort(), ["id", "room", "type"], "first join: no since_seq");
+  assert.deepEqual(Object.keys(j).sort(), ["id", "room", "type"], "sinceSeq: null: no since_seq");
   s.push({ ...joined("r1", 3), id: j.id });
   const room = await joining;
   assert.equal(room.lastSeq, 3);
@@ -69,7 +77,7 @@ test("resumes all rooms with one sync (chunked by max_sync_rooms) after a drop, 
   client.connect().catch(() => {});
   let s = await online(server, 0);
   for (const [i, id] of ["a", "b", "c"].entries()) {
-    const p = client.join(id);
+    const p = client.join(id, { sinceSeq: null });
     const j = await s.waitSent((f) => f.type === "join" && f.room === id);
     s.push({ ...joined(id, i), id: j.id, epoch: `ep-${id}` });
     await p;
@@ -120,7 +128,7 @@ test("a 1.0 server (no features) gets one join per room, without epoch", async (
   client.connect().catch(() => {});
   let s = await online(server, 0);
   for (const id of ["a", "b"]) {
-    const p = client.join(id);
+    const p = client.join(id, { sinceSeq: null });
     const j = await s.waitSent((f) => f.type === "join" && f.room === id);
     s.push({ ...joined(id, 5), id: j.id });
     await p;
@@ -143,7 +151,7 @@ test("rate_limited sends wait retry_after_ms and are re-sent with the same id; t
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 0), id: j.id });
   const room = await p;
@@ -169,7 +177,7 @@ test("a body over hello.limits.max_body_bytes is refused locally (never re-sent 
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0, hello({ limits: { ...hello().limits, max_body_bytes: 8 } }));
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 0), id: j.id });
   const room = await p;
@@ -182,7 +190,7 @@ test("definitive refusals reject the send and leave the outbox", async () => {
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 0), id: j.id });
   const room = await p;
@@ -305,7 +313,7 @@ test("room removal (left + room_removed) forgets the room; it is not resumed", a
   const { client, server } = make();
   client.connect().catch(() => {});
   let s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 2), id: j.id });
   const room = await p;
@@ -329,10 +337,13 @@ test("a gap re-joins from lastSeq; reset and history_gone move lastSeq/epoch", a
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0);
-  const p = client.join("r");
+  const gaps: unknown[] = [];
+  client.on("gap", (g) => gaps.push(g));
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 5), id: j.id });
   const room = await p;
+  assert.equal(client.gapRecoveries, 0);
   const got: number[] = [];
   const resets: string[] = [];
   room.on("message", (m) => got.push(m.seq));
@@ -345,6 +356,8 @@ test("a gap re-joins from lastSeq; reset and history_gone move lastSeq/epoch", a
   for (const seq of [7, 8, 9]) s.push(msg("r", seq));
   s.push({ ...joined("r", 9), id: rejoin.id });
   assert.deepEqual(got, [6, 7, 8, 9]);
+  assert.equal(client.gapRecoveries, 1, "one gap recovery, counted");
+  assert.deepEqual(gaps, [{ room: "r", lastSeq: 6, seq: 9 }], "and announced");
 
   s.push({ type: "reset", room: "r", reason: "epoch", epoch: "ep2", last_seq: 20 });
   assert.equal(room.lastSeq, 20);
@@ -360,7 +373,7 @@ test("edits, deletes, typing, read and presence reach the room", async () => {
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 1), id: j.id, online: ["u-me"], read_seq: 1 });
   const room = await p;
@@ -404,7 +417,7 @@ test("messages() iterates the same stream, buffered", async () => {
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 0), id: j.id });
   const room = await p;
@@ -428,7 +441,7 @@ test("a new client with the same store restores rooms and the outbox and resumes
   const first = make({ store });
   first.client.connect().catch(() => {});
   const s = await online(first.server, 0);
-  const p = first.client.join("r");
+  const p = first.client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 4), id: j.id, read_seq: 2 });
   const room = await p;
@@ -473,7 +486,7 @@ test("a room refused in the sync (forbidden) is forgotten; others go live", asyn
   client.connect().catch(() => {});
   let s = await online(server, 0);
   for (const id of ["ok", "gone"]) {
-    const p = client.join(id);
+    const p = client.join(id, { sinceSeq: null });
     const j = await s.waitSent((f) => f.type === "join" && f.room === id);
     s.push({ ...joined(id, 1), id: j.id });
     await p;
@@ -501,7 +514,7 @@ test("close() stops everything: pending sends reject with closed, no reconnect",
   const { client, server } = make();
   client.connect().catch(() => {});
   const s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 0), id: j.id });
   const room = await p;
@@ -557,7 +570,7 @@ test("a sync refused as a whole falls back to one join per room", async () => {
   client.connect().catch(() => {});
   let s = await online(server, 0);
   for (const id of ["a", "b"]) {
-    const p = client.join(id);
+    const p = client.join(id, { sinceSeq: null });
     const j = await s.waitSent((f) => f.type === "join" && f.room === id);
     s.push({ ...joined(id, 1), id: j.id });
     await p;
@@ -583,10 +596,16 @@ test("credential providers: a ChatError('unauthorized') ends the client; other f
       return "tok";
     },
   });
+  const states: Array<[ClientState, StateInfo | undefined]> = [];
+  a.client.on("state", (st, info) => states.push([st, info]));
   a.client.connect().catch(() => {});
   const s = await a.server.socket(0);
   assert.equal(s.options?.headers?.Authorization, "Bearer tok");
   assert.equal(calls, 2);
+  // The app is told why it is reconnecting although no socket ended.
+  const rec = states.find(([st]) => st === "reconnecting");
+  assert.equal(rec?.[1]?.error?.code, "provider_failed", JSON.stringify(states));
+  assert.match(rec?.[1]?.error?.message ?? "", /REST unreachable/);
 
   const b = make({
     token: () => {
@@ -602,7 +621,7 @@ test("4009 reconnects promptly and resumes from lastSeq; nothing is delivered tw
   const { client, server } = make({ backoff: { baseMs: 60_000, maxMs: 60_000 } });
   client.connect().catch(() => {});
   let s = await online(server, 0);
-  const p = client.join("r");
+  const p = client.join("r", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
   s.push({ ...joined("r", 0), id: j.id });
   const room = await p;
@@ -667,10 +686,93 @@ test("joins beyond the events bucket are queued and paced, never refused into a 
   client.connect().catch(() => {});
   const s = await online(server, 0, hello({ limits: { ...hello().limits, events_burst: 6, events_per_sec: 10 } }));
   await waitFor(() => client.state === "online");
-  const joins = Array.from({ length: 10 }, (_, i) => client.join(`r${i}`));
+  const joins = Array.from({ length: 10 }, (_, i) => client.join(`r${i}`, { sinceSeq: null }));
   await sleep(20);
   assert.equal(s.sentOf("join").length, 4, "burst - 2 at once");
   await waitFor(() => s.sentOf("join").length === 10, 10_000, "the rest, paced");
   for (const j of s.sentOf("join")) s.push({ ...joined(j.room as string, 0), id: j.id });
   await Promise.all(joins);
+});
+
+test("a first join without a stored position replays the room from 0 (nothing sent before it is missed)", async () => {
+  const { client, server } = make();
+  client.connect().catch(() => {});
+  const s = await online(server, 0);
+  const p = client.join("r");
+  const j = await s.waitSent((f) => f.type === "join");
+  assert.equal(j.since_seq, 0, "default: replay from 0");
+  for (const seq of [1, 2, 3]) s.push(msg("r", seq));
+  s.push({ ...joined("r", 3, { replayed: 3 }), id: j.id });
+  const room = await p;
+  const got: number[] = [];
+  room.on("message", (m) => got.push(m.seq));
+  await waitFor(() => got.length === 3);
+  assert.deepEqual(got, [1, 2, 3]);
+  assert.equal(client.gapRecoveries, 0);
+
+  // sinceSeq: null starts at the live edge.
+  const q = client.join("live", { sinceSeq: null });
+  const j2 = await s.waitSent((f) => f.type === "join" && f.room === "live");
+  assert.equal(j2.since_seq, undefined);
+  s.push({ ...joined("live", 7), id: j2.id });
+  assert.equal((await q).lastSeq, 7);
+});
+
+test("one token refresh at a time: a renewal and a reconnect that overlap share one provider call", async () => {
+  let calls = 0;
+  let release: (() => void) | undefined;
+  const { client, server } = make({
+    token: () => {
+      calls++;
+      if (calls === 1) return "tok1";
+      // The second call hangs until released: a slow refresh over REST.
+      return new Promise<string>((resolve) => {
+        release = () => resolve(`tok${calls}`);
+      });
+    },
+  });
+  client.connect().catch(() => {});
+  const s = await online(server, 0, hello({ token_expires_in_ms: 200 }));
+  await waitFor(() => calls === 2, 5000, "the renewal asks the provider");
+  // While the renewal's refresh is pending the socket drops: the reconnect needs a token too.
+  s.serverClose(1011);
+  await sleep(100);
+  assert.equal(calls, 2, "the reconnect waits for the refresh in flight instead of starting another");
+  release!();
+  const s1 = await server.socket(1);
+  assert.equal(s1.options?.headers?.Authorization, "Bearer tok2", "the shared result is used");
+  assert.equal(calls, 2);
+});
+
+test("protocol 1.2: accepted; not_author rejects that edit only, forbidden on a send drops the room", { timeout: 10_000 }, async () => {
+  const { client, server } = make();
+  client.connect().catch(() => {});
+  const s = await online(server, 0, hello({ protocol_version: "1.2" } as unknown as Partial<ServerHello>));
+  await waitFor(() => client.state === "online");
+  assert.equal(client.serverVersion, "1.2");
+  const p = client.join("r");
+  const j = await s.waitSent((f) => f.type === "sync" || f.type === "join");
+  s.push({ ...joined("r", 0), id: j.id });
+  const room = await p;
+  const removed: string[] = [];
+  room.on("removed", (r) => removed.push(r.reason));
+
+  const edit = room.edit(1, "not mine");
+  const e = await s.waitSent((f) => f.type === "edit");
+  s.push({ type: "error", id: e.id, code: "not_author", message: "not your message", room: "r" });
+  await assert.rejects(edit, (err: ChatError) => err.code === "not_author" && err.room === "r");
+  assert.equal(client.outbox.length, 0, "the refused edit leaves the outbox");
+  assert.equal(client.room("r"), room, "not_author does not drop the room");
+  assert.deepEqual(removed, []);
+  const send = room.send("still here");
+  const f = await s.waitSent((x) => x.type === "send");
+  s.push({ type: "ack", id: f.id, room: "r", client_msg_id: f.client_msg_id, seq: 1, duplicate: false });
+  assert.equal((await send).seq, 1);
+
+  const refused = room.send("after removal");
+  const g = await s.waitSent((x) => x.type === "send" && x.id !== f.id);
+  s.push({ type: "error", id: g.id, code: "forbidden", message: "not a member", room: "r" });
+  await assert.rejects(refused, (err: ChatError) => err.code === "forbidden");
+  assert.equal(client.room("r"), undefined, "forbidden drops the room");
+  assert.deepEqual(removed, ["removed"]);
 });
