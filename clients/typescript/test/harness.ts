@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import WebSocket from "ws";
@@ -41,7 +42,20 @@ export const CHATGW_BIN = process.env.CHATGW_BIN ?? BUILDS.find((p) => existsSyn
 export const JWT_SECRET = "sdk-e2e-secret-0123456789-abcdefghijklmnopqrstuv";
 export const ADMIN_TOKEN = "sdk-e2e-admin-token-0123456789-abcdefghijklmn";
 export const PASSWORD = "correct horse battery";
-const PG_ADMIN = { host: "127.0.0.1", port: "5432", user: "postgres" };
+/**
+ * The PostgreSQL server tests make their databases on: TEST_DATABASE_URL
+ * (scripts/test.sh exports the one it chose: the machine's, or a throwaway
+ * cluster on a free port), else the local default. Any database of it
+ * serves as the admin connection for CREATE/DROP DATABASE.
+ */
+const PG_ADMIN_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+
+/** The URL of database `name` on the same server, with the same credentials. */
+function pgDatabaseUrl(name: string): string {
+  const u = new URL(PG_ADMIN_URL);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
 
 /** Generous: the machine is shared by several agents and may be slow. */
 export const WAIT_MS = 60_000;
@@ -66,22 +80,7 @@ function emergencyCleanup(): void {
   }
   liveChildren.clear();
   for (const name of liveDatabases) {
-    spawnSync(
-      "psql",
-      [
-        "-h",
-        PG_ADMIN.host,
-        "-p",
-        PG_ADMIN.port,
-        "-U",
-        PG_ADMIN.user,
-        "-d",
-        "postgres",
-        "-qc",
-        `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`,
-      ],
-      { stdio: "ignore" },
-    );
+    spawnSync("psql", [PG_ADMIN_URL, "-qc", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { stdio: "ignore" });
   }
   liveDatabases.clear();
   for (const d of liveDirs) rmSync(d, { recursive: true, force: true });
@@ -188,29 +187,16 @@ export function sqliteDb(): Database {
 }
 
 async function psql(sql: string): Promise<void> {
-  await execFileP("psql", [
-    "-h",
-    PG_ADMIN.host,
-    "-p",
-    PG_ADMIN.port,
-    "-U",
-    PG_ADMIN.user,
-    "-d",
-    "postgres",
-    "-v",
-    "ON_ERROR_STOP=1",
-    "-qc",
-    sql,
-  ]);
+  await execFileP("psql", [PG_ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql]);
 }
 
-/** A fresh PostgreSQL database `sdk_<random>` on the shared server, dropped afterwards. */
+/** A fresh PostgreSQL database `sdk_<random>` on the server of TEST_DATABASE_URL, dropped afterwards. */
 export async function postgresDb(): Promise<Database> {
   const name = `sdk_${randomBytes(6).toString("hex")}`;
   await psql(`CREATE DATABASE ${name}`);
   liveDatabases.add(name);
   return {
-    url: `postgres://${PG_ADMIN.user}@${PG_ADMIN.host}:${PG_ADMIN.port}/${name}`,
+    url: pgDatabaseUrl(name),
     kind: "postgres",
     async drop() {
       await psql(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => undefined);
@@ -627,6 +613,14 @@ export function expiredCopy(token: string): string {
 // ---------------------------------------------------------------------------
 // Observing the SDK's sockets from outside.
 
+/** One text frame on a socket, as it crossed the wire (before the SDK saw it / after it wrote it). */
+export interface RawFrame {
+  dir: "in" | "out";
+  at: number;
+  /** The parsed JSON (undefined when the text is not JSON). */
+  frame: Record<string, unknown> | undefined;
+}
+
 export interface SocketRecord {
   ws: WebSocket;
   url: string;
@@ -635,11 +629,24 @@ export interface SocketRecord {
   closedAt?: number;
   closeCode?: number;
   closeReason?: string;
+  /** Every frame received and sent on this socket, in order. */
+  frames: RawFrame[];
+}
+
+function parseFrame(data: unknown): Record<string, unknown> | undefined {
+  try {
+    const text = Array.isArray(data) ? Buffer.concat(data as Buffer[]).toString("utf8") : String(data);
+    const v: unknown = JSON.parse(text);
+    return v && typeof v === "object" ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
  * A `ws` subclass that records every socket the SDK opens (when, to which
- * URL, how it closed), so tests can assert reconnect timing and counts,
+ * URL, how it closed, every frame in and out), so tests can assert
+ * reconnect timing and counts, what reached the client before its dedupe,
  * and can freeze a socket's reading (`pauseReading`) to make a slow
  * consumer without touching SDK internals.
  */
@@ -653,8 +660,18 @@ export function trackedWebSocket(): {
   class TrackedWebSocket extends WebSocket {
     constructor(...args: ConstructorParameters<typeof WebSocket>) {
       super(...args);
-      const rec: SocketRecord = { ws: this, url: String(args[0]), createdAt: Date.now() };
+      const rec: SocketRecord = { ws: this, url: String(args[0]), createdAt: Date.now(), frames: [] };
       sockets.push(rec);
+      // The raw frames, before the SDK drops duplicates and heals gaps
+      // (registered first: ws calls listeners in order, the SDK's later).
+      this.on("message", (data: unknown) => {
+        rec.frames.push({ dir: "in", at: Date.now(), frame: parseFrame(data) });
+      });
+      const send = this.send.bind(this) as (data: unknown, ...rest: unknown[]) => void;
+      (this as unknown as { send: typeof send }).send = (data: unknown, ...rest: unknown[]) => {
+        rec.frames.push({ dir: "out", at: Date.now(), frame: parseFrame(data) });
+        send(data, ...rest);
+      };
       this.on("open", () => {
         rec.openedAt = Date.now();
       });
@@ -742,6 +759,98 @@ export function assertExactSeqs(seqs: number[], from: number, to: number, who: s
   }
 }
 
+/** What the raw frames of a client's sockets show (see {@link wireFaults}). */
+export interface WireFaults {
+  /** Stream frames (message, edit, delete) with a seq the client already held. */
+  duplicates: string[];
+  /** Stream frames beyond the held seq + 1, and `joined` frames whose last_seq the replay fell short of. */
+  gaps: string[];
+  /** join/sync entries whose since_seq is below what the client held. */
+  lowAsks: string[];
+}
+
+/**
+ * Reads every frame that crossed a client's sockets, in order, and tracks
+ * per room the highest seq the client holds, h, from the wire alone (not
+ * from the SDK): h starts at the `since_seq` of the room's first join or
+ * sync entry (or, without one, at the `last_seq` of its first `joined`),
+ * moves to seq when a stream frame (message, edit, delete) has seq = h + 1,
+ * to `last_seq` on `reset` and to at least `oldest_seq - 1` on
+ * `history_gone`. Then:
+ *
+ * - a **duplicate** is a stream frame with seq <= h: the client held it
+ *   already, whether it came earlier on the same socket or on an earlier
+ *   one (a resume must replay only seqs above the since_seq it asked for);
+ * - a **gap** is a stream frame with seq > h + 1, or a `joined` whose
+ *   last_seq is above h (its replay ended short);
+ * - a **low ask** is a join or sync entry with a since_seq below h: the SDK
+ *   asked for a replay of what it had (the server would send duplicates
+ *   that the SDK's dedupe hides).
+ *
+ * So a frame replayed on a new socket after a reconnect is no duplicate
+ * unless it was at or below what the client held: the only frames that may
+ * legitimately come twice are ones that came beyond a gap (dropped, then
+ * replayed), and those are counted as gaps.
+ */
+export function wireFaults(kit: ClientKit): WireFaults {
+  const out: WireFaults = { duplicates: [], gaps: [], lowAsks: [] };
+  const held = new Map<string, number | undefined>();
+  const ask = (i: number, room: string, since: unknown) => {
+    if (typeof since !== "number") {
+      if (!held.has(room)) held.set(room, undefined);
+      return;
+    }
+    const h = held.get(room);
+    if (h !== undefined && since < h) out.lowAsks.push(`socket ${i}: room ${room} since_seq ${since} < held ${h}`);
+    if (!held.has(room) || h === undefined) held.set(room, since);
+  };
+  kit.ws.sockets.forEach((rec, i) => {
+    for (const { dir, frame: f } of rec.frames) {
+      if (!f) continue;
+      const room = String(f.room);
+      if (dir === "out") {
+        if (f.type === "join") ask(i, room, f.since_seq);
+        if (f.type === "sync" && Array.isArray(f.rooms)) {
+          for (const e of f.rooms as Array<Record<string, unknown>>) ask(i, String(e.room), e.since_seq);
+        }
+        continue;
+      }
+      const h = held.get(room);
+      if (f.type === "message" || f.type === "edit" || f.type === "delete") {
+        const seq = Number(f.seq);
+        if (h === undefined) continue; // before its first joined (live edge): nothing held yet
+        if (seq <= h) out.duplicates.push(`socket ${i}: ${String(f.type)} room ${room} seq ${seq} (held ${h})`);
+        else if (seq === h + 1) held.set(room, seq);
+        else out.gaps.push(`socket ${i}: ${String(f.type)} room ${room} seq ${seq} after ${h}`);
+      } else if (f.type === "joined") {
+        const last = Number(f.last_seq);
+        if (h === undefined) held.set(room, last);
+        else if (last > h) out.gaps.push(`socket ${i}: joined room ${room} last_seq ${last} above held ${h}`);
+      } else if (f.type === "reset") {
+        held.set(room, Number(f.last_seq));
+      } else if (f.type === "history_gone") {
+        held.set(room, Math.max(h ?? 0, Number(f.oldest_seq) - 1));
+      }
+    }
+  });
+  return out;
+}
+
+/**
+ * Asserts what {@link wireFaults} reads: no duplicate reached the client's
+ * sockets, the SDK never asked below what it held, and gaps occurred (on
+ * the wire) and were recovered (by the SDK's counter) exactly `gaps` times.
+ */
+export function assertCleanWire(kit: ClientKit, who: string, opts: { gaps?: number } = {}): void {
+  const f = wireFaults(kit);
+  const frames = kit.ws.sockets.reduce((n, s) => n + s.frames.length, 0);
+  assert.ok(frames > 0, `${who}: frames were recorded`);
+  assert.deepEqual(f.duplicates.slice(0, 20), [], `${who}: ${f.duplicates.length} duplicates reached the socket`);
+  assert.deepEqual(f.lowAsks.slice(0, 20), [], `${who}: the SDK asked for a replay below what it held`);
+  assert.equal(f.gaps.length, opts.gaps ?? 0, `${who}: gaps on the wire: ${JSON.stringify(f.gaps.slice(0, 10))}`);
+  assert.equal(kit.client.gapRecoveries, opts.gaps ?? 0, `${who}: the SDK's gap recoveries`);
+}
+
 /** Waits for the client to reach `state` (checked on every state event and by polling). */
 export async function waitState(client: ChatClient, state: string, timeoutMs = WAIT_MS): Promise<void> {
   await eventually(`client state ${state}`, () => client.state === state, { timeoutMs, state: () => client.state });
@@ -754,7 +863,7 @@ export type ClientOptions = ConstructorParameters<typeof ChatClient>[0];
 
 export interface StateChange {
   state: ClientState;
-  info?: { code?: number; reason?: string; delayMs?: number };
+  info?: { code?: number; reason?: string; delayMs?: number; error?: ChatError };
   at: number;
 }
 
@@ -768,6 +877,8 @@ export interface ClientKit {
   tokenCalls: () => number;
   store: Store;
   user: User;
+  /** `reconnecting` states that said neither code nor error (checked after every test). */
+  silentReconnects: StateChange[];
 }
 
 export interface ClientKitOptions {
@@ -876,9 +987,23 @@ export class Harness {
     }
     if (opts.ticket) options.ticket = opts.ticket;
     const client = new ChatClient(options);
-    const kit: ClientKit = { client, ws, states: [], errors: [], logs, tokenCalls: () => tokenCalls, store, user };
+    const kit: ClientKit = {
+      client,
+      ws,
+      states: [],
+      errors: [],
+      logs,
+      tokenCalls: () => tokenCalls,
+      store,
+      user,
+      silentReconnects: [],
+    };
     client.on("state", (state: ClientState, info?: StateChange["info"]) => {
-      kit.states.push({ state, info, at: Date.now() });
+      const change = { state, info, at: Date.now() };
+      kit.states.push(change);
+      if (state === "reconnecting" && info?.code === undefined && info?.error === undefined) {
+        kit.silentReconnects.push(change);
+      }
     });
     client.on("error", (e: ChatError) => {
       kit.errors.push(e);
@@ -896,6 +1021,13 @@ export class Harness {
 
   onCleanup(fn: () => unknown): void {
     this.cleanups.push(fn);
+  }
+
+  /** Every `reconnecting` state of every client said why (a close code or an error). */
+  assertReconnectsExplained(): void {
+    for (const { name, kit } of this.kits) {
+      assert.deepEqual(kit.silentReconnects, [], `${name}: reconnecting states without code or error`);
+    }
   }
 
   logs(n = 40): string {
@@ -945,6 +1077,7 @@ export function e2e(
           timer = setTimeout(() => reject(new Error(`${name}: timed out after ${timeoutMs} ms`)), timeoutMs);
         }),
       ]);
+      h.assertReconnectsExplained();
     } catch (e) {
       process.stderr.write(`\n=== ${name} failed: gateway logs ===\n${h.logs()}\n`);
       throw e;

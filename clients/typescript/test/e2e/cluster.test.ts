@@ -13,6 +13,7 @@ import type { Room, ServerAck } from "../../src/index.ts";
 import {
   Api,
   RoomLog,
+  assertCleanWire,
   assertExactSeqs,
   e2e,
   eventually,
@@ -106,6 +107,8 @@ e2e("two instances on Redis: SIGKILL of a moves the SDK to b; rolling drain of b
   const stored = await api.history(ann, roomId);
   assert.equal(stored.length, total, "stored exactly once each");
   assert.equal(a.client.outbox.length + b.client.outbox.length, 0);
+  assertCleanWire(a, "ann");
+  assertCleanWire(b, "bob");
 });
 
 e2e("app heartbeat: a frozen instance (SIGSTOP) is detected and the SDK moves to the other url", async (h) => {
@@ -137,4 +140,6 @@ e2e("app heartbeat: a frozen instance (SIGSTOP) is detected and the SDK moves to
   assert.deepEqual(aLog.bodies, ["before", "while a is frozen", "from b"]);
   gwA.resume();
   await waitState(a.client, "online");
+  assertCleanWire(a, "ann");
+  assertCleanWire(b, "bob");
 });

@@ -11,6 +11,7 @@ import type { ServerAck } from "../../src/index.ts";
 import {
   Api,
   RoomLog,
+  assertCleanWire,
   assertExactSeqs,
   e2e,
   eventually,
@@ -83,6 +84,8 @@ e2e("SIGTERM drain: 1001 + reconnect_after_ms honoured, then resume without loss
   assertExactSeqs(aLog.seqs, 1, 6, "ann");
   assertExactSeqs(bLog.seqs, 1, 6, "bob");
   assert.deepEqual(bLog.bodies, ["a1", "a2", "a3", "a4", "a5", "b1"]);
+  assertCleanWire(a, "ann");
+  assertCleanWire(b, "bob");
 });
 
 e2e("operator 1001 drain close with a known reconnect_after_ms is waited out", async (h, t) => {
@@ -114,4 +117,6 @@ e2e("operator 1001 drain close with a known reconnect_after_ms is waited out", a
   assertExactSeqs(aLog.seqs, 1, 3, "ann");
   assert.deepEqual(aLog.bodies, ["before", "during", "during2"]);
   assert.equal(a.ws.sockets.length, 2, "one reconnect, no storm");
+  assertCleanWire(a, "ann");
+  assertCleanWire(b, "bob");
 });

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 
 import type { ServerAck } from "../../src/index.ts";
-import { Api, RoomLog, assertExactSeqs, e2e, eventually, uniq, waitState } from "../harness.ts";
+import { Api, RoomLog, assertCleanWire, assertExactSeqs, e2e, eventually, uniq, waitState } from "../harness.ts";
 
 e2e(
   "SIGKILL and restart mid-traffic: offline and in-flight sends acked, every message exactly once in order",
@@ -138,6 +138,9 @@ e2e(
     assert.equal(after.seq, total + 1);
     await aLog.waitCount(total + 1);
     assertExactSeqs(aLog.seqs, 1, total + 1, "ann after");
+    // What reached the sockets, before the SDK's dedupe: no duplicate, no gap to heal.
+    assertCleanWire(a, "ann");
+    assertCleanWire(b, "bob");
   },
 );
 
@@ -200,6 +203,8 @@ e2e(
       inOrder(log, bob.id, "b");
     }
     assert.equal((await api.history(ann, roomId)).length, total, "stored exactly once each");
+    assertCleanWire(a, "ann");
+    assertCleanWire(b, "bob");
   },
 );
 
@@ -270,4 +275,6 @@ e2e("edits, deletes, typing and a join made while the gateway is down are carrie
     laterLog.messages.map((m) => [m.seq, m.body]),
     [[1, "in later"]],
   );
+  assertCleanWire(a, "ann");
+  assertCleanWire(b, "bob");
 });

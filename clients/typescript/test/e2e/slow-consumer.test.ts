@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 
 import type { ServerAck } from "../../src/index.ts";
-import { Api, RoomLog, assertExactSeqs, e2e, eventually, uniq, waitState } from "../harness.ts";
+import { Api, RoomLog, assertCleanWire, assertExactSeqs, e2e, eventually, uniq, waitState } from "../harness.ts";
 
 e2e("slow consumer is cut off with 4009 and resumes without loss", async (h, t) => {
   const gw = await h.gateway({
@@ -78,6 +78,9 @@ e2e("slow consumer is cut off with 4009 and resumes without loss", async (h, t) 
   assertExactSeqs(bLog.seqs, 1, sent, "bob");
   for (const m of bLog.messages) assert.equal(m.body, body(m.seq), `body of seq ${m.seq}`);
   assert.equal(bRoom.lastSeq, sent);
+  // What reached Bob's sockets: the cut-off one and the resumed one together hold no duplicate
+  // and no gap (the resume asked from what he held; the server replayed only above it).
+  assertCleanWire(b, "bob");
   // Ann reads her own 3 KB echoes through the same tiny queue: on a loaded machine she may be
   // cut off too, which is fine (her sends were all acked above); only Bob's case is asserted.
 });
