@@ -14,6 +14,7 @@ import { ChatError } from "../../src/index.ts";
 import {
   Api,
   RoomLog,
+  assertCleanWire,
   assertExactSeqs,
   e2e,
   eventually,
@@ -159,4 +160,57 @@ e2e("logout revokes the session: 4001, the provider says unauthorized, the clien
     `the app is told: ${JSON.stringify(a.errors.map((e) => e.code))}`,
   );
   assert.equal(a.ws.sockets.length, 1, "no reconnect with a dead session");
+});
+
+e2e("one refresh at a time: a reconnect during a slow renewal shares the provider call", async (h, t) => {
+  const gw = await h.gateway({ env: { ACCESS_TOKEN_TTL_SECS: String(TTL_SECS) } });
+  const api = new Api(gw.base);
+  const ann = await api.register("ann");
+  const bob = await api.register("bob");
+  const roomId = await api.createRoom(ann, uniq("single"), [bob]);
+  // A provider that refreshes with the refresh token it holds, slowly, and
+  // counts overlapping calls. Deliberately not serialized: two concurrent
+  // calls would present one refresh token twice (a reuse the server punishes).
+  let inFlight = 0;
+  let maxInFlight = 0;
+  let calls = 0;
+  let refused = 0;
+  const a = h.client(api, ann, {
+    url: gw.wsUrl,
+    token: async () => {
+      calls++;
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      try {
+        if (calls > 1) await new Promise((r) => setTimeout(r, 2500));
+        return (await api.refresh(ann)).access_token;
+      } catch (e) {
+        refused++;
+        throw e;
+      } finally {
+        inFlight--;
+      }
+    },
+  });
+  const b = h.client(api, bob, { url: gw.wsUrl });
+  await Promise.all([a.client.connect(), b.client.connect()]);
+  const aRoom = await a.client.join(roomId);
+  const bRoom = await b.client.join(roomId);
+  const aLog = new RoomLog(aRoom);
+  // The renewal starts (before expiry) and hangs for 2.5 s; meanwhile the socket is closed
+  // by an operator, so the reconnect needs a token while the renewal's refresh is pending.
+  await eventually("the renewal asks the provider", () => inFlight > 0 && calls >= 2, { timeoutMs: TTL_SECS * 1000 * 2 });
+  const callsAtDrop = calls;
+  await api.disconnect(ann, 4000, "operator");
+  await eventually("ann reconnects", () => a.ws.sockets.length >= 2 && a.client.state === "online", {
+    state: () => [a.client.state, calls, inFlight],
+  });
+  t.diagnostic(`${calls} provider calls (${callsAtDrop} when the socket was closed), at most ${maxInFlight} at once`);
+  assert.equal(maxInFlight, 1, "never two provider calls at once");
+  assert.equal(calls, callsAtDrop, "the reconnect used the refresh in flight, no new call");
+  assert.equal(refused, 0, "no refresh was refused");
+  await bRoom.send("after");
+  await aLog.waitCount(1);
+  assertExactSeqs(aLog.seqs, 1, 1, "ann");
+  assertCleanWire(a, "ann");
 });
