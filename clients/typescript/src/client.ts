@@ -877,7 +877,7 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   #features(conn: Connection | undefined): readonly string[] {
     return (conn?.hello as Partial<ServerHello> | undefined)?.features ?? [];
   }
-  /** 1.1 fields (epoch) only to a server that announced 1.1 (§19.3). */
+  /** 1.1 fields (epoch) only to a server that announced a protocol_version, 1.1 or later (§19.3). */
   #is11(conn: Connection): boolean {
     return (conn.hello as Partial<ServerHello> | undefined)?.protocol_version !== undefined;
   }

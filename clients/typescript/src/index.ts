@@ -1,5 +1,5 @@
 /**
- * @chatgw/client: TypeScript client for the chatgw gateway (protocol v1.1).
+ * @chatgw/client: TypeScript client for the chatgw gateway (protocol 1.x: 1.0 to 1.2).
  * See README.md for the reference.
  */
 export { ChatClient } from "./client.js";
