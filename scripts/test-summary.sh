@@ -9,7 +9,8 @@
 #   binary;
 # - the SDK's unit + end-to-end tests and the demo's browser test: node:test
 #   with the TAP reporter (pinned in clients/typescript/package.json), whose
-#   run ends with "# pass N" and "# fail N".
+#   run ends with "# pass N", "# fail N" and "# cancelled N" (counted as
+#   failed).
 #
 # Why: a group that silently ran nothing (a reporter that changed its
 # format, a glob that matched no file, a build step that failed before the
@@ -29,7 +30,9 @@ counts() {
         awk '/^test result:/ { n++; for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
              END { printf "%d %d %d\n", p, f, n }' "$file"
     else
-        awk '/^# pass [0-9]+$/ { p += $3; n++ }  /^# fail [0-9]+$/ { f += $3 }
+        # node:test counts tests cancelled by a failed hook (a browser that
+        # would not launch) under "# cancelled", not "# fail": they count as failed.
+        awk '/^# pass [0-9]+$/ { p += $3; n++ }  /^# (fail|cancelled) [0-9]+$/ { f += $3 }
              END { printf "%d %d %d\n", p, f, n }' "$file"
     fi
 }

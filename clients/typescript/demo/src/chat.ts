@@ -268,7 +268,8 @@ export class Chat extends Emitter<ChatEvents> {
     if (!m) return;
     if (!m.sdk) {
       try {
-        this.attach(await this.client.join(id));
+        // From the live edge: older messages come from REST history (loadHistory), paged.
+        this.attach(await this.client.join(id, { sinceSeq: null }));
       } catch (e) {
         this.emit("notice", `join ${m.name || id}: ${describe(e)}`);
         return;

@@ -59,8 +59,12 @@ test("test-summary: fails and names the group when one ran no test or has no cou
   assert.equal(spec.code, 1, spec.line);
 });
 
-test("test-summary: fails when a group had failures", () => {
+test("test-summary: fails when a group had failures, or tests cancelled by a failed hook", () => {
   const r = run({ cargo: CARGO, sdk: tap(79, 1), browser: tap(1, 0) });
   assert.equal(r.code, 1, r.line);
   assert.match(r.line, /^summary: 390 passed, 1 failed .* FAILED: sdk unit\+e2e: 1 failed$/);
+  // What node:test printed when Chromium would not launch: the suites' tests cancelled, "# fail 0".
+  const cancelled = run({ cargo: CARGO, sdk: tap(80, 0), browser: `${tap(1, 0)}\n# cancelled 4\n` });
+  assert.equal(cancelled.code, 1, cancelled.line);
+  assert.match(cancelled.line, /FAILED: browser: 4 failed$/);
 });
