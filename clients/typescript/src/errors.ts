@@ -6,9 +6,11 @@ import type { ProtocolErrorCode, ServerError } from "./generated/protocol.js";
  * - "closed": the client was closed (client.close(), or a close code that
  *   forbids reconnecting) before the request finished;
  * - "timeout": no answer in time;
- * - "network": the connection could not be established.
+ * - "network": the connection could not be established;
+ * - "provider_failed": the credential provider threw something other than a
+ *   ChatError (reported with the "reconnecting" state; retried).
  */
-export type ChatErrorCode = ProtocolErrorCode | "closed" | "timeout" | "network" | (string & {});
+export type ChatErrorCode = ProtocolErrorCode | "closed" | "timeout" | "network" | "provider_failed" | (string & {});
 
 /** Every failure the SDK reports is a ChatError with a machine-readable code. */
 export class ChatError extends Error {

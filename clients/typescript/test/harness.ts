@@ -776,7 +776,8 @@ export interface WireFaults {
  * sync entry (or, without one, at the `last_seq` of its first `joined`),
  * moves to seq when a stream frame (message, edit, delete) has seq = h + 1,
  * to `last_seq` on `reset` and to at least `oldest_seq - 1` on
- * `history_gone`. Then:
+ * `history_gone`; a room left (`leave`) or removed (`left`, `room_removed`)
+ * is forgotten by the SDK, and a later join of it starts over. Then:
  *
  * - a **duplicate** is a stream frame with seq <= h: the client held it
  *   already, whether it came earlier on the same socket or on an earlier
@@ -809,6 +810,7 @@ export function wireFaults(kit: ClientKit): WireFaults {
       if (!f) continue;
       const room = String(f.room);
       if (dir === "out") {
+        if (f.type === "leave") held.delete(room);
         if (f.type === "join") ask(i, room, f.since_seq);
         if (f.type === "sync" && Array.isArray(f.rooms)) {
           for (const e of f.rooms as Array<Record<string, unknown>>) ask(i, String(e.room), e.since_seq);
@@ -830,6 +832,8 @@ export function wireFaults(kit: ClientKit): WireFaults {
         held.set(room, Number(f.last_seq));
       } else if (f.type === "history_gone") {
         held.set(room, Math.max(h ?? 0, Number(f.oldest_seq) - 1));
+      } else if (f.type === "left" || f.type === "room_removed") {
+        held.delete(room); // the SDK forgets the room: a later join starts a new local copy
       }
     }
   });
@@ -1030,6 +1034,19 @@ export class Harness {
     }
   }
 
+  /**
+   * No client of the test got a duplicate on the wire or asked for a replay
+   * below what it held ({@link wireFaults}); gaps are asserted by the tests
+   * that expect none ({@link assertCleanWire}).
+   */
+  assertNoWireDuplicates(): void {
+    for (const { name, kit } of this.kits) {
+      const f = wireFaults(kit);
+      assert.deepEqual(f.duplicates.slice(0, 20), [], `${name}: ${f.duplicates.length} duplicates reached the socket`);
+      assert.deepEqual(f.lowAsks.slice(0, 20), [], `${name}: the SDK asked for a replay below what it held`);
+    }
+  }
+
   logs(n = 40): string {
     const gw = this.gateways.map((g) => `--- gateway ${g.name} (port ${g.port}) log tail ---\n${g.tail(n)}`);
     const sdk = this.kits.map(
@@ -1078,6 +1095,7 @@ export function e2e(
         }),
       ]);
       h.assertReconnectsExplained();
+      h.assertNoWireDuplicates();
     } catch (e) {
       process.stderr.write(`\n=== ${name} failed: gateway logs ===\n${h.logs()}\n`);
       throw e;
