@@ -6,7 +6,9 @@
 //! byte at a time (slowloris) holds a socket and a task forever, before any
 //! per-IP or connection limit sees it. Here every HTTP/1 connection must
 //! deliver a request's headers within `header_timeout` (from the connection's
-//! start, and again for each keep-alive request), or it is closed. Everything else follows
+//! start, and again for each keep-alive request), or it is closed. A
+//! request's head (request line and headers) is held to
+//! [`MAX_REQUEST_HEAD_BYTES`] however its bytes arrive. Everything else follows
 //! `axum::serve`: upgrades, `ConnectInfo`, TCP_NODELAY, graceful shutdown.
 
 use std::future::Future;
@@ -16,13 +18,23 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// Bytes of a request's head (request line, headers, the blank line) at
+/// most; a longer head is answered 431 and the connection closed. Room for
+/// a URL at hyper's limit (64 KiB, else 414) and ordinary headers beside it.
+///
+/// Set as hyper's `max_header_size`, which counts the head itself: its
+/// read-buffer bound (`max_buf_size`, about 400 KiB) is checked only while
+/// the head is incomplete, so a larger head that arrived in a few writes
+/// could complete in one read past it and be served.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 128 * 1024;
 
 /// Serves `app` until `shutdown` resolves, then stops accepting, lets
 /// requests in flight finish, and returns once every HTTP connection has
@@ -61,10 +73,14 @@ pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration,
             // HTTP/1.1 only: the version sniffing that serves h2c reads the
             // first bytes with no deadline at all, so a silent connection
             // would never reach the header timeout. Proxies and WebSocket
-            // clients speak HTTP/1.1 to us.
-            let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service));
+            // clients speak HTTP/1.1 to us. (hyper's own HTTP/1 builder: the
+            // auto builder does not offer `max_header_size`.)
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_header_size(MAX_REQUEST_HEAD_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => return log_end(r, peer),
@@ -79,7 +95,7 @@ pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration,
     connections.wait().await;
 }
 
-fn log_end(r: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
+fn log_end(r: Result<(), hyper::Error>, peer: SocketAddr) {
     if let Err(e) = r {
         // Header timeouts, resets and malformed requests: the client's doing.
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");

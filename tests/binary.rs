@@ -177,6 +177,182 @@ fn starts_with_no_variables_on_sqlite_and_prints_its_url() {
     assert!(dir.path().join("data/chatgw.db").exists(), "SQLite file under ./data");
 }
 
+/// Every line the binary writes, stdout's and stderr's, read by one thread
+/// per stream; the first `chatgw listening on` URL is sent on `url`.
+struct Output {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Output {
+    fn capture(child: &mut std::process::Child, url: std::sync::mpsc::Sender<String>) -> Output {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        let readers = [(stdout, Some(url)), (stderr, None)]
+            .into_iter()
+            .map(|(stream, url)| {
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        if let (Some(tx), Some(u)) = (&url, line.strip_prefix("chatgw listening on ")) {
+                            let _ = tx.send(u.to_owned());
+                        }
+                        lines.lock().unwrap().push(line);
+                    }
+                })
+            })
+            .collect();
+        Output { lines, readers }
+    }
+
+    /// All lines, once the process has exited and both streams ended.
+    fn finish(self) -> Vec<String> {
+        for r in self.readers {
+            r.join().unwrap();
+        }
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+/// The forms a secret takes in a log line: as sent (any case), hex (how
+/// tungstenite prints frame payloads at trace) and percent-encoded (as in
+/// a URL).
+fn forms(secret: &str) -> Vec<String> {
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let pct: String = secret
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02x}"),
+        })
+        .collect();
+    vec![secret.to_lowercase(), hex, pct.to_lowercase()]
+}
+
+/// At the most verbose filter (`RUST_LOG=trace`), every line the binary
+/// writes, to stdout or stderr, JSON or not, is free of every secret that
+/// crossed the wire: passwords (right and wrong), access tokens, refresh
+/// tokens (first and rotated), a ticket used in a real handshake, a token
+/// renewed over the socket, the email address and a message body; through
+/// register, a failed login, a login, two refreshes, a ticket, a ticketed
+/// socket that joins, sends, renews and closes, and refused handshakes.
+#[test]
+fn no_secret_reaches_stdout_or_stderr_at_trace() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = gateway()
+        .current_dir(dir.path())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let output = Output::capture(&mut child, tx);
+    let url = rx.recv_timeout(Duration::from_secs(60)).expect("gateway printed its URL");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (email, password, wrong) = ("Secret.Person@example.com", "hunter2-hunter2", "wrong-horse-battery-7");
+    let secrets = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let call = |path: &str, token: Option<&str>, body: Value| {
+            let mut req = c.post(format!("{url}{path}")).json(&body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let field = |v: &Value, k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} in {v}")).to_owned();
+        let mut secrets = vec![email.to_owned(), password.to_owned(), wrong.to_owned()];
+        let (status, r) =
+            call("/api/v1/auth/register", None, json!({"email": email, "password": password, "display_name": "Sam"}))
+                .await;
+        assert_eq!(status, 201, "{r}");
+        let (access, first_refresh) = (field(&r, "access_token"), field(&r, "refresh_token"));
+        let (status, r) = call("/api/v1/auth/login", None, json!({"email": email, "password": wrong})).await;
+        assert_eq!(status, 401, "a failed login: {r}");
+        let (status, r) = call("/api/v1/auth/login", None, json!({"email": email, "password": password})).await;
+        assert_eq!(status, 200, "a login: {r}");
+        secrets.extend([access.clone(), first_refresh.clone(), field(&r, "access_token"), field(&r, "refresh_token")]);
+        // Two rotations: the first refresh token, then the one it gave.
+        let (mut refresh, mut renewal) = (first_refresh, String::new());
+        for _ in 0..2 {
+            let (status, r) = call("/api/v1/auth/refresh", None, json!({"refresh_token": refresh})).await;
+            assert_eq!(status, 200, "a refresh: {r}");
+            (refresh, renewal) = (field(&r, "refresh_token"), field(&r, "access_token"));
+            secrets.extend([renewal.clone(), refresh.clone()]);
+        }
+        let me = c.get(format!("{url}/api/v1/me")).bearer_auth(&access).send().await.unwrap();
+        assert_eq!(me.status(), 200);
+        let (status, room) = call("/api/v1/rooms", Some(&access), json!({"name": "logs"})).await;
+        assert_eq!(status, 201, "{room}");
+        let room = field(&room, "id");
+        let (status, t) = call("/api/v1/auth/ws-ticket", Some(&access), json!({})).await;
+        assert_eq!(status, 201, "{t}");
+        let ticket = field(&t, "ticket");
+        secrets.push(ticket.clone());
+        // A real ticketed socket: join, send a private body, renew the
+        // token over the socket, close.
+        let ws_url = url.replace("http://", "ws://") + "/ws";
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{ws_url}?ticket={ticket}")).await.expect("ticketed socket");
+        let body = "the-private-body-1234";
+        secrets.push(body.to_owned());
+        for f in [
+            json!({"type": "join", "id": "j", "room": room}),
+            json!({"type": "send", "id": "s", "room": room, "client_msg_id": "c1", "body": body}),
+            json!({"type": "auth", "id": "a", "token": renewal}),
+        ] {
+            ws.send(Message::text(f.to_string())).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        while !seen.contains(&"auth_ok".to_owned()) || !seen.contains(&"message".to_owned()) {
+            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("frames");
+            if let Some(Ok(Message::Text(t))) = msg {
+                let f: Value = serde_json::from_str(&t).unwrap();
+                assert_ne!(f["type"], "error", "{f}");
+                seen.push(f["type"].as_str().unwrap().to_owned());
+            }
+        }
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+        // Refused: the spent ticket, and a bearer that is no token.
+        assert!(tokio_tungstenite::connect_async(format!("{ws_url}?ticket={ticket}")).await.is_err());
+        let bogus = "not-a-token-5f3a9c";
+        secrets.push(bogus.to_owned());
+        let mut bad = ws_url.as_str().into_client_request().unwrap();
+        bad.headers_mut().insert("authorization", format!("Bearer {bogus}").parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+        secrets
+    });
+    unsafe_kill_term(child.id());
+    let exit = child.wait().unwrap();
+    let lines = output.finish();
+    assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
+    // Trace was on: the most verbose lines are there to be scanned.
+    assert!(lines.iter().any(|l| l.contains("\"level\":\"TRACE\"")), "trace lines logged");
+    assert!(lines.iter().any(|l| l.contains("\"message\":\"connected\"")), "the socket was logged");
+    // Every leak, not just the first: the fix needs to see them all.
+    let mut leaks = Vec::new();
+    for line in &lines {
+        let lower = line.to_lowercase();
+        for secret in &secrets {
+            if let Some(form) = forms(secret).into_iter().find(|f| lower.contains(f)) {
+                leaks.push(format!("{secret:.12}… (as {form:.16}…) in {line:.300}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "{} secrets reached the output:\n{}", leaks.len(), leaks.join("\n"));
+}
+
 fn unsafe_kill_term(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }

@@ -26,6 +26,8 @@ both_backends!(
     read_above_last_seq_is_stored_as_last_seq,
     only_the_frame_types_own_fields_are_accepted,
     error_frames_carry_room_as_documented,
+    handshake_query_parameters_are_checked,
+    client_close_is_answered_with_its_code,
 );
 
 fn now_ms() -> i64 {
@@ -47,8 +49,20 @@ async fn open(
     query: &str,
     offer: Option<&str>,
 ) -> Result<(WsClient, Option<String>), (u16, Value)> {
+    open_as(app, Some(token), query, offer).await
+}
+
+/// [`open`], with or without a bearer token (a ticket goes in `query`).
+async fn open_as(
+    app: &TestApp,
+    token: Option<&str>,
+    query: &str,
+    offer: Option<&str>,
+) -> Result<(WsClient, Option<String>), (u16, Value)> {
     let mut req = format!("ws://{}/ws{query}", app.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    if let Some(token) = token {
+        req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    }
     if let Some(o) = offer {
         req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(o).unwrap());
     }
@@ -365,4 +379,96 @@ async fn error_frames_carry_room_as_documented(db: Db) {
     };
     assert_eq!(refused["code"], "rate_limited", "{refused}");
     assert!(refused["id"].is_i64() && refused.get("room").is_none(), "{refused}");
+}
+
+/// Protocol §2.4, §2.6: `ticket` and `heartbeat` may each appear once and
+/// `heartbeat` is `app` or `ws`; anything else is 400 `bad_request` (the
+/// message names the parameter, never a ticket) before any credential is
+/// looked at, so a repeated ticket is not spent. Parameters of other names
+/// are ignored, repeated or not; names are case-sensitive.
+async fn handshake_query_parameters_are_checked(db: Db) {
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let ticket = || async {
+        let t = app.post(Some(&ann.access), "/api/v1/auth/ws-ticket", json!({})).await;
+        assert_eq!(t.status, StatusCode::CREATED, "{}", t.body);
+        t.body["ticket"].as_str().unwrap().to_owned()
+    };
+    let refused = |q: &str, r: Result<(WsClient, Option<String>), (u16, Value)>| match r {
+        Ok((c, _)) => panic!("{q}: upgraded, hello {}", c.hello),
+        Err((status, body)) => {
+            assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{q}: {body}");
+            body["error"]["message"].as_str().unwrap().to_owned()
+        }
+    };
+    // heartbeat: a value other than app or ws, or the parameter twice
+    // (same value or not).
+    for q in ["?heartbeat=bogus", "?heartbeat=", "?heartbeat", "?heartbeat=APP"] {
+        let m = refused(q, open(&app, &ann.access, q, None).await);
+        assert!(m.contains("heartbeat"), "{q}: {m}");
+    }
+    for q in [
+        "?heartbeat=bogus&heartbeat=bogus",
+        "?heartbeat=app&heartbeat=app",
+        "?heartbeat=app&heartbeat=ws",
+        "?heartbeat=ws&v=1&heartbeat=ws",
+    ] {
+        let m = refused(q, open(&app, &ann.access, q, None).await);
+        assert!(m.contains("\"heartbeat\" appears more than once"), "{q}: {m}");
+    }
+    // ticket: one that is not a ticket is a credential refused (401);
+    // twice is a malformed request, with or without a bearer token, and
+    // the ticket stays unspent.
+    let r = open_as(&app, None, "?ticket=wst_not-a-ticket", None).await;
+    let (status, body) = r.err().expect("a bad ticket is refused");
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    let t = ticket().await;
+    for (token, q) in [
+        (None, format!("?ticket={t}&ticket={t}")),
+        (None, format!("?ticket={t}&heartbeat=app&ticket=wst_other")),
+        (Some(ann.access.as_str()), format!("?ticket={t}&ticket={t}")),
+    ] {
+        let m = refused("ticket twice", open_as(&app, token, &q, None).await);
+        assert!(m.contains("\"ticket\" appears more than once") && !m.contains(&t), "{m}");
+    }
+    let (c, _) =
+        open_as(&app, None, &format!("?ticket={t}&heartbeat=app"), None).await.expect("the ticket still works");
+    assert_eq!(c.hello["heartbeat"], "app");
+    // Unknown parameters: ignored, even repeated, beside known ones.
+    let (c, _) = open(&app, &ann.access, "?v=2&v=3&heartbeat=app&_=17", None).await.expect("unknown ignored");
+    assert_eq!(c.hello["heartbeat"], "app");
+    let (c, _) = open(&app, &ann.access, "?Heartbeat=app", None).await.expect("another name");
+    assert_eq!(c.hello["heartbeat"], "ws", "names are case-sensitive: `Heartbeat` is not `heartbeat`");
+    let t = ticket().await;
+    let (c, _) = open_as(&app, None, &format!("?cb=1&ticket={t}&cb=2"), None).await.expect("ticket beside unknowns");
+    assert_eq!(c.hello["type"], "hello");
+}
+
+/// RFC 6455 5.5.1, protocol §7: a client's Close is answered with a Close
+/// carrying the same code, then the stream ends: the client sees its own
+/// clean close, not 1006.
+async fn client_close_is_answered_with_its_code(db: Db) {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let room = app.create_room(&ann, "r", &[]).await;
+    for code in [1000u16, 1001, 4321] {
+        let mut c = WsClient::connect(&app, &ann.access).await;
+        c.join(&room, None).await;
+        let close = CloseFrame { code: code.into(), reason: "bye".into() };
+        futures_util::SinkExt::send(&mut c.ws, Message::Close(Some(close))).await.unwrap();
+        // Frames the server wrote before it read the Close may come first.
+        let answer = loop {
+            match tokio::time::timeout(GUARD, c.ws.next()).await.expect("an answer within the guard time") {
+                Some(Ok(Message::Text(_) | Message::Ping(_))) => continue,
+                other => break other,
+            }
+        };
+        match answer {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), code, "the code echoed"),
+            other => panic!("closed {code}: expected the server's Close, got {other:?}"),
+        }
+        let end = tokio::time::timeout(GUARD, c.ws.next()).await.expect("the end within the guard time");
+        assert!(end.is_none(), "closed {code}: the stream ends after the Close: {end:?}");
+    }
 }

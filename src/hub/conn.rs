@@ -84,9 +84,11 @@ struct Conn {
 enum End {
     /// Close with this code and reason.
     Close(u16, String),
-    /// The peer closed (with this code, if it gave one) or the socket
-    /// broke: nothing more to send.
+    /// The socket broke or the hub let go of it: nothing more to send.
     Gone(Option<u16>),
+    /// The peer sent a close frame (with this code, if it gave one): our
+    /// answer is queued and still to be written.
+    ClosedByPeer(Option<u16>),
 }
 
 fn quota(per_sec: u32, burst: u32) -> Quota {
@@ -182,6 +184,15 @@ async fn serve(
         End::Gone(code) => {
             tracing::info!(code, by = "peer", duration_ms, frames_in, frames_out, "closed");
         }
+        End::ClosedByPeer(code) => {
+            tracing::info!(code, by = "peer", duration_ms, frames_in, frames_out, "closed");
+            // RFC 6455 5.5.1: answer the peer's Close. tungstenite queued
+            // the answer (the peer's code echoed) on reading it; only a
+            // write or flush sends it, and without one the client sees the
+            // connection drop (1006) instead of its clean close. Bounded
+            // as the server's own close is.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.flush()).await;
+        }
     }
 }
 
@@ -243,7 +254,7 @@ impl Conn {
                     self.last_seen = Instant::now();
                     match msg {
                         None => return End::Gone(None),
-                        Some(Ok(Message::Close(frame))) => return End::Gone(frame.map(|f| f.code)),
+                        Some(Ok(Message::Close(frame))) => return End::ClosedByPeer(frame.map(|f| f.code)),
                         Some(Ok(Message::Text(text))) => {
                             self.frames_in += 1;
                             // Boxed: request handling (join, replay, auth) is

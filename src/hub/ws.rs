@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::{self, Authenticated};
@@ -25,11 +25,38 @@ const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a socket write (a flush writes sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
 
-#[derive(Deserialize)]
-pub struct WsParams {
+/// The query parameters `/ws` reads. Each may appear once; a repeated one
+/// is refused rather than resolved, since no choice between two values is
+/// the one the client meant (`heartbeat=app&heartbeat=ws`). Parameters of
+/// other names are ignored (cache busters, a newer client's options), as
+/// everywhere on the web.
+#[derive(Default)]
+struct WsParams {
     ticket: Option<String>,
     /// `app` for app-level heartbeats, `ws` (the default) for WebSocket pings.
     heartbeat: Option<String>,
+}
+
+impl WsParams {
+    /// From the decoded `name=value` pairs, in order.
+    ///
+    /// # Errors
+    /// A message for the 400 answer naming the repeated parameter (never
+    /// its values: one may be a ticket).
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<WsParams, String> {
+        let mut params = WsParams::default();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "ticket" => &mut params.ticket,
+                "heartbeat" => &mut params.heartbeat,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("query parameter {name:?} appears more than once"));
+            }
+        }
+        Ok(params)
+    }
 }
 
 /// The handshake, in order: draining, Origin, subprotocol and options,
@@ -39,10 +66,15 @@ pub async fn handler(
     State(state): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
-    params: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let params = params.map(|q| q.0).unwrap_or(WsParams { ticket: None, heartbeat: None });
+    // Refused in `admit`, in its place in the order of checks: a query
+    // that cannot be read is never served with defaults.
+    let params = match query {
+        Ok(Query(pairs)) => WsParams::from_pairs(pairs),
+        Err(e) => Err(format!("query string: {}", e.body_text())),
+    };
     match admit(&state, client.0, &headers, params).await {
         Ok((who, place, heartbeat)) => {
             let upgrade = match upgrade {
@@ -104,7 +136,7 @@ async fn admit(
     state: &AppState,
     client: IpAddr,
     headers: &HeaderMap,
-    params: WsParams,
+    params: Result<WsParams, String>,
 ) -> Result<(Authenticated, OwnedSemaphorePermit, Heartbeat), (&'static str, ApiError)> {
     if state.readiness.is_draining() || state.hub.is_draining() {
         return Err(("draining", ApiError::Unavailable("server is restarting; reconnect later".into())));
@@ -120,6 +152,7 @@ async fn admit(
     }
     // A client bug, not a credential problem: refused before any lookup.
     version::check_subprotocol(headers).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
+    let params = params.map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
     let heartbeat =
         Heartbeat::from_query(params.heartbeat.as_deref()).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
     let ticket = params.ticket;
@@ -195,7 +228,21 @@ async fn admit(
 
 #[cfg(test)]
 mod tests {
-    use super::origin_allowed;
+    use super::{WsParams, origin_allowed};
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn known_parameters_appear_once_and_unknown_ones_are_ignored() {
+        let p = WsParams::from_pairs(pairs(&[("x", "1"), ("heartbeat", "app"), ("x", "2"), ("ticket", "t")])).unwrap();
+        assert_eq!((p.heartbeat.as_deref(), p.ticket.as_deref()), (Some("app"), Some("t")));
+        for twice in [&[("heartbeat", "app"), ("heartbeat", "app")], &[("ticket", "wst_a"), ("ticket", "wst_b")]] {
+            let e = WsParams::from_pairs(pairs(twice)).err().expect("refused");
+            assert!(e.contains(twice[0].0) && !e.contains("wst_"), "{e}");
+        }
+    }
 
     #[test]
     fn origins_are_the_listed_ones_or_with_the_demo_the_gateways_own_host() {
