@@ -56,13 +56,18 @@ export interface OpenOptions {
 export function buildUrl(base: string, ticket: string | undefined, appHeartbeat: boolean): string {
   // Plain string work rather than URL.searchParams: React Native's URL does
   // not implement searchParams.set.
+  // The server refuses a repeated `ticket` or `heartbeat` with 400
+  // (protocol §2.6), so the ones the SDK sets replace any that the app's
+  // base URL already carries; other parameters are kept as they are.
   const hashAt = base.indexOf("#");
-  const url = hashAt >= 0 ? base.slice(0, hashAt) : base;
-  const params: string[] = [];
+  const withoutHash = hashAt >= 0 ? base.slice(0, hashAt) : base;
+  const queryAt = withoutHash.indexOf("?");
+  const path = queryAt >= 0 ? withoutHash.slice(0, queryAt) : withoutHash;
+  const ours = (p: string) => (ticket !== undefined && /^ticket(=|$)/.test(p)) || (appHeartbeat && /^heartbeat(=|$)/.test(p));
+  const params = queryAt >= 0 ? withoutHash.slice(queryAt + 1).split("&").filter((p) => p !== "" && !ours(p)) : [];
   if (ticket !== undefined) params.push(`ticket=${encodeURIComponent(ticket)}`);
   if (appHeartbeat) params.push("heartbeat=app");
-  if (params.length === 0) return url;
-  return url + (url.includes("?") ? "&" : "?") + params.join("&");
+  return params.length === 0 ? path : `${path}?${params.join("&")}`;
 }
 
 export function openSocket(o: OpenOptions): SocketLike {

@@ -77,6 +77,9 @@ test("buildUrl adds ticket and heartbeat parameters", async () => {
   assert.equal(buildUrl("ws://h:1/ws", undefined, false), "ws://h:1/ws");
   assert.equal(buildUrl("ws://h:1/ws", "wst_a/b+c", true), "ws://h:1/ws?ticket=wst_a%2Fb%2Bc&heartbeat=app");
   assert.equal(buildUrl("wss://h/ws?x=1#frag", undefined, true), "wss://h/ws?x=1&heartbeat=app");
+  // The server answers a repeated ticket or heartbeat with 400: the SDK's own replace the base URL's.
+  assert.equal(buildUrl("wss://h/ws?heartbeat=ws&x=1&ticket=old", "new", true), "wss://h/ws?x=1&ticket=new&heartbeat=app");
+  assert.equal(buildUrl("wss://h/ws?heartbeat=ws", undefined, false), "wss://h/ws?heartbeat=ws");
 });
 
 test("chunkSync keeps sync frames under max_sync_rooms and max_frame_bytes, in order", async () => {
