@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,15 +25,72 @@ use crate::ws_client::WsClient;
 
 const SECRET: &str = "whsec-test-0123456789-abcdefghijklmnop";
 
-/// One request the receiver got.
+/// One request the receiver got, as it arrived.
 #[derive(Debug, Clone)]
 struct Recorded {
     events: Vec<Value>,
-    /// The signature header matched HMAC-SHA256(SECRET, "<ts>.<body>").
-    signed: bool,
+    body: Bytes,
+    timestamp: Option<String>,
+    signature: Option<String>,
     idempotency_key: Option<String>,
+    /// When it arrived, Unix ms: the timestamp must be fresh then.
+    at: i64,
     /// Answered 200 (not left hanging).
     answered: bool,
+}
+
+impl Recorded {
+    /// The event ids of the request, in its order.
+    fn event_ids(&self) -> Vec<String> {
+        self.events.iter().map(|e| e["id"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+
+    /// Why the request is not what the gateway promises a receiver: a
+    /// fresh `X-Chatgw-Timestamp`, an `X-Chatgw-Signature` equal to
+    /// `v1=<hex HMAC-SHA256(SECRET, "<timestamp>.<body>")>` (computed here,
+    /// not with the gateway's code), and a non-empty `Idempotency-Key`.
+    fn defect(&self) -> Option<String> {
+        let (Some(ts), Some(sig)) = (&self.timestamp, &self.signature) else {
+            return Some("no timestamp or signature header".into());
+        };
+        let Ok(t) = ts.parse::<i64>() else { return Some(format!("timestamp {ts:?} is not Unix seconds")) };
+        if (self.at / 1000 - t).abs() >= 300 {
+            return Some(format!("timestamp {t} was not fresh at {}", self.at));
+        }
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+        mac.update(format!("{ts}.").as_bytes());
+        mac.update(&self.body);
+        let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        if *sig != format!("v1={expected}") {
+            return Some(format!("signature {sig} does not verify against the body"));
+        }
+        if self.idempotency_key.as_deref().is_none_or(str::is_empty) {
+            return Some("no Idempotency-Key".into());
+        }
+        None
+    }
+}
+
+/// Checks every request so far: each one signed and keyed (see
+/// [`Recorded::defect`]), and one idempotency key per batch of events: the
+/// same events retried carry the same key, other events another key.
+fn verified(requests: Vec<Recorded>) -> Vec<Recorded> {
+    for (i, r) in requests.iter().enumerate() {
+        if let Some(d) = r.defect() {
+            panic!("request {i} of {}: {d}: {r:?}", requests.len());
+        }
+    }
+    let mut by_key: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut by_events: HashMap<Vec<String>, &str> = HashMap::new();
+    for r in &requests {
+        let key = r.idempotency_key.as_deref().expect("checked above");
+        let ids = r.event_ids();
+        let seen = by_key.entry(key).or_insert_with(|| ids.clone());
+        assert_eq!(*seen, ids, "Idempotency-Key {key} was sent for two different batches");
+        let seen = by_events.entry(ids.clone()).or_insert(key);
+        assert_eq!(*seen, key, "the batch {ids:?} was retried under another Idempotency-Key");
+    }
+    requests
 }
 
 #[derive(Default)]
@@ -43,10 +101,17 @@ struct ReceiverState {
     hang: Mutex<usize>,
     /// Answer every request with 500.
     failing: std::sync::atomic::AtomicBool,
+    /// Answers wait until this many requests are in flight at once (0: no
+    /// wait); then the gate stays open.
+    gate: AtomicUsize,
+    gate_open: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     arrived: Notify,
 }
 
-/// A webhook receiver on a local port: records and verifies every request.
+/// A webhook receiver on a local port: records every request; every read
+/// of what it got verifies all of it ([`verified`]).
 struct Receiver {
     addr: SocketAddr,
     state: Arc<ReceiverState>,
@@ -70,12 +135,20 @@ impl Receiver {
         Receiver { addr, state, task }
     }
 
+    /// Holds every answer until `n` requests are in flight at once (or
+    /// 30 s have passed), then answers everything at once.
+    fn hold_until_in_flight(&self, n: usize) {
+        self.state.gate.store(n, Ordering::SeqCst);
+        *self.state.gate_open.lock().unwrap() = Some(tokio::sync::watch::channel(false).0);
+    }
+
     fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
+    /// Every request so far, each one verified.
     fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().unwrap().clone()
+        verified(self.state.requests.lock().unwrap().clone())
     }
 
     /// Events of requests answered 200, in arrival order.
@@ -108,30 +181,24 @@ impl Drop for Receiver {
 
 async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let signed = match (header("x-chatgw-timestamp"), header("x-chatgw-signature")) {
-        (Some(ts), Some(sig)) => {
-            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-            mac.update(format!("{ts}.").as_bytes());
-            mac.update(&body);
-            let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-            let fresh = ts.parse::<i64>().is_ok_and(|t| (chatgw::db::now_ms() / 1000 - t).abs() < 300);
-            fresh && sig == format!("v1={expected}")
-        }
-        _ => false,
-    };
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let events = json["events"].as_array().cloned().unwrap_or_default();
-    let failing = state.failing.load(std::sync::atomic::Ordering::SeqCst);
+    let failing = state.failing.load(Ordering::SeqCst);
     let hang = {
         let mut h = state.hang.lock().unwrap();
         let hang = *h > 0;
         *h = h.saturating_sub(1);
         hang
     };
+    let in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
     state.requests.lock().unwrap().push(Recorded {
         events,
-        signed,
+        body,
+        timestamp: header("x-chatgw-timestamp"),
+        signature: header("x-chatgw-signature"),
         idempotency_key: header("idempotency-key"),
+        at: chatgw::db::now_ms(),
         answered: !hang && !failing,
     });
     state.arrived.notify_waiters();
@@ -139,6 +206,14 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
         // Slower than the gateway's timeout: it gives up on this request.
         std::future::pending::<()>().await;
     }
+    let gate = state.gate_open.lock().unwrap().as_ref().map(|g| (g.clone(), g.subscribe()));
+    if let Some((open, mut opened)) = gate {
+        if in_flight >= state.gate.load(Ordering::SeqCst) {
+            open.send_replace(true);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), opened.wait_for(|o| *o)).await;
+    }
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
     if failing { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
 }
 
@@ -230,8 +305,6 @@ async fn offline_members_are_listed_and_online_ones_not(db: Db) {
     outbox_drained(&app).await;
     assert_eq!(recv.requests().len(), 1, "{:?}", recv.requests());
     let r = &recv.requests()[0];
-    assert!(r.signed, "the signature verifies");
-    assert!(r.idempotency_key.as_deref().is_some_and(|k| !k.is_empty()));
     let [e] = r.events.as_slice() else { panic!("one event: {:?}", r.events) };
     assert_eq!((e["room"].as_str(), e["seq"].as_i64()), (Some(room.as_str()), Some(1)));
     assert_eq!(e["sender"], ann.user_id.as_str());
@@ -250,9 +323,11 @@ async fn the_body_is_sent_when_configured(db: Db) {
     ca.next_of("ack").await;
     let got = recv.wait_for("one event", |r| !r.is_empty()).await;
     let e = &got[0].events[0];
-    assert!(got[0].signed);
     assert_eq!(e["body"], "ping bob");
     assert_eq!(offline_of(e), ids(&[&bob.user_id]));
+    outbox_drained(&app).await;
+    // Every request, late ones too, signed and keyed.
+    recv.requests();
 }
 
 async fn a_member_joined_on_another_instance_is_not_offline(db: Db) {
@@ -274,10 +349,12 @@ async fn a_member_joined_on_another_instance_is_not_offline(db: Db) {
     ca.send_msg(&room, "m1", "from a").await;
     ca.next_of("ack").await;
     let got = recv.wait_for("one event", |r| !r.is_empty()).await;
-    assert!(got[0].signed);
     let e = &got[0].events[0];
     assert_eq!(e["seq"], 1);
     assert_eq!(offline_of(e), ids(&[&cat.user_id]), "Bob is joined on instance B");
+    outbox_drained(a).await;
+    // Every request, late ones too, signed and keyed.
+    recv.requests();
 }
 
 crate::both_backends!(
@@ -314,7 +391,8 @@ async fn a_receiver_down_then_up_gets_every_event() {
     outbox_drained(&app).await;
     let seqs: BTreeSet<i64> = recv.delivered().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=5).collect());
-    assert!(recv.requests().iter().all(|r| r.signed));
+    // Every request, late ones too, signed and keyed.
+    recv.requests();
     assert!(metric(&app, "chatgw_webhook_events_total{outcome=\"retried\"}").await >= 1.0);
     assert_eq!(metric(&app, "chatgw_webhook_events_total{outcome=\"given_up\"}").await, 0.0);
 }
@@ -337,6 +415,91 @@ async fn a_slow_receiver_gets_the_same_event_ids_again() {
     assert_eq!(first, again, "a duplicate carries the same event id");
     assert_eq!(got[0].idempotency_key, got.iter().find(|r| r.answered).unwrap().idempotency_key);
     assert!(metric(&app, "chatgw_webhook_requests_total{result=\"timeout\"}").await >= 1.0);
+    // Every request, the timed-out one and every retry, signed and keyed.
+    recv.requests();
+}
+
+/// Two live instances share one outbox (PostgreSQL) and both poll it; the
+/// receiver holds its answers until two batches are out at once (one
+/// instance posts one batch at a time, so both are then mid-round). With
+/// nothing failing (no timeout, no lease running out), the lease is
+/// exclusive: every event reaches the receiver exactly once, counted per
+/// event id and per idempotency key over every request, nothing merged
+/// before counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_deliver_each_event_exactly_once() {
+    const PER_SENDER: usize = 30;
+    let recv = Receiver::start().await;
+    recv.hold_until_in_flight(2);
+    let net = chatgw::bus::local::LocalNetwork::new();
+    let apps = spawn_cluster_tweaked(
+        Db::Postgres,
+        2,
+        |_| Arc::new(net.attach()),
+        |v| {
+            webhook_vars(v, &recv.url(), false);
+            // Small batches: many rounds, so both instances claim often.
+            v.insert("WEBHOOK_BATCH_SIZE".into(), "4".into());
+            // Nothing times out or outlives its lease, however slow the machine.
+            v.insert("WEBHOOK_TIMEOUT_MS".into(), "60000".into());
+            v.insert("WEBHOOK_LEASE_MS".into(), "600000".into());
+        },
+    )
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let ann = a.register("ann").await;
+    let bob = a.register("bob").await;
+    let cat = a.register("cat").await;
+    let room = a.create_room(&ann, "both", &[&bob, &cat]).await;
+    // Ann writes through A and Cat through B: each commit wakes its own
+    // instance's worker. Bob is offline: every message is an event.
+    let mut ca = WsClient::connect(a, &ann.access).await;
+    ca.join(&room, None).await;
+    let mut cc = WsClient::connect(b, &cat.access).await;
+    cc.join(&room, None).await;
+    for i in 0..PER_SENDER {
+        ca.send_msg(&room, &format!("a{i}"), "via A").await;
+        cc.send_msg(&room, &format!("c{i}"), "via B").await;
+    }
+    for _ in 0..PER_SENDER {
+        ca.next_of("ack").await;
+        cc.next_of("ack").await;
+    }
+    outbox_drained(a).await;
+    let delivered_by = [
+        metric(a, "chatgw_webhook_events_total{outcome=\"delivered\"}").await,
+        metric(b, "chatgw_webhook_events_total{outcome=\"delivered\"}").await,
+    ];
+    drop((ca, cc));
+    // A clean stop finishes each worker's round: a duplicate still in
+    // flight reaches the receiver before it is counted.
+    for app in apps {
+        app.stop().await;
+    }
+
+    let requests = recv.requests();
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for r in &requests {
+        assert!(r.answered, "nothing fails here: {r:?}");
+        *per_key.entry(r.idempotency_key.clone().expect("verified")).or_default() += 1;
+        for id in r.event_ids() {
+            *per_event.entry(id).or_default() += 1;
+        }
+    }
+    let twice: Vec<(&String, &usize)> = per_event.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "events delivered more than once: {twice:?}");
+    let twice: Vec<(&String, &usize)> = per_key.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "batches sent more than once: {twice:?}");
+    let seqs: Vec<i64> = {
+        let mut s: Vec<i64> = requests.iter().flat_map(|r| &r.events).map(|e| e["seq"].as_i64().unwrap()).collect();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(seqs, (1..=2 * PER_SENDER as i64).collect::<Vec<_>>(), "every seq once, none missing");
+    let most = recv.state.max_in_flight.load(Ordering::SeqCst);
+    assert!(most >= 2, "both instances had a batch out at once (most in flight: {most})");
+    assert_eq!(delivered_by[0] + delivered_by[1], (2 * PER_SENDER) as f64, "delivered per instance: {delivered_by:?}");
 }
 
 /// Instance A is SIGKILLed while its batch is at the receiver (unanswered);
@@ -384,7 +547,8 @@ async fn an_instance_killed_mid_batch_leaves_its_events_to_another() {
     assert_eq!(seqs, (1..=20).collect(), "every seq is delivered");
     let ids_b: BTreeSet<String> = delivered.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert!(sent_by_a.is_subset(&ids_b), "A's events are redelivered under the same ids");
-    assert!(recv.requests().iter().all(|r| r.signed));
+    // Every request, late ones too, signed and keyed.
+    recv.requests();
 }
 
 /// A receiver that always answers 500: the event is tried
@@ -392,7 +556,7 @@ async fn an_instance_killed_mid_batch_leaves_its_events_to_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_is_given_up_after_its_last_attempt() {
     let recv = Receiver::start().await;
-    recv.state.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    recv.state.failing.store(true, Ordering::SeqCst);
     let app = spawn_app_with(Db::Sqlite, |v| {
         webhook_vars(v, &recv.url(), false);
         v.insert("WEBHOOK_MAX_ATTEMPTS".into(), "3".into());
@@ -404,7 +568,7 @@ async fn an_event_is_given_up_after_its_last_attempt() {
     outbox_drained(&app).await;
     let got = recv.requests();
     assert_eq!(got.len(), 3, "exactly WEBHOOK_MAX_ATTEMPTS tries: {got:?}");
-    assert!(got.iter().all(|r| r.signed && r.events[0]["id"] == got[0].events[0]["id"]));
+    assert!(got.iter().all(|r| r.events[0]["id"] == got[0].events[0]["id"]));
     assert_eq!(metric(&app, "chatgw_webhook_events_total{outcome=\"given_up\"}").await, 1.0);
     assert_eq!(metric(&app, "chatgw_webhook_requests_total{result=\"http_error\"}").await, 3.0);
 }

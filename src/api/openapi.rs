@@ -1,7 +1,7 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations.
 
 use axum::Json;
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, ParameterIn, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -23,7 +23,7 @@ use super::{admin, auth, debug, health, me, rooms};
         admin::reset_history, admin::delete_message,
         debug::sentry_test,
     ),
-    modifiers(&BearerAuth, &CommonErrors)
+    modifiers(&BearerAuth, &ServedAlso, &CommonErrors)
 )]
 pub struct ApiDoc;
 
@@ -36,6 +36,32 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+    }
+}
+
+/// Routes served without a handler annotation of their own: the probes,
+/// also under `/api/v1` (the same handlers), and this document. Every
+/// routed path is documented (tests/openapi.rs compares the router's routes
+/// with this document).
+struct ServedAlso;
+
+impl Modify for ServedAlso {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for probe in ["healthz", "readyz"] {
+            let Some(mut item) = openapi.paths.paths.get(&format!("/{probe}")).cloned() else { continue };
+            if let Some(op) = item.get.as_mut() {
+                // Operation ids are unique in a document.
+                op.operation_id = Some(format!("{probe}_v1"));
+            }
+            openapi.paths.paths.insert(format!("/api/v1/{probe}"), item);
+        }
+        let document = ObjectBuilder::new().schema_type(Type::Object).build();
+        let ok = ResponseBuilder::new()
+            .description("This document (OpenAPI 3)")
+            .content("application/json", ContentBuilder::new().schema(Some(document)).build())
+            .build();
+        let op = OperationBuilder::new().operation_id(Some("openapi")).tag("meta").response("200", ok).build();
+        openapi.paths.paths.insert("/api/v1/openapi.json".into(), PathItem::new(HttpMethod::Get, op));
     }
 }
 

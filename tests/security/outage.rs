@@ -1,6 +1,8 @@
 //! A database the test stops itself: every REST route and every socket
-//! frame that needs storage answers `unavailable` (503), never 404 or 500,
-//! and everything works again once the database is back.
+//! frame that needs storage answers `unavailable` (503), never 404 or 500;
+//! the routes that need no storage are called too and answer as usual; and
+//! everything works again once the database is back. Every route the router
+//! serves and every documented operation is called during the outage.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,18 +15,6 @@ use crate::procs::PgProc;
 use crate::ws_client::WsClient;
 
 const ADMIN: &str = "admin-token-0123456789-abcdefghijklmnop";
-
-/// Routes that answer without the database, by design: the document, the
-/// liveness probe, and the admin live view (sockets on this instance).
-const WITHOUT_DB: &[(&str, &str)] = &[
-    ("GET", "/api/v1/openapi.json"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"), // its own shape, checked below
-    ("GET", "/api/v1/admin/users/{id}/connections"),
-    ("POST", "/api/v1/admin/users/{id}/disconnect"),
-    ("POST", "/api/v1/admin/debug/sentry-test"),
-    ("GET", "/api/v1/admin/stats"),
-];
 
 #[tokio::test]
 async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recovers() {
@@ -45,6 +35,8 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
     ws.join(&room, None).await;
     ws.send_msg(&room, "before", "before the outage").await;
     assert_eq!(ws.next_of("ack").await["seq"], 1);
+    // Bob's socket, for the operator to close during the outage.
+    let mut bob_ws = WsClient::connect(&app, &bob.access).await;
 
     // Every operation of the served document, with ids that exist and
     // bodies that pass validation: only storage can make them fail.
@@ -84,23 +76,57 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
         (Method::DELETE, format!("/api/v1/admin/rooms/{room}/messages/1"), None, false),
         (Method::POST, format!("/api/v1/admin/rooms/{room}/reset-history"), None, false),
     ];
-    // The list covers the document: a new route must be added here.
+    // Routes that answer without the database, by design: the document,
+    // the probes, and the operator's live view of this instance's sockets.
+    // Each is called during the outage with the status it must give.
+    let alice_id = alice.user_id.as_str();
+    let without_db: Vec<(Method, &str, String, Option<Value>, StatusCode)> = vec![
+        (Method::GET, "/api/v1/openapi.json", "/api/v1/openapi.json".into(), None, StatusCode::OK),
+        (Method::GET, "/healthz", "/healthz".into(), None, StatusCode::OK),
+        (Method::GET, "/api/v1/healthz", "/api/v1/healthz".into(), None, StatusCode::OK),
+        (Method::GET, "/readyz", "/readyz".into(), None, StatusCode::SERVICE_UNAVAILABLE),
+        (Method::GET, "/api/v1/readyz", "/api/v1/readyz".into(), None, StatusCode::SERVICE_UNAVAILABLE),
+        (
+            Method::GET,
+            "/api/v1/admin/users/{id}/connections",
+            format!("/api/v1/admin/users/{alice_id}/connections"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/users/{id}/disconnect",
+            format!("/api/v1/admin/users/{}/disconnect", bob.user_id),
+            Some(json!({})),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/debug/sentry-test",
+            "/api/v1/admin/debug/sentry-test".into(),
+            None,
+            StatusCode::ACCEPTED,
+        ),
+        (Method::GET, "/api/v1/admin/stats", "/api/v1/admin/stats".into(), None, StatusCode::OK),
+    ];
+    // Every route the router serves and every documented operation is
+    // called below: a route added anywhere fails this until it is.
     let templ = |p: &str| {
         p.replace(&room, "{id}")
             .replace(&bob.user_id, "{id}")
             .replacen("members/{id}", "members/{user_id}", 1)
             .replacen("messages/1", "messages/{seq}", 1)
     };
-    let covered: BTreeSet<(String, String)> = ops
+    let called: BTreeSet<(String, String)> = ops
         .iter()
         .map(|(m, p, _, _)| (m.as_str().to_owned(), templ(p)))
-        .chain(WITHOUT_DB.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())))
+        .chain(without_db.iter().map(|(m, t, ..)| (m.as_str().to_owned(), (*t).to_owned())))
         .collect();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for method in item.as_object().expect("operations").keys() {
-            let key = (method.to_uppercase(), path.clone());
-            assert!(covered.contains(&key), "{key:?} is not exercised by the outage test");
-        }
+    let documented = doc["paths"].as_object().expect("paths").iter().flat_map(|(path, item)| {
+        item.as_object().expect("operations").keys().map(|m| (m.to_uppercase(), path.clone())).collect::<Vec<_>>()
+    });
+    for key in crate::openapi::routed().into_iter().chain(documented) {
+        assert!(called.contains(&key), "{key:?} is not called by the outage test");
     }
 
     pg.stop().await;
@@ -124,8 +150,41 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path} with the database down: {}", r.body);
         assert_eq!(r.error_code(), "unavailable", "{method} {path}");
     }
-    let ready = app.send(app.http.get(app.url("/readyz"))).await;
-    assert_eq!((ready.status, &ready.body["status"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable")));
+    let mut answers = std::collections::HashMap::new();
+    for (method, template, path, body, status) in &without_db {
+        let mut req = app.http.request(method.clone(), app.url(path));
+        if path.contains("/admin/") {
+            req = req.bearer_auth(ADMIN);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = app.send(req).await;
+        assert_eq!(r.status, *status, "{method} {path} with the database down: {}", r.body);
+        answers.insert(*template, r.body);
+    }
+    assert!(answers["/api/v1/openapi.json"]["paths"].as_object().is_some_and(|p| !p.is_empty()));
+    for probe in ["/healthz", "/api/v1/healthz"] {
+        assert_eq!(answers[probe]["status"], "ok", "{probe}: alive with the database down");
+    }
+    for probe in ["/readyz", "/api/v1/readyz"] {
+        assert_eq!(answers[probe]["status"], "unavailable", "{probe}: not ready with the database down");
+    }
+    let conns = &answers["/api/v1/admin/users/{id}/connections"];
+    assert_eq!(conns["user_id"], alice_id, "{conns}");
+    let live = conns["connections"].as_array().expect("connections");
+    assert!(
+        live.len() == 1 && live[0]["rooms"].as_array().is_some_and(|r| r.contains(&json!(room))),
+        "Alice's one socket, joined to the room: {conns}"
+    );
+    assert_eq!(answers["/api/v1/admin/users/{id}/disconnect"]["closed_here"], 1);
+    let (code, _, _) = bob_ws.until_close().await;
+    assert_eq!(code, 4000, "Bob's socket is closed by the operator during the outage");
+    let stats = &answers["/api/v1/admin/stats"];
+    assert_eq!((&stats["ready"], &stats["database"]["up"]), (&json!(false), &json!(false)), "{stats}");
+    assert!(stats["hub"].is_object(), "{stats}");
+    let sentry = &answers["/api/v1/admin/debug/sentry-test"];
+    assert!(sentry["test_id"].as_str().is_some_and(|t| !t.is_empty()) && sentry["sentry_enabled"] == false, "{sentry}");
 
     // Frames that need storage say so; the socket stays open.
     ws.send(json!({"type": "send", "id": 1, "room": room, "client_msg_id": "during", "body": "during"})).await;
@@ -134,6 +193,9 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
     ws.send(json!({"type": "edit", "id": 5, "room": room, "target_seq": 1, "client_msg_id": "e", "body": "x"})).await;
     let e = ws.next_of("error").await;
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(5), Some("unavailable")), "edit: {e}");
+    ws.send(json!({"type": "delete", "id": 7, "room": room, "target_seq": 1, "client_msg_id": "d"})).await;
+    let e = ws.next_of("error").await;
+    assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(7), Some("unavailable")), "delete: {e}");
     ws.send(json!({"type": "read", "id": 2, "room": room, "seq": 1})).await;
     let e = ws.next_of("error").await;
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(2), Some("unavailable")), "read: {e}");
@@ -171,6 +233,8 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
     let bodies: Vec<&str> =
         h.body["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap()).collect();
     assert_eq!(bodies.iter().filter(|b| **b != "during").count(), bodies.len(), "{bodies:?}");
+    // Neither the edit nor the delete of seq 1 was applied.
+    assert_eq!(bodies, ["before the outage", "after"], "{}", h.body);
     assert_eq!(app.register("dave").await.user_id.len(), 36);
     app.stop().await;
 }
