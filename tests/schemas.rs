@@ -63,11 +63,48 @@ fn tolerate(v: &mut Value, key: Option<&str>) {
     }
 }
 
+/// Fields a frame gained after the version that introduced it, by schema
+/// file and the JSON pointer of the object that holds them: the server
+/// sends them (the tight schemas require them), but a 1.x server before
+/// that addition does not, and §5.1 and §19.3 say a client accepts it. The
+/// tolerant schemas require only what the frame's first version had.
+const ADDED_LATER: &[(&str, &str, &[&str])] = &[
+    (
+        "server.hello.json",
+        "",
+        // 1.1.
+        &["protocol_version", "features", "heartbeat", "server_time", "token_expires_in_ms"],
+    ),
+    // `max_sync_rooms` came with `sync` (1.1), `edit_window_ms` in 1.2.
+    ("server.hello.json", "/properties/limits", &["max_sync_rooms", "edit_window_ms"]),
+    ("server.joined.json", "", &["epoch", "read_seq"]),
+    ("server.auth_ok.json", "", &["expires_in_ms"]),
+];
+
+/// Whether a subschema states what this server does, not what a client
+/// must require (error codes that carry `room`): dropped from the tolerant
+/// twin.
+fn tight_only(v: &Value) -> bool {
+    v.get("$comment").and_then(Value::as_str).is_some_and(|c| c.starts_with("Tight only"))
+}
+
 /// The tolerant twin of the tight schema `name`.
 fn tolerant_of(name: &str, tight: &Value) -> Value {
     let mut v = tight.clone();
     tolerate(&mut v, None);
+    for (file, pointer, later) in ADDED_LATER.iter().filter(|(f, _, _)| *f == name) {
+        let obj = v.pointer_mut(pointer).unwrap_or_else(|| panic!("{file}: no {pointer:?}"));
+        let required = obj["required"].as_array_mut().unwrap_or_else(|| panic!("{file}{pointer}: no required"));
+        for field in *later {
+            let before = required.len();
+            required.retain(|r| r != field);
+            assert!(required.len() < before, "{file}{pointer}: {field} is not required in the tight schema");
+        }
+    }
     let m = v.as_object_mut().expect("a schema is an object");
+    if let Some(Value::Array(all)) = m.get_mut("allOf") {
+        all.retain(|s| !tight_only(s));
+    }
     if let Some(Value::String(id)) = m.get_mut("$id") {
         *id = id.replacen("/protocol/v1/", "/protocol/v1/tolerant/", 1);
     }
@@ -176,7 +213,11 @@ fn tolerant_schemas_accept_later_additions_only() {
             "session_id": "s", "user_id": "u", "heartbeat": "ws", "heartbeat_ms": 1, "idle_timeout_ms": 2,
             "server_time": 1, "token_expires_at": 2, "token_expires_in_ms": 1,
             "limits": {"max_frame_bytes": 1, "max_body_bytes": 1, "send_per_sec": 1, "send_burst": 1,
-                "events_per_sec": 1, "events_burst": 1, "max_rooms": 1, "max_sync_rooms": 1, "max_wormholes": 2}}),
+                "events_per_sec": 1, "events_burst": 1, "max_rooms": 1, "max_sync_rooms": 1, "edit_window_ms": 0,
+                "max_wormholes": 2}}),
+        // An error about a room without it (a server's choice, not a
+        // client's concern).
+        json!({"type": "error", "code": "forbidden", "message": "m"}),
     ];
     assert!(tight.is_valid(&pong) && tolerant.is_valid(&pong));
     for f in &later {
@@ -194,5 +235,75 @@ fn tolerant_schemas_accept_later_additions_only() {
         json!({"room": "r"}),
     ] {
         assert!(!tolerant.is_valid(&f), "tolerant still refuses {f}");
+    }
+}
+
+/// Frames as a 1.0 server sends them, written from the 1.0 description
+/// (protocol/README.md as of 1.0, and §5.1's "a 1.0 server's `hello` has
+/// no ..."), and a 1.1 server's `hello`: a client validating with the
+/// tolerant schemas accepts every one (§19.3), while the tight schemas,
+/// which describe this 1.2 server, refuse the frames that lack a later
+/// addition.
+#[test]
+fn tolerant_schemas_accept_frames_of_earlier_servers() {
+    let tight = any_frame_validator(&schema_dir());
+    let tolerant = any_frame_validator(&tolerant_dir());
+    let limits_1_0 = json!({"max_frame_bytes": 65536, "max_body_bytes": 4096, "send_per_sec": 20,
+        "send_burst": 40, "events_per_sec": 50, "events_burst": 100, "max_rooms": 1000});
+    let mut limits_1_1 = limits_1_0.clone();
+    limits_1_1["max_sync_rooms"] = json!(1000);
+    let older = [
+        json!({"type": "hello", "protocol": 1, "session_id": "s1", "user_id": "u1", "heartbeat_ms": 25000,
+            "idle_timeout_ms": 60000, "token_expires_at": 1764072900000_i64, "limits": limits_1_0}),
+        json!({"type": "joined", "id": "j1", "room": "r1", "last_seq": 43, "replayed": 2, "online": ["u1"]}),
+        json!({"type": "auth_ok", "id": "renew-3", "expires_at": 1764073800000_i64}),
+        // 1.1: no edit window, no "deletes".
+        json!({"type": "hello", "protocol": 1, "protocol_version": "1.1",
+            "features": ["sync", "user_stream", "edits", "retention", "app_heartbeat"], "session_id": "s1",
+            "user_id": "u1", "heartbeat": "ws", "heartbeat_ms": 25000, "idle_timeout_ms": 60000,
+            "server_time": 1764072000000_i64, "token_expires_at": 1764072900000_i64,
+            "token_expires_in_ms": 900000, "limits": limits_1_1}),
+    ];
+    for f in &older {
+        assert!(!tight.is_valid(f), "tight (this server) requires the later fields: {f}");
+        assert!(
+            tolerant.is_valid(f),
+            "tolerant accepts {f}: {:?}",
+            tolerant.iter_errors(f).map(|e| e.to_string()).collect::<Vec<_>>()
+        );
+    }
+    // Frames 1.0 already had in their present shape: both accept them.
+    for f in [
+        json!({"type": "message", "room": "r1", "seq": 44, "sender": "u2", "body": "See you at 6?", "client_msg_id": "b-7f3a", "sent_at": 1764072030000_i64}),
+        json!({"type": "ack", "id": "s-12", "room": "r1", "client_msg_id": "c1", "seq": 45, "sent_at": 1764072061250_i64, "duplicate": false}),
+        json!({"type": "left", "room": "r1", "reason": "removed"}),
+        json!({"type": "error", "id": "j2", "code": "forbidden", "message": "not a member of this room", "room": "r2"}),
+        json!({"type": "error", "id": "s-13", "code": "rate_limited", "message": "too many frames; retry later", "retry_after_ms": 350}),
+        json!({"type": "presence", "room": "r1", "user": "u2", "status": "online"}),
+        json!({"type": "typing", "room": "r1", "user": "u2"}),
+        json!({"type": "read", "room": "r1", "user": "u1", "seq": 44}),
+        json!({"type": "pong", "id": 42}),
+    ] {
+        assert!(tight.is_valid(&f), "tight accepts {f}: {:?}", tight.iter_errors(&f).next().map(|e| e.to_string()));
+        assert!(tolerant.is_valid(&f), "tolerant accepts {f}");
+    }
+}
+
+/// The tight error schema states when `room` is there, by code; the
+/// server's own errors are checked against it in every socket test
+/// (`ws_client::assert_conforms`).
+#[test]
+fn tight_error_schema_states_the_room_rule() {
+    let tight = any_frame_validator(&schema_dir());
+    for (frame, ok) in [
+        (json!({"type": "error", "code": "not_author", "message": "m", "room": "r"}), true),
+        (json!({"type": "error", "code": "not_author", "message": "m"}), false),
+        (json!({"type": "error", "code": "not_found", "message": "m"}), false),
+        (json!({"type": "error", "code": "bad_request", "message": "m", "room": "r"}), false),
+        (json!({"type": "error", "code": "rate_limited", "message": "m", "retry_after_ms": 1, "room": "r"}), false),
+        (json!({"type": "error", "code": "limit_exceeded", "message": "m"}), true),
+        (json!({"type": "error", "code": "limit_exceeded", "message": "m", "room": "r"}), true),
+    ] {
+        assert_eq!(tight.is_valid(&frame), ok, "{frame}");
     }
 }
