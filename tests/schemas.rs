@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::both_backends;
+use crate::helpers::{Db, spawn_app_with};
+use crate::ws_client::WsClient;
+
+both_backends!(server_errors_follow_the_room_rule);
+
 fn schema_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol/schemas")
 }
@@ -306,4 +312,129 @@ fn tight_error_schema_states_the_room_rule() {
     ] {
         assert_eq!(tight.is_valid(&frame), ok, "{frame}");
     }
+}
+
+/// Sends `frame` and returns the `error` answering it (by `id`), skipping
+/// what else arrives (answers of earlier requests, broadcasts).
+async fn error_for(ws: &mut WsClient, frame: Value) -> Value {
+    let id = frame["id"].clone();
+    ws.send(frame).await;
+    loop {
+        let v = ws.next().await;
+        if v["type"] == "error" && v["id"] == id {
+            return v;
+        }
+        assert!(v["id"] != id || v["type"] != "ack", "acked instead of refused: {v}");
+    }
+}
+
+/// §5.11, one rule by request: `room` is on every error answering a
+/// `join`, one room of a `sync`, a `send`, `edit`, `delete`, `typing` or
+/// `read`, except `bad_request` and `rate_limited`; on no other error. Each
+/// case from the server itself, codes whose presence varies (such as
+/// `limit_exceeded`) included; every frame is also checked against the
+/// tight schemas, which state the rule per code.
+async fn server_errors_follow_the_room_rule(db: Db) {
+    let app = spawn_app_with(db, |v| {
+        v.insert("WS_MAX_ROOMS_PER_SOCKET".into(), "1".into());
+        v.insert("WS_MAX_SYNC_ROOMS".into(), "2".into());
+        v.insert("WS_MAX_BODY_BYTES".into(), "16".into());
+        v.insert("WS_SEND_PER_SEC".into(), "1".into());
+        v.insert("WS_SEND_BURST".into(), "6".into());
+    })
+    .await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&ann, "mine", &[&bob]).await;
+    let second = app.create_room(&ann, "second", &[]).await;
+    let foreign = app.create_room(&bob, "foreign", &[]).await;
+    // Bob's message, seq 1 of `room`.
+    let out = app
+        .store
+        .append_messages(&[chatgw::db::NewMessage {
+            room_id: room.clone(),
+            sender_id: bob.user_id.clone(),
+            client_msg_id: "b1".into(),
+            body: "bob's".into(),
+            sent_at: chatgw::db::now_ms(),
+            kind: chatgw::db::NewKind::Message,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], chatgw::db::AppendOutcome::Stored(_)));
+    let mut ws = WsClient::connect(&app, &ann.access).await;
+    let with_room = |e: &Value, code: &str, r: &str| {
+        assert_eq!((e["code"].as_str(), e["room"].as_str()), (Some(code), Some(r)), "{e}");
+    };
+    let without_room = |e: &Value, code: &str| {
+        assert_eq!(e["code"], code, "{e}");
+        assert!(e.get("room").is_none(), "no room on {e}");
+    };
+
+    // join
+    with_room(&error_for(&mut ws, json!({"type": "join", "id": 1, "room": foreign})).await, "forbidden", &foreign);
+    ws.join(&room, Some(0)).await;
+    let e = error_for(&mut ws, json!({"type": "join", "id": 2, "room": second})).await;
+    with_room(&e, "limit_exceeded", &second);
+    // sync: one room refused (no id: the `synced` carries it), or the
+    // whole frame.
+    ws.send(json!({"type": "sync", "id": 3, "rooms": [{"room": foreign}]})).await;
+    let e = ws.next_of("error").await;
+    with_room(&e, "forbidden", &foreign);
+    assert_eq!(ws.next_of("synced").await["failed"], 1);
+    let rooms = json!([{"room": room}, {"room": second}, {"room": foreign}]);
+    without_room(&error_for(&mut ws, json!({"type": "sync", "id": 4, "rooms": rooms})).await, "limit_exceeded");
+    // typing, read
+    with_room(&error_for(&mut ws, json!({"type": "typing", "id": 5, "room": second})).await, "not_joined", &second);
+    let e = error_for(&mut ws, json!({"type": "read", "id": 6, "room": second, "seq": 1})).await;
+    with_room(&e, "not_joined", &second);
+    // send
+    let big = json!({"type": "send", "id": 7, "room": room, "client_msg_id": "a1", "body": "x".repeat(17)});
+    with_room(&error_for(&mut ws, big).await, "too_large", &room);
+    ws.send(json!({"type": "send", "id": 8, "room": room, "client_msg_id": "a1", "body": "a"})).await;
+    assert_eq!(ws.next_of("ack").await["seq"], 2);
+    let again = json!({"type": "send", "id": 9, "room": room, "client_msg_id": "a1", "body": "b"});
+    with_room(&error_for(&mut ws, again).await, "conflict", &room);
+    // edit, delete
+    let e = error_for(
+        &mut ws,
+        json!({"type": "edit", "id": 10, "room": room, "target_seq": 99, "client_msg_id": "e1", "body": "x"}),
+    )
+    .await;
+    with_room(&e, "not_found", &room);
+    let e = error_for(
+        &mut ws,
+        json!({"type": "edit", "id": 11, "room": room, "target_seq": 1, "client_msg_id": "e2", "body": "x"}),
+    )
+    .await;
+    with_room(&e, "not_author", &room);
+    let e = error_for(
+        &mut ws,
+        json!({"type": "delete", "id": 12, "room": foreign, "target_seq": 1, "client_msg_id": "d1"}),
+    )
+    .await;
+    with_room(&e, "forbidden", &foreign);
+    // Not about one room: a frame not looked at, auth.
+    without_room(&error_for(&mut ws, json!({"type": "send", "id": 13, "room": room})).await, "bad_request");
+    without_room(&error_for(&mut ws, json!({"type": "auth", "id": 14, "token": "nope"})).await, "unauthorized");
+    // rate_limited: sends until the budget (6, one used by each of 8-12
+    // and more) is gone.
+    let mut n = 0;
+    let e = loop {
+        n += 1;
+        assert!(n < 50, "never rate limited");
+        let f =
+            json!({"type": "send", "id": format!("r{n}"), "room": room, "client_msg_id": format!("r{n}"), "body": "r"});
+        ws.send(f).await;
+        let v = loop {
+            let v = ws.next().await;
+            if v["id"] == format!("r{n}").as_str() {
+                break v;
+            }
+        };
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    without_room(&e, "rate_limited");
 }
