@@ -18,6 +18,7 @@ both_backends!(
     changes_within_one_batch,
     erasure_of_many_messages_in_batches,
     client_msg_id_is_one_namespace_across_kinds,
+    edits_and_deletes_draw_on_the_send_budget,
 );
 
 /// A socket and the room-stream frames (`message`, `edit`, `delete`) it
@@ -186,7 +187,11 @@ async fn edits_and_deletes_live_across_instances_and_on_resume(db: Db) {
 
     // Carol resumes from seq 2 on instance B: every change she missed, once,
     // in order; rows read from storage show current state.
-    let cc = Client::connect(b, &carol.access, &room, Some(2)).await;
+    let mut ws = WsClient::connect(b, &carol.access).await;
+    let (replayed, joined) = ws.join(&room, Some(2)).await;
+    // `replayed` counts every stream frame replayed, change events too.
+    assert_eq!(joined["replayed"], 7, "{joined}");
+    let cc = Client { ws, stream: replayed };
     assert_eq!(cc.seqs(), expected[2..].to_vec());
     let s = &cc.stream;
     assert_eq!(s[0]["body"], "a1 edited");
@@ -440,4 +445,29 @@ async fn client_msg_id_is_one_namespace_across_kinds(db: Db) {
     assert_eq!((&h[0]["body"], &h[2]["deleted"]), (&json!("hello, edited"), &json!(true)));
     c.until_seq(5).await;
     assert_eq!(c.seqs(), typed(&[(1, "message"), (2, "edit"), (3, "message"), (4, "edit"), (5, "delete")]));
+}
+
+/// `edit` and `delete` draw on the `send` budget (`send_per_sec`,
+/// `send_burst`), not on the events budget (§8, `hello.limits`).
+async fn edits_and_deletes_draw_on_the_send_budget(db: Db) {
+    let app = spawn_app_with(db, |v| {
+        v.insert("WS_SEND_PER_SEC".into(), "1".into());
+        v.insert("WS_SEND_BURST".into(), "2".into());
+    })
+    .await;
+    let ann = app.register("ann").await;
+    let room = app.create_room(&ann, "budget", &[]).await;
+    let mut c = Client::connect(&app, &ann.access, &room, None).await;
+    assert_eq!(
+        (c.ws.hello["limits"]["send_per_sec"].as_u64(), c.ws.hello["limits"]["send_burst"].as_u64()),
+        (Some(1), Some(2))
+    );
+    // Two tokens: a send and an edit take them; the delete right after is
+    // refused, while the events budget still answers a ping.
+    assert_eq!(acked(&c.request(send("s", &room, "m", "hello")).await), (1, false));
+    assert_eq!(acked(&c.request(edit("e", &room, 1, "e", "hello!")).await), (2, false));
+    let r = c.request(delete("d", &room, 1, "d")).await;
+    assert_eq!(refused(&r), "rate_limited", "{r}");
+    c.ws.send(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(c.ws.next_of("pong").await["id"], "p");
 }
