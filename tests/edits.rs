@@ -249,6 +249,9 @@ async fn erasure_appends_delete_events(db: Db) {
     }
     let last = eventually(GUARD, || async { a.store.last_seq(&other).await.unwrap().filter(|s| *s == 2) }).await;
     assert_eq!(last, 2);
+    // Nothing of the erased text is kept, not even the digest of the body
+    // the edited message was sent with (§13.3).
+    assert_eq!(digests_kept(b, &room).await, 0, "b owns the database");
 
     // A client that had seqs 1-5 resumes and learns of all three.
     let resumed = Client::connect(a, &ann.access, &room, Some(5)).await;
@@ -438,6 +441,10 @@ async fn client_msg_id_is_one_namespace_across_kinds(db: Db) {
     // is taken for the retry it may be, and changes nothing.
     assert_eq!(acked(&c.request(send("s7", &room, "m2", "whatever")).await), (3, true));
 
+    // A deleted message keeps no digest of its text either; the edited,
+    // live message 1 does.
+    assert_eq!(digests_kept(&app, &room).await, 1);
+
     // Nothing of the refused requests was stored or applied.
     assert_eq!(app.store.last_seq(&room).await.unwrap(), Some(5));
     let h = history(&app, &ann.access, &room).await;
@@ -470,4 +477,16 @@ async fn edits_and_deletes_draw_on_the_send_budget(db: Db) {
     assert_eq!(refused(&r), "rate_limited", "{r}");
     c.ws.send(json!({"type": "ping", "id": "p"})).await;
     assert_eq!(c.ws.next_of("pong").await["id"], "p");
+}
+
+/// How many rows of `room` keep the digest of a body as sent (read past the
+/// gateway).
+async fn digests_kept(app: &TestApp, room: &str) -> i64 {
+    use sqlx::Connection;
+    let mut c = sqlx::AnyConnection::connect(app.db_url().expect("the app owns its database")).await.unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE room_id = $1 AND sent_digest IS NOT NULL")
+        .bind(room)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
 }
