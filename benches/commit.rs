@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             events_burst: 1,
             max_rooms: 1000,
             max_sync_rooms: 1000,
+            edit_window_ms: 900_000,
         },
         heartbeat: Duration::from_secs(25),
         idle_timeout: Duration::from_secs(60),

@@ -118,6 +118,7 @@ impl Application {
                 events_burst: ws.events_burst,
                 max_rooms: ws.max_rooms_per_socket,
                 max_sync_rooms: ws.max_sync_rooms,
+                edit_window_ms: ws.edit_window_ms.max(0) as u64,
             },
             heartbeat: ws.heartbeat,
             idle_timeout: ws.idle_timeout,

@@ -17,6 +17,8 @@ both_backends!(
     edit_window_and_frame_rules,
     changes_within_one_batch,
     erasure_of_many_messages_in_batches,
+    client_msg_id_is_one_namespace_across_kinds,
+    edits_and_deletes_draw_on_the_send_budget,
 );
 
 /// A socket and the room-stream frames (`message`, `edit`, `delete`) it
@@ -118,6 +120,10 @@ async fn edits_and_deletes_live_across_instances_and_on_resume(db: Db) {
     let mut ca = Client::connect(a, &ann.access, &room, None).await;
     let mut cb = Client::connect(b, &bob.access, &room, None).await;
     let mut cc = Client::connect(a, &carol.access, &room, None).await;
+    // Edits are on (the default window): announced with their window.
+    let hello = &ca.ws.hello;
+    assert_eq!(hello["limits"]["edit_window_ms"], 900_000, "{hello}");
+    assert_eq!(hello["features"], json!(["sync", "user_stream", "edits", "deletes", "retention", "app_heartbeat"]));
 
     assert_eq!(acked(&ca.request(send("s1", &room, "a1", "a1")).await), (1, false));
     assert_eq!(acked(&cb.request(send("s2", &room, "b1", "b1")).await), (2, false));
@@ -126,13 +132,14 @@ async fn edits_and_deletes_live_across_instances_and_on_resume(db: Db) {
 
     // The author edits (on A); another member may not edit it (on B).
     assert_eq!(acked(&ca.request(edit("e1", &room, 1, "e1", "a1 edited")).await), (3, false));
-    assert_eq!(refused(&cb.request(edit("x1", &room, 1, "x1", "mine now")).await), "forbidden");
+    // Not `forbidden`: that one means "drop this room" (§6).
+    assert_eq!(refused(&cb.request(edit("x1", &room, 1, "x1", "mine now")).await), "not_author");
     assert_eq!(acked(&cb.request(edit("e2", &room, 2, "e2", "b1 edited")).await), (4, false));
     // A retry of the same edit: acked again with its seq, applied once.
     assert_eq!(acked(&ca.request(edit("e1again", &room, 1, "e1", "a1 edited")).await), (3, true));
     // The owner deletes Bob's message; Bob may not delete Ann's.
     assert_eq!(acked(&ca.request(delete("d1", &room, 2, "d1")).await), (5, false));
-    assert_eq!(refused(&cb.request(delete("x2", &room, 1, "x2")).await), "forbidden");
+    assert_eq!(refused(&cb.request(delete("x2", &room, 1, "x2")).await), "not_author");
     // Targets that are not live messages: deleted, a change event, missing.
     assert_eq!(refused(&cb.request(edit("x3", &room, 2, "x3", "again")).await), "not_found");
     assert_eq!(refused(&ca.request(edit("x4", &room, 3, "x4", "meta")).await), "not_found");
@@ -180,7 +187,11 @@ async fn edits_and_deletes_live_across_instances_and_on_resume(db: Db) {
 
     // Carol resumes from seq 2 on instance B: every change she missed, once,
     // in order; rows read from storage show current state.
-    let cc = Client::connect(b, &carol.access, &room, Some(2)).await;
+    let mut ws = WsClient::connect(b, &carol.access).await;
+    let (replayed, joined) = ws.join(&room, Some(2)).await;
+    // `replayed` counts every stream frame replayed, change events too.
+    assert_eq!(joined["replayed"], 7, "{joined}");
+    let cc = Client { ws, stream: replayed };
     assert_eq!(cc.seqs(), expected[2..].to_vec());
     let s = &cc.stream;
     assert_eq!(s[0]["body"], "a1 edited");
@@ -196,6 +207,10 @@ async fn edits_and_deletes_live_across_instances_and_on_resume(db: Db) {
     assert_eq!((&h[1]["deleted"], &h[1]["body"]), (&json!(true), &json!("")));
     assert_eq!((&h[2]["type"], &h[2]["target_seq"]), (&json!("edit"), &json!(1)));
     assert_eq!((&h[4]["type"], &h[4]["reason"]), (&json!("delete"), &json!("owner")));
+    // A delete entry has the fields of its frame: no `body` (§16.6).
+    for d in h.iter().filter(|m| m["type"] == "delete") {
+        assert!(d.get("body").is_none(), "{d}");
+    }
     assert_eq!((&h[5]["deleted"], &h[7]["deleted"]), (&json!(true), &json!(true)));
 }
 
@@ -234,6 +249,9 @@ async fn erasure_appends_delete_events(db: Db) {
     }
     let last = eventually(GUARD, || async { a.store.last_seq(&other).await.unwrap().filter(|s| *s == 2) }).await;
     assert_eq!(last, 2);
+    // Nothing of the erased text is kept, not even the digest of the body
+    // the edited message was sent with (§13.3).
+    assert_eq!(digests_kept(b, &room).await, 0, "b owns the database");
 
     // A client that had seqs 1-5 resumes and learns of all three.
     let resumed = Client::connect(a, &ann.access, &room, Some(5)).await;
@@ -259,6 +277,11 @@ async fn edit_window_and_frame_rules(db: Db) {
     let ann = app.register("ann").await;
     let room = app.create_room(&ann, "window", &[]).await;
     let mut c = Client::connect(&app, &ann.access, &room, None).await;
+    // Edits are off: not announced as a feature, the window says 0;
+    // deletes are served.
+    let hello = &c.ws.hello;
+    assert_eq!(hello["limits"]["edit_window_ms"], 0, "{hello}");
+    assert_eq!(hello["features"], json!(["sync", "user_stream", "deletes", "retention", "app_heartbeat"]));
     assert_eq!(acked(&c.request(send("s", &room, "m", "hello")).await), (1, false));
     assert_eq!(refused(&c.request(edit("e", &room, 1, "e", "hi")).await), "edit_window_closed");
     assert_eq!(refused(&c.request(edit("big", &room, 1, "e2", &"x".repeat(17))).await), "too_large");
@@ -312,7 +335,7 @@ async fn changes_within_one_batch(db: Db) {
             other => format!("{other:?}"),
         })
         .collect();
-    assert_eq!(kinds, ["message:1", "edit:2", "Forbidden", "delete:3", "TargetNotFound"]);
+    assert_eq!(kinds, ["message:1", "edit:2", "NotAuthor", "delete:3", "TargetNotFound"]);
     let h = app.store.history(&room, Some(0), None, 10).await.unwrap().messages;
     assert_eq!((h[0].body.as_str(), h[0].deleted, h[0].edited_at), ("", true, Some(1_000)));
     assert_eq!((h[1].body.as_str(), h[2].reason.map(|r| r.as_str())), ("", Some("owner")));
@@ -370,4 +393,100 @@ async fn erasure_of_many_messages_in_batches(db: Db) {
         ca.stream.iter().map(|v| v["seq"].as_i64().unwrap()).collect::<Vec<_>>(),
         ((n + 1)..=total).collect::<Vec<_>>()
     );
+}
+
+/// One namespace of `client_msg_id` per room and sender across sends,
+/// edits and deletes (§13.3): a repeat of the same request (same kind,
+/// target and body) is acked again with its seq; any other reuse of the id
+/// is `conflict`, stores nothing and changes nothing. The three cases of
+/// issue 21 first, then the rest of the rule.
+async fn client_msg_id_is_one_namespace_across_kinds(db: Db) {
+    let app = spawn_app_with(db, |_| {}).await;
+    let ann = app.register("ann").await;
+    let room = app.create_room(&ann, "ids", &[]).await;
+    let mut c = Client::connect(&app, &ann.access, &room, None).await;
+    assert_eq!(acked(&c.request(send("s1", &room, "m1", "hello")).await), (1, false));
+    assert_eq!(acked(&c.request(edit("e1", &room, 1, "e1", "hello, edited")).await), (2, false));
+
+    // 1. After an edit, a send reusing the message's id with new text is
+    // not a duplicate (the text would be lost); the true retry still is.
+    let r = c.request(send("s2", &room, "m1", "another text")).await;
+    assert_eq!((refused(&r), &r["room"]), ("conflict", &json!(room)), "{r}");
+    assert_eq!(acked(&c.request(send("s3", &room, "m1", "hello")).await), (1, true));
+
+    // 2. An edit reusing a send's id, even with the text it was sent with
+    // (an edit back to the original), is not acked unapplied.
+    assert_eq!(acked(&c.request(send("s4", &room, "m2", "x")).await), (3, false));
+    assert_eq!(acked(&c.request(edit("e2", &room, 3, "e2", "x2")).await), (4, false));
+    assert_eq!(refused(&c.request(edit("e3", &room, 3, "m2", "x")).await), "conflict");
+    assert_eq!(history(&app, &ann.access, &room).await[2]["body"], "x2", "the conflicting edit was not applied");
+
+    // 3. A send reusing an edit's id, even with the edit's text, does not
+    // get the edit's seq.
+    assert_eq!(refused(&c.request(send("s5", &room, "e1", "hello, edited")).await), "conflict");
+
+    // The rest: an edit repeated is a duplicate; with another body or
+    // target it is a conflict. A delete repeated is a duplicate; reusing
+    // it for another target, or a send's or an edit's id, a conflict.
+    assert_eq!(acked(&c.request(edit("e4", &room, 1, "e1", "hello, edited")).await), (2, true));
+    assert_eq!(refused(&c.request(edit("e5", &room, 1, "e1", "other")).await), "conflict");
+    assert_eq!(refused(&c.request(edit("e6", &room, 3, "e1", "hello, edited")).await), "conflict");
+    assert_eq!(refused(&c.request(delete("d1", &room, 1, "m1")).await), "conflict");
+    assert_eq!(refused(&c.request(delete("d2", &room, 3, "e2")).await), "conflict");
+    assert_eq!(acked(&c.request(delete("d3", &room, 3, "d3")).await), (5, false));
+    assert_eq!(acked(&c.request(delete("d4", &room, 3, "d3")).await), (5, true));
+    assert_eq!(refused(&c.request(delete("d5", &room, 1, "d3")).await), "conflict");
+    assert_eq!(refused(&c.request(send("s6", &room, "d3", "x")).await), "conflict");
+    // A deleted message keeps nothing of its text: a send repeating its id
+    // is taken for the retry it may be, and changes nothing.
+    assert_eq!(acked(&c.request(send("s7", &room, "m2", "whatever")).await), (3, true));
+
+    // A deleted message keeps no digest of its text either; the edited,
+    // live message 1 does.
+    assert_eq!(digests_kept(&app, &room).await, 1);
+
+    // Nothing of the refused requests was stored or applied.
+    assert_eq!(app.store.last_seq(&room).await.unwrap(), Some(5));
+    let h = history(&app, &ann.access, &room).await;
+    assert_eq!(h.len(), 5);
+    assert_eq!((&h[0]["body"], &h[2]["deleted"]), (&json!("hello, edited"), &json!(true)));
+    c.until_seq(5).await;
+    assert_eq!(c.seqs(), typed(&[(1, "message"), (2, "edit"), (3, "message"), (4, "edit"), (5, "delete")]));
+}
+
+/// `edit` and `delete` draw on the `send` budget (`send_per_sec`,
+/// `send_burst`), not on the events budget (§8, `hello.limits`).
+async fn edits_and_deletes_draw_on_the_send_budget(db: Db) {
+    let app = spawn_app_with(db, |v| {
+        v.insert("WS_SEND_PER_SEC".into(), "1".into());
+        v.insert("WS_SEND_BURST".into(), "2".into());
+    })
+    .await;
+    let ann = app.register("ann").await;
+    let room = app.create_room(&ann, "budget", &[]).await;
+    let mut c = Client::connect(&app, &ann.access, &room, None).await;
+    assert_eq!(
+        (c.ws.hello["limits"]["send_per_sec"].as_u64(), c.ws.hello["limits"]["send_burst"].as_u64()),
+        (Some(1), Some(2))
+    );
+    // Two tokens: a send and an edit take them; the delete right after is
+    // refused, while the events budget still answers a ping.
+    assert_eq!(acked(&c.request(send("s", &room, "m", "hello")).await), (1, false));
+    assert_eq!(acked(&c.request(edit("e", &room, 1, "e", "hello!")).await), (2, false));
+    let r = c.request(delete("d", &room, 1, "d")).await;
+    assert_eq!(refused(&r), "rate_limited", "{r}");
+    c.ws.send(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(c.ws.next_of("pong").await["id"], "p");
+}
+
+/// How many rows of `room` keep the digest of a body as sent (read past the
+/// gateway).
+async fn digests_kept(app: &TestApp, room: &str) -> i64 {
+    use sqlx::Connection;
+    let mut c = sqlx::AnyConnection::connect(app.db_url().expect("the app owns its database")).await.unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE room_id = $1 AND sent_digest IS NOT NULL")
+        .bind(room)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
 }

@@ -89,9 +89,13 @@ async fn hello_announces_version_features_and_relative_expiry(db: Db) {
     let mut a = WsClient::connect(&app, &ann.access).await;
     let after = now_ms();
     let h = &a.hello;
-    assert_eq!((h["protocol"].as_i64(), h["protocol_version"].as_str()), (Some(1), Some("1.1")));
+    assert_eq!((h["protocol"].as_i64(), h["protocol_version"].as_str()), (Some(1), Some("1.2")));
     let features: Vec<&str> = h["features"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    assert_eq!(features, ["sync", "user_stream", "edits", "retention", "app_heartbeat"], "no push without a webhook");
+    assert_eq!(
+        features,
+        ["sync", "user_stream", "edits", "deletes", "retention", "app_heartbeat"],
+        "no push without a webhook"
+    );
     assert_eq!(h["heartbeat"], "ws");
     // Same machine, same clock: the server's time lies between the two.
     let server_time = h["server_time"].as_i64().unwrap();
@@ -125,7 +129,7 @@ async fn subprotocol_is_negotiated(db: Db) {
     for offer in ["chatgw.v1", "chatgw.v2, chatgw.v1"] {
         let (c, selected) = open(&app, &ann.access, "", Some(offer)).await.unwrap_or_else(|e| panic!("{offer}: {e:?}"));
         assert_eq!(selected.as_deref(), Some("chatgw.v1"), "{offer}");
-        assert_eq!(c.hello["protocol_version"], "1.1");
+        assert_eq!(c.hello["protocol_version"], "1.2");
     }
     // Not offered at all: a 1.0 client, served v1 as before.
     let (_, selected) = open(&app, &ann.access, "", None).await.unwrap();

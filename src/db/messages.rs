@@ -146,7 +146,11 @@ impl std::fmt::Display for MessageKey {
 
 /// A stored entry of a room's stream (a message, in its current state, or
 /// a change event), as history and the socket deliver it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+///
+/// Serialised (REST history, export) with the fields of its socket frame:
+/// a `delete` entry has no `body` (its frame has none), hence the
+/// hand-written `Serialize` below.
+#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StoredMessage {
     /// `message`, or a change event (`edit`, `delete`) of `target_seq`.
     #[serde(rename = "type")]
@@ -155,8 +159,10 @@ pub struct StoredMessage {
     pub seq: i64,
     /// The author of a message; who made a change event.
     pub sender: String,
-    /// Empty for a deleted message (a tombstone) and for a `delete` event;
-    /// an `edit` event's new body (emptied once its message is deleted).
+    /// Empty for a deleted message (a tombstone); an `edit` event's new
+    /// body (emptied once its message is deleted). Absent from `delete`
+    /// events.
+    #[schema(required = false)]
     pub body: String,
     pub client_msg_id: String,
     /// Unix milliseconds, assigned by the server.
@@ -174,15 +180,47 @@ pub struct StoredMessage {
     pub deleted: bool,
 }
 
+impl Serialize for StoredMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("StoredMessage", 11)?;
+        m.serialize_field("type", &self.kind)?;
+        m.serialize_field("room", &self.room)?;
+        m.serialize_field("seq", &self.seq)?;
+        m.serialize_field("sender", &self.sender)?;
+        if self.kind == EntryType::Delete {
+            m.skip_field("body")?;
+        } else {
+            m.serialize_field("body", &self.body)?;
+        }
+        m.serialize_field("client_msg_id", &self.client_msg_id)?;
+        m.serialize_field("sent_at", &self.sent_at)?;
+        if let Some(t) = self.target_seq {
+            m.serialize_field("target_seq", &t)?;
+        }
+        if let Some(r) = self.reason {
+            m.serialize_field("reason", &r)?;
+        }
+        if let Some(e) = self.edited_at {
+            m.serialize_field("edited_at", &e)?;
+        }
+        if self.deleted {
+            m.serialize_field("deleted", &true)?;
+        }
+        m.end()
+    }
+}
+
 /// What became of one message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// Newly stored with a fresh seq.
     Stored(StoredMessage),
-    /// Already stored earlier (a retry): the original message, same seq.
+    /// Already stored earlier (a retry): the original entry, same seq.
     Duplicate(StoredMessage),
-    /// The `client_msg_id` is already stored with a different body: not a
-    /// retry of the same message. The stored one, unchanged.
+    /// The `client_msg_id` is already stored for another request (another
+    /// kind, body or target: [`repeats`]): not a retry of it. The stored
+    /// entry, unchanged.
     Conflict(StoredMessage),
     /// The room does not exist (deleted meanwhile).
     NoSuchRoom,
@@ -194,7 +232,7 @@ pub enum AppendOutcome {
     TargetNotFound,
     /// The sender may not make this change (another's message; a delete by
     /// a member who is neither the author nor the room's owner).
-    Forbidden,
+    NotAuthor,
     /// An edit after the edit window.
     EditWindowClosed,
 }
@@ -238,8 +276,52 @@ struct Target {
     body: String,
     edited_at: Option<i64>,
     deleted: Option<(i64, String)>,
+    /// The digest of the body as sent, kept from the first edit on (see
+    /// [`repeats`]).
+    sent_digest: Option<String>,
     /// Changed by this batch: written back after the inserts.
     dirty: bool,
+}
+
+/// The SHA-256 of a body, hex: what an edited message keeps of the body it
+/// was sent with, to tell a retried send from a reuse of its id.
+fn body_digest(body: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The stored entry type a request makes.
+fn entry_type(kind: NewKind) -> EntryType {
+    match kind {
+        NewKind::Message => EntryType::Message,
+        NewKind::Edit { .. } => EntryType::Edit,
+        NewKind::Delete { .. } => EntryType::Delete,
+    }
+}
+
+/// Whether `m` repeats the request that stored `orig` under the same
+/// `(room, sender, client_msg_id)`: one namespace of ids across sends,
+/// edits and deletes (protocol §13.3). A repeat is acked as a duplicate; a
+/// reuse of the id for another kind, target or body is a conflict, so new
+/// text is never dropped as a "duplicate" and a change is never acked
+/// without being applied.
+///
+/// The body compared is the one sent, which storage may no longer hold: an
+/// edited message keeps its digest (`sent_digest`, none for rows edited
+/// before it existed); a deleted message, and an edit event of it, keep no
+/// text at all, so any body repeats them (nothing can tell a retry apart).
+fn repeats(m: &NewMessage, orig: &StoredMessage, sent_digest: Option<&str>) -> bool {
+    if entry_type(m.kind) != orig.kind || m.kind.target() != orig.target_seq {
+        return false;
+    }
+    match orig.kind {
+        EntryType::Message if orig.deleted => true,
+        EntryType::Message if orig.edited_at.is_some() => sent_digest.is_none_or(|d| d == body_digest(&m.body)),
+        // An edit's body is never empty: empty is an edit of a message
+        // deleted since.
+        EntryType::Message | EntryType::Edit => orig.body == m.body || orig.body.is_empty(),
+        EntryType::Delete => true,
+    }
 }
 
 /// Whether `m` may make its change to `t`: the reason of a delete, or the
@@ -252,7 +334,7 @@ fn check_change(m: &NewMessage, t: &Target, owner: bool) -> Result<Option<Delete
         NewKind::Message => Ok(None),
         NewKind::Edit { window_ms, .. } => {
             if t.sender != m.sender_id {
-                Err(Refused::Forbidden)
+                Err(Refused::NotAuthor)
             } else if window_ms <= 0 || m.sent_at - t.sent_at > window_ms {
                 Err(Refused::EditWindowClosed)
             } else {
@@ -262,10 +344,10 @@ fn check_change(m: &NewMessage, t: &Target, owner: bool) -> Result<Option<Delete
         NewKind::Delete { by, .. } => match by {
             Deleter::Member if t.sender == m.sender_id => Ok(Some(DeleteReason::Author)),
             Deleter::Member if owner => Ok(Some(DeleteReason::Owner)),
-            Deleter::Member => Err(Refused::Forbidden),
+            Deleter::Member => Err(Refused::NotAuthor),
             Deleter::Operator => Ok(Some(DeleteReason::Operator)),
             Deleter::Erasure if t.sender == m.sender_id => Ok(Some(DeleteReason::Erased)),
-            Deleter::Erasure => Err(Refused::Forbidden),
+            Deleter::Erasure => Err(Refused::NotAuthor),
         },
     }
 }
@@ -274,7 +356,7 @@ fn check_change(m: &NewMessage, t: &Target, owner: bool) -> Result<Option<Delete
 #[derive(Debug, Clone, Copy)]
 enum Refused {
     TargetNotFound,
-    Forbidden,
+    NotAuthor,
     EditWindowClosed,
 }
 
@@ -282,7 +364,7 @@ impl From<Refused> for AppendOutcome {
     fn from(r: Refused) -> Self {
         match r {
             Refused::TargetNotFound => AppendOutcome::TargetNotFound,
-            Refused::Forbidden => AppendOutcome::Forbidden,
+            Refused::NotAuthor => AppendOutcome::NotAuthor,
             Refused::EditWindowClosed => AppendOutcome::EditWindowClosed,
         }
     }
@@ -393,7 +475,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ");
             reads.push(format!(
-                "SELECT 'd' AS k, {MSG_COLS_M} FROM messages m JOIN (VALUES {tuples}) AS v \
+                "SELECT 'd' AS k, {MSG_COLS_M}, m.sent_digest FROM messages m JOIN (VALUES {tuples}) AS v \
                  ON m.room_id = v.column1 AND m.sender_id = v.column2 AND m.client_msg_id = v.column3"
             ));
         }
@@ -408,13 +490,16 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ");
             reads.push(format!(
-                "SELECT 't' AS k, m.room_id, m.seq, m.sender_id, m.sent_at, m.kind, m.deleted_at, m.body, m.edited_at \
+                "SELECT 't' AS k, m.room_id, m.seq, m.sender_id, m.sent_at, m.kind, m.deleted_at, m.body, m.edited_at, \
+                 m.sent_digest \
                  FROM messages m JOIN (VALUES {tuples}) AS v ON m.room_id = v.column1 AND m.seq = v.column2"
             ));
         }
         let mut last: HashMap<String, i64> = HashMap::new();
         let mut members: HashMap<(String, String), bool> = HashMap::new();
-        let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
+        // Already stored under the same (room, sender, client_msg_id), with
+        // the digest of the body it was sent with when it was edited since.
+        let mut known: HashMap<(String, String, String), (StoredMessage, Option<String>)> = HashMap::new();
         let mut targets: HashMap<(String, i64), Target> = HashMap::new();
         for row in tx.fetch(reads).await? {
             match row.try_get::<&str, _>("k")? {
@@ -427,7 +512,8 @@ impl Store {
                 }
                 "d" => {
                     let m = message_from(&row)?;
-                    known.insert((m.room.clone(), m.sender.clone(), m.client_msg_id.clone()), m);
+                    let digest = row.try_get("sent_digest")?;
+                    known.insert((m.room.clone(), m.sender.clone(), m.client_msg_id.clone()), (m, digest));
                 }
                 _ => {
                     let kind: String = row.try_get("kind")?;
@@ -441,6 +527,7 @@ impl Store {
                             body: row.try_get("body")?,
                             edited_at: row.try_get("edited_at")?,
                             deleted: None,
+                            sent_digest: row.try_get("sent_digest")?,
                             dirty: false,
                         },
                     );
@@ -471,16 +558,8 @@ impl Store {
         for &i in &candidates {
             let m = &batch[i];
             let key = (m.room_id.clone(), m.sender_id.clone(), m.client_msg_id.clone());
-            if let Some(orig) = known.get(&key) {
-                // The stored text is no longer what was sent once the
-                // message was edited or deleted (and an edit event's text is
-                // emptied when its message is deleted): a retry of it is
-                // still the same request.
-                let changed = orig.deleted
-                    || orig.edited_at.is_some()
-                    || (orig.kind != EntryType::Message && orig.body.is_empty());
-                let same = changed || orig.body == m.body;
-                out[i] = Some(if same {
+            if let Some((orig, digest)) = known.get(&key) {
+                out[i] = Some(if repeats(m, orig, digest.as_deref()) {
                     AppendOutcome::Duplicate(orig.clone())
                 } else {
                     AppendOutcome::Conflict(orig.clone())
@@ -511,11 +590,7 @@ impl Store {
             let Some(seq) = seq else { continue };
             moved.insert(&m.room_id, seq);
             let stored = StoredMessage {
-                kind: match m.kind {
-                    NewKind::Message => EntryType::Message,
-                    NewKind::Edit { .. } => EntryType::Edit,
-                    NewKind::Delete { .. } => EntryType::Delete,
-                },
+                kind: entry_type(m.kind),
                 room: m.room_id.clone(),
                 seq,
                 sender: m.sender_id.clone(),
@@ -529,12 +604,18 @@ impl Store {
             };
             match (m.kind, target.and_then(|t| targets.get_mut(&(m.room_id.clone(), t)))) {
                 (NewKind::Edit { .. }, Some(t)) => {
+                    // The first edit overwrites the body as sent: keep
+                    // what a retried send is compared with.
+                    if t.edited_at.is_none() {
+                        t.sent_digest = Some(body_digest(&t.body));
+                    }
                     t.body = m.body.clone();
                     t.edited_at = Some(m.sent_at);
                     t.dirty = true;
                 }
                 (NewKind::Delete { .. }, Some(t)) => {
                     t.body.clear();
+                    t.sent_digest = None;
                     t.live = false;
                     t.deleted = Some((m.sent_at, m.sender_id.clone()));
                     t.dirty = true;
@@ -550,13 +631,14 @@ impl Store {
                             body: m.body.clone(),
                             edited_at: None,
                             deleted: None,
+                            sent_digest: None,
                             dirty: false,
                         },
                     );
                 }
                 _ => {}
             }
-            known.insert(key, stored.clone());
+            known.insert(key, (stored.clone(), None));
             out[i] = Some(AppendOutcome::Stored(stored.clone()));
             fresh.push(stored);
         }
@@ -659,7 +741,7 @@ impl Store {
                 None => (None, None),
             };
             sqlx::query(
-                "UPDATE messages SET body = $3, edited_at = $4, deleted_at = $5, deleted_by = $6 \
+                "UPDATE messages SET body = $3, edited_at = $4, deleted_at = $5, deleted_by = $6, sent_digest = $7 \
                  WHERE room_id = $1 AND seq = $2",
             )
             .bind(room)
@@ -668,6 +750,7 @@ impl Store {
             .bind(t.edited_at)
             .bind(deleted_at)
             .bind(deleted_by)
+            .bind(t.sent_digest.as_deref())
             .execute(&mut *tx)
             .await?;
             if t.deleted.is_some() {

@@ -278,7 +278,10 @@ impl Store {
         // Bodies go now, in this transaction (edits included); each message
         // then gets its `delete` event in bounded batches afterwards
         // (`Hub::finish_erasure`), which marks it deleted.
-        sqlx::query("UPDATE messages SET body = '' WHERE sender_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE messages SET body = '', sent_digest = NULL WHERE sender_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE users SET email = NULL, email_lower = NULL, display_name = $2, \
              deleted_at = $3, updated_at = $3 WHERE id = $1",

@@ -200,6 +200,7 @@ impl Conn {
     async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
         let settings = self.hub.settings().clone();
         let now = now_ms();
+        let features = version::features(settings.push_enabled(), settings.edit_window_ms > 0);
         let hello = ServerFrame::Hello {
             protocol: version::PROTOCOL,
             session_id: &self.shared.session(),
@@ -209,7 +210,7 @@ impl Conn {
             token_expires_at: self.expires_at,
             limits: &settings.limits,
             protocol_version: version::PROTOCOL_VERSION,
-            features: version::features(settings.push_enabled()),
+            features: &features,
             heartbeat: self.heartbeat.as_str(),
             server_time: now,
             token_expires_in_ms: self.expires_at - now,
@@ -629,7 +630,11 @@ impl Conn {
                     .encode()
             }
             Ok(AppendOutcome::Conflict(m)) => {
-                let msg = format!("client_msg_id already used for a different body (seq {}); use a new one", m.seq);
+                let msg = format!(
+                    "client_msg_id already used for another request (seq {}, a {}); use a new one",
+                    m.seq,
+                    m.kind.as_str()
+                );
                 self.error(id, ErrorCode::Conflict, &msg, Some(room), None)
             }
             // A room that does not exist is `forbidden` like one the user
@@ -640,8 +645,9 @@ impl Conn {
             Ok(AppendOutcome::TargetNotFound) => {
                 self.error(id, ErrorCode::NotFound, "no such message in this room", Some(room), None)
             }
-            Ok(AppendOutcome::Forbidden) => {
-                self.error(id, ErrorCode::Forbidden, "not allowed to change this message", Some(room), None)
+            // Not `forbidden`: that one tells the client to drop the room.
+            Ok(AppendOutcome::NotAuthor) => {
+                self.error(id, ErrorCode::NotAuthor, "not allowed to change this message", Some(room), None)
             }
             Ok(AppendOutcome::EditWindowClosed) => self.error(
                 id,

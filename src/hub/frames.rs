@@ -34,10 +34,14 @@ pub enum ErrorCode {
     Conflict,
     /// An `edit` after `EDIT_WINDOW_SECS` from the message's `sent_at`.
     EditWindowClosed,
+    /// An `edit` or `delete` of a message the caller may not change (not
+    /// its author; for a delete, not the room's owner either): distinct
+    /// from `forbidden`, which tells the client to drop the room (1.2).
+    NotAuthor,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -51,6 +55,7 @@ impl ErrorCode {
         ErrorCode::NotJoined,
         ErrorCode::Conflict,
         ErrorCode::EditWindowClosed,
+        ErrorCode::NotAuthor,
     ];
 
     /// The code as it appears on the wire (and as a metric label).
@@ -69,6 +74,7 @@ impl ErrorCode {
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::Conflict => "conflict",
             ErrorCode::EditWindowClosed => "edit_window_closed",
+            ErrorCode::NotAuthor => "not_author",
         }
     }
 }
@@ -483,6 +489,9 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Rooms one `sync` frame may list.
     pub max_sync_rooms: usize,
+    /// How long after its `sent_at` a message may be edited (0: edits are
+    /// off), so a client can tell before offering the edit (1.2).
+    pub edit_window_ms: u64,
 }
 
 /// Frames the server sends. Serialised once per event; message frames are
@@ -498,9 +507,9 @@ pub enum ServerFrame<'a> {
         idle_timeout_ms: u64,
         token_expires_at: i64,
         limits: &'a Limits,
-        /// `"1.1"`: the minor version of the additions served (§19).
+        /// `"1.2"`: the minor version of the additions served (§19).
         protocol_version: &'a str,
-        /// The 1.1 features this instance serves.
+        /// The 1.x features this instance serves.
         features: &'a [&'a str],
         /// `"ws"` or `"app"`: how this connection's liveness is checked.
         heartbeat: &'a str,

@@ -16,21 +16,27 @@ pub const SUBPROTOCOL: &str = "chatgw.v1";
 pub const PROTOCOL: u32 = 1;
 
 /// `hello.protocol_version`: major.minor; the minor grows with additions.
-pub const PROTOCOL_VERSION: &str = "1.1";
+pub const PROTOCOL_VERSION: &str = "1.2";
 
-/// Features every instance of this build serves, as announced in
-/// `hello.features`: a client uses an addition only when it is listed.
-const FEATURES: &[&str] = &["sync", "user_stream", "edits", "retention", "app_heartbeat"];
-
-/// The same, plus `push`: the offline push webhook is announced only when
-/// the operator configured one (a client may then rely on push instead of
-/// keeping a socket open in the background).
-const FEATURES_WITH_PUSH: &[&str] = &["sync", "user_stream", "edits", "retention", "app_heartbeat", "push"];
-
-/// `hello.features` for this instance. `push_configured`: whether an offline
-/// push webhook is configured (`WEBHOOK_URL`, see `HubSettings::push_enabled`).
-pub fn features(push_configured: bool) -> &'static [&'static str] {
-    if push_configured { FEATURES_WITH_PUSH } else { FEATURES }
+/// `hello.features` of this instance, in a fixed order: a client uses an
+/// addition only when it is listed.
+///
+/// `"edits"` only while edits are on (`EDIT_WINDOW_SECS` > 0): with the
+/// window at 0 every edit is refused, and a feature that always fails is not
+/// served. `"deletes"` (protocol 1.2) is listed apart because deletes stay
+/// allowed then. `"push"` only when the operator configured an offline push
+/// webhook (a client may then rely on push instead of keeping a socket open
+/// in the background).
+pub fn features(push_configured: bool, edits_on: bool) -> Vec<&'static str> {
+    let mut f = vec!["sync", "user_stream"];
+    if edits_on {
+        f.push("edits");
+    }
+    f.extend(["deletes", "retention", "app_heartbeat"]);
+    if push_configured {
+        f.push("push");
+    }
+    f
 }
 
 /// How the server checks that a client is alive, chosen per connection
@@ -117,6 +123,8 @@ mod tests {
         assert_eq!(Heartbeat::from_query(Some("ws")), Ok(Heartbeat::Ws));
         assert_eq!(Heartbeat::from_query(Some("app")), Ok(Heartbeat::App));
         assert!(Heartbeat::from_query(Some("APP")).is_err());
-        assert!(features(true).contains(&"push") && !features(false).contains(&"push"));
+        assert!(features(true, true).contains(&"push") && !features(false, true).contains(&"push"));
+        assert!(features(false, true).contains(&"edits") && !features(false, false).contains(&"edits"));
+        assert!(features(false, false).contains(&"deletes"));
     }
 }

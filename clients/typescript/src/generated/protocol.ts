@@ -142,7 +142,7 @@ export interface ServerEdit {
 /**
  * A request failed or an event was refused. Never closes the connection by itself.
  */
-export interface ServerError {
+export type ServerError = {
   /**
    * Frame type.
    */
@@ -167,20 +167,21 @@ export interface ServerError {
     | "limit_exceeded"
     | "not_joined"
     | "conflict"
-    | "edit_window_closed";
+    | "edit_window_closed"
+    | "not_author";
   /**
    * Human-readable explanation; do not parse.
    */
   message: string;
   /**
-   * The room the failed request concerned, if any.
+   * The room the failed request named, when the error is about that room: on every error of `join`, of one room of a `sync`, of `send`, `edit`, `delete`, `typing` and `read`, except bad_request and rate_limited. Absent otherwise (bad_request, rate_limited, token_expired, errors of `auth`, a `sync` refused as a whole).
    */
   room?: string;
   /**
    * With rate_limited: milliseconds to wait before retrying the refused frame.
    */
   retry_after_ms?: number;
-}
+};
 
 /** `hello` (server -> client): server.hello.json */
 /**
@@ -224,15 +225,15 @@ export interface ServerHello {
      */
     max_frame_bytes: number;
     /**
-     * Largest `send.body`, in UTF-8 bytes (default 4096); larger gets error too_large.
+     * Largest `send.body` or `edit.body`, in UTF-8 bytes (default 4096); larger gets error too_large.
      */
     max_body_bytes: number;
     /**
-     * Sustained rate of `send` frames, per second (default 20).
+     * Sustained rate of `send`, `edit` and `delete` frames together, per second (default 20).
      */
     send_per_sec: number;
     /**
-     * Burst size of `send` frames (default 40).
+     * Burst size of `send`, `edit` and `delete` frames together (default 40).
      */
     send_burst: number;
     /**
@@ -251,15 +252,19 @@ export interface ServerHello {
      * Rooms one `sync` frame may list (default 1000); more gets error limit_exceeded.
      */
     max_sync_rooms: number;
+    /**
+     * How long after a message's `sent_at` its author may `edit` it, in milliseconds (default 900000); 0: edits are off (every `edit` gets edit_window_closed, and `features` omits "edits"). Protocol 1.2.
+     */
+    edit_window_ms: number;
   };
   /**
-   * Protocol minor version: "1.1". Additions of a minor version are announced in `features`.
+   * Protocol minor version: "1.2". Additions of a minor version are announced in `features`.
    */
-  protocol_version: "1.1";
+  protocol_version: "1.2";
   /**
-   * Protocol 1.1 features this server serves; use an addition only when it is listed.
+   * Protocol 1.x features this server serves; use an addition only when it is listed. "edits" only while edits are on (`limits.edit_window_ms` > 0); "deletes" (1.2) whenever deletes are served; "push" only with an offline push webhook.
    */
-  features: ("sync" | "user_stream" | "edits" | "retention" | "app_heartbeat" | "push")[];
+  features: ("sync" | "user_stream" | "edits" | "deletes" | "retention" | "app_heartbeat" | "push")[];
   /**
    * How this connection's liveness is checked, as chosen at the handshake: "ws" (WebSocket ping frames, the default) or "app" (`ping` text frames, answered with `pong`).
    */
@@ -299,7 +304,7 @@ export interface ServerHistoryGone {
 
 /** `joined` (server -> client): server.joined.json */
 /**
- * The socket has joined the room. Any `reset`, `history_gone` and replayed `message` frames of the room came before it; live messages that follow have seq > last_seq, with no gap and no duplicate.
+ * The socket has joined the room. Any `reset`, `history_gone` and replayed stream frames (`message`, `edit`, `delete`) of the room came before it; live messages that follow have seq > last_seq, with no gap and no duplicate.
  */
 export interface ServerJoined {
   /**
@@ -319,7 +324,7 @@ export interface ServerJoined {
    */
   last_seq: number;
   /**
-   * Number of `message` frames of this room replayed before this frame (0 without since_seq, or after a `reset`).
+   * Number of stream frames of this room (`message`, `edit` and `delete`: each takes a seq) replayed before this frame (0 without since_seq, or after a `reset`).
    */
   replayed: number;
   /**
