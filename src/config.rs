@@ -90,6 +90,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// How long after a refresh token is spent a retry of it is still
+    /// answered (the client lost the answer); 0 turns retries off.
+    pub refresh_grace: Duration,
     pub ws_ticket_ttl: Duration,
     pub request_timeout: Duration,
     /// Largest accepted REST request body.
@@ -379,6 +382,7 @@ impl Config {
             allowed_origins,
             access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 2, 86_400)?,
             refresh_token_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 86_400, 60, 365 * 86_400)?,
+            refresh_grace: secs("REFRESH_GRACE_SECS", 30, 0, 300)?,
             ws_ticket_ttl: secs("WS_TICKET_TTL_SECS", 30, 1, 600)?,
             request_timeout: secs("REQUEST_TIMEOUT_SECS", 15, 1, 600)?,
             max_body_bytes: parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?.clamp(1024, 16 << 20)

@@ -72,6 +72,14 @@ fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
+/// A password change: the new hash, and the caller's session, the one
+/// that stays signed in.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPassword<'a> {
+    pub hash: &'a str,
+    pub keep_session: &'a str,
+}
+
 impl Store {
     /// Creates a user with its password hash in one transaction.
     ///
@@ -175,13 +183,16 @@ impl Store {
         Ok(q.fetch_all(&self.read).await?)
     }
 
-    /// Updates the profile fields that are given.
+    /// Updates the profile fields that are given. A new password ends every
+    /// other session of the user in the same transaction (whoever else held
+    /// the old password is signed out); the ids of the sessions it ended
+    /// come back with the user, for closing their sockets.
     pub async fn update_user(
         &self,
         id: &str,
         display_name: Option<&str>,
-        password_hash: Option<&str>,
-    ) -> Result<User, DbError> {
+        password: Option<NewPassword<'_>>,
+    ) -> Result<(User, Vec<String>), DbError> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         if let Some(name) = display_name {
@@ -192,16 +203,18 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(hash) = password_hash {
+        let mut ended = Vec::new();
+        if let Some(p) = password {
             sqlx::query("UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1")
                 .bind(id)
-                .bind(hash)
+                .bind(p.hash)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            ended = super::sessions::revoke_other_sessions(&mut tx, id, p.keep_session, now).await?;
         }
         tx.commit().await?;
-        self.get_user(id).await
+        Ok((self.get_user(id).await?, ended))
     }
 
     /// Bans (or unbans) a user; a banned user can neither log in nor use
