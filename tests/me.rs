@@ -232,7 +232,6 @@ async fn password_change_ends_every_other_session(db: Db) {
     let r = app.patch(&ann.access, "/api/v1/me", new_password()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
-    assert_eq!(theirs.until_close().await.0, 4001, "session 2's socket");
     let me = app.get(&two.access, "/api/v1/me").await;
     assert_eq!((me.status, me.error_code()), (StatusCode::UNAUTHORIZED, "unauthorized"), "session 2's access token");
     let refresh = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": two.refresh})).await;
@@ -241,6 +240,7 @@ async fn password_change_ends_every_other_session(db: Db) {
         Err(Refused::Http(status, _)) => assert_eq!(status, 401, "session 2's unused ticket"),
         Ok(_) => panic!("session 2's unused ticket still opens a socket"),
     }
+    assert_eq!(theirs.until_close().await.0, 4001, "session 2's socket");
 
     // The caller's session goes on: socket, access token, refresh token.
     mine.drain_until_pong().await;
