@@ -119,7 +119,7 @@ impl Store {
         // A racing refresh that spent it a moment ago counts as just spent.
         let spent_at = used.unwrap_or(now);
         let retry = !spent_now
-            && now - spent_at <= grace.as_millis() as i64
+            && now - spent_at < grace.as_millis() as i64
             && spend_unused_successor(&mut tx, &family, &id, now).await?;
         if !spent_now && !retry {
             // Reuse of a spent token means it leaked: revoke the family.
