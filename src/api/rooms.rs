@@ -145,8 +145,8 @@ pub async fn create_room(
     }
     members.sort();
     members.dedup();
-    let active = state.store.active_user_ids(&members).await?;
-    if active.len() != members.len() {
+    let known = state.store.addable_user_ids(&members).await?;
+    if known.len() != members.len() {
         return Err(ApiError::bad_request("members: unknown user id"));
     }
     members.extend(users_by_email(&state, &req.member_emails).await?);
@@ -225,11 +225,11 @@ pub async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The ids of the active users with these emails; any unknown one is a 400
+/// The ids of the users with these emails; any unknown one is a 400
 /// naming it, so a typo does not silently leave someone out.
 async fn users_by_email(state: &AppState, emails: &[String]) -> ApiResult<Vec<String>> {
     let emails = emails.iter().map(|e| validate::email(e).map(|e| e.to_lowercase())).collect::<Result<Vec<_>, _>>()?;
-    let found = state.store.active_user_ids_by_email(&emails).await?;
+    let found = state.store.addable_user_ids_by_email(&emails).await?;
     if let Some(missing) = emails.iter().find(|e| !found.iter().any(|(f, _)| f == *e)) {
         return Err(ApiError::bad_request(format!("member_emails: no user with email {missing}")));
     }
@@ -251,14 +251,14 @@ pub async fn add_member(
     let user_id = match (req.user_id, req.email) {
         (Some(user_id), None) => {
             validate::id("user_id", &user_id)?;
-            if state.store.active_user_ids(std::slice::from_ref(&user_id)).await?.is_empty() {
+            if state.store.addable_user_ids(std::slice::from_ref(&user_id)).await?.is_empty() {
                 return Err(ApiError::NotFound("user"));
             }
             user_id
         }
         (None, Some(email)) => {
             let email = validate::email(&email)?;
-            let found = state.store.active_user_ids_by_email(std::slice::from_ref(&email)).await?;
+            let found = state.store.addable_user_ids_by_email(std::slice::from_ref(&email)).await?;
             found.into_iter().next().map(|(_, id)| id).ok_or(ApiError::NotFound("user"))?
         }
         _ => return Err(ApiError::bad_request("give exactly one of user_id and email")),

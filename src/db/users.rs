@@ -149,15 +149,17 @@ impl Store {
         Ok(user_from(&row)?)
     }
 
-    /// Which of these ids name active users.
-    pub async fn active_user_ids(&self, ids: &[String]) -> Result<Vec<String>, DbError> {
+    /// Which of these ids name accounts that are not erased.
+    ///
+    /// A banned account counts: whether someone is banned is between them
+    /// and the operator, and `GET /users/{id}` shows them as anyone else, so
+    /// adding them to a room must not tell it either (SECURITY.md).
+    pub async fn addable_user_ids(&self, ids: &[String]) -> Result<Vec<String>, DbError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT id FROM users WHERE deleted_at IS NULL AND banned_at IS NULL AND id IN ({})",
-            super::placeholders(1, ids.len())
-        );
+        let sql =
+            format!("SELECT id FROM users WHERE deleted_at IS NULL AND id IN ({})", super::placeholders(1, ids.len()));
         let mut q = sqlx::query_scalar(&sql);
         for id in ids {
             q = q.bind(id);
@@ -165,15 +167,15 @@ impl Store {
         Ok(q.fetch_all(&self.read).await?)
     }
 
-    /// The ids of the active (not erased, not banned) users with these
-    /// emails (any case), as `(lowercased email, id)`; unknown ones are left
-    /// out.
-    pub async fn active_user_ids_by_email(&self, emails: &[String]) -> Result<Vec<(String, String)>, DbError> {
+    /// The ids of the accounts (not erased; banned ones too, as in
+    /// [`Store::addable_user_ids`]) with these emails (any case), as
+    /// `(lowercased email, id)`; unknown ones are left out.
+    pub async fn addable_user_ids_by_email(&self, emails: &[String]) -> Result<Vec<(String, String)>, DbError> {
         if emails.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT email_lower, id FROM users WHERE deleted_at IS NULL AND banned_at IS NULL AND email_lower IN ({})",
+            "SELECT email_lower, id FROM users WHERE deleted_at IS NULL AND email_lower IN ({})",
             super::placeholders(1, emails.len())
         );
         let mut q = sqlx::query_as(&sql);
