@@ -99,6 +99,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Login attempts allowed per account per minute (and, times four, per IP).
     pub login_attempts_per_minute: u32,
+    /// Look-ups by email (rooms' `member_emails`, `{"email"}`) per user per
+    /// minute, four times that per client address; never below
+    /// [`crate::api::validate::MAX_MEMBER_EMAILS`], so that the largest
+    /// request fits a fresh budget.
+    pub email_lookups_per_minute: u32,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers (slowloris
@@ -389,6 +394,12 @@ impl Config {
                 as usize,
             login_attempts_per_minute: parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?
                 .clamp(1, 100_000) as u32,
+            email_lookups_per_minute: num(
+                "EMAIL_LOOKUPS_PER_MINUTE",
+                crate::api::validate::MAX_MEMBER_EMAILS as u64,
+                crate::api::validate::MAX_MEMBER_EMAILS as u64,
+                100_000,
+            )? as u32,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?,
             header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1, 600)?,
             password_hash_threads: num("PASSWORD_HASH_THREADS", cores as u64, 1, 256)? as usize,
