@@ -190,24 +190,27 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
     assert_eq!(app.store.last_seq(&solo).await.unwrap(), None);
 }
 
-/// Ann's second session: a login of its own, with a ticket it has not used.
+/// Ann's second session: a login of its own, with two tickets it has not used.
 struct OtherSession {
     access: String,
     refresh: String,
     ticket: String,
+    second_ticket: String,
 }
 
 async fn other_session(app: &crate::helpers::TestApp, email: &str, password: &str) -> OtherSession {
     let login = app.post(None, "/api/v1/auth/login", json!({"email": email, "password": password})).await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let access = login.body["access_token"].as_str().unwrap().to_owned();
-    let t = app.post(Some(&access), "/api/v1/auth/ws-ticket", json!({})).await;
-    assert_eq!(t.status, StatusCode::CREATED, "{}", t.body);
-    OtherSession {
-        access,
-        refresh: login.body["refresh_token"].as_str().unwrap().to_owned(),
-        ticket: t.body["ticket"].as_str().unwrap().to_owned(),
+    let mut tickets = Vec::new();
+    for _ in 0..2 {
+        let t = app.post(Some(&access), "/api/v1/auth/ws-ticket", json!({})).await;
+        assert_eq!(t.status, StatusCode::CREATED, "{}", t.body);
+        tickets.push(t.body["ticket"].as_str().unwrap().to_owned());
     }
+    let second_ticket = tickets.pop().expect("two tickets");
+    let ticket = tickets.pop().expect("two tickets");
+    OtherSession { access, refresh: login.body["refresh_token"].as_str().unwrap().to_owned(), ticket, second_ticket }
 }
 
 const PASSWORD: &str = "correct horse battery";
@@ -240,6 +243,9 @@ async fn password_change_ends_every_other_session(db: Db) {
         Err(Refused::Http(status, _)) => assert_eq!(status, 401, "session 2's unused ticket"),
         Ok(_) => panic!("session 2's unused ticket still opens a socket"),
     }
+    // Not only refused by the handshake's session check: gone from storage.
+    let hash = chatgw::auth::tokens::hash_token(&two.second_ticket);
+    assert!(app.store.consume_ws_ticket(&hash).await.unwrap().is_none(), "session 2's ticket is still stored");
     assert_eq!(theirs.until_close().await.0, 4001, "session 2's socket");
 
     // The caller's session goes on: socket, access token, refresh token.
