@@ -90,12 +90,20 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// How long after a refresh token is spent a retry of it is still
+    /// answered (the client lost the answer); 0 turns retries off.
+    pub refresh_grace: Duration,
     pub ws_ticket_ttl: Duration,
     pub request_timeout: Duration,
     /// Largest accepted REST request body.
     pub max_body_bytes: usize,
     /// Login attempts allowed per account per minute (and, times four, per IP).
     pub login_attempts_per_minute: u32,
+    /// Look-ups by email (rooms' `member_emails`, `{"email"}`) per user per
+    /// minute, four times that per client address; never below
+    /// [`crate::api::validate::MAX_MEMBER_EMAILS`], so that the largest
+    /// request fits a fresh budget.
+    pub email_lookups_per_minute: u32,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers (slowloris
@@ -379,12 +387,19 @@ impl Config {
             allowed_origins,
             access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 2, 86_400)?,
             refresh_token_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 86_400, 60, 365 * 86_400)?,
+            refresh_grace: secs("REFRESH_GRACE_SECS", 30, 0, 300)?,
             ws_ticket_ttl: secs("WS_TICKET_TTL_SECS", 30, 1, 600)?,
             request_timeout: secs("REQUEST_TIMEOUT_SECS", 15, 1, 600)?,
             max_body_bytes: parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?.clamp(1024, 16 << 20)
                 as usize,
             login_attempts_per_minute: parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?
                 .clamp(1, 100_000) as u32,
+            email_lookups_per_minute: num(
+                "EMAIL_LOOKUPS_PER_MINUTE",
+                crate::api::validate::MAX_MEMBER_EMAILS as u64,
+                crate::api::validate::MAX_MEMBER_EMAILS as u64,
+                100_000,
+            )? as u32,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?,
             header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1, 600)?,
             password_hash_threads: num("PASSWORD_HASH_THREADS", cores as u64, 1, 256)? as usize,

@@ -1,5 +1,5 @@
-//! Rate limits (governor): login and registration throttles today, the
-//! per-connection event budgets of the hub build on the same helpers.
+//! Rate limits (governor): login, registration and email look-up throttles;
+//! the per-connection event budgets of the hub build on the same helpers.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -13,6 +13,8 @@ pub struct Limits {
     login_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     register_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     handshake_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    email_lookups_per_user: DefaultKeyedRateLimiter<String>,
+    email_lookups_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
 
@@ -26,8 +28,9 @@ fn per_minute(n: u32) -> Quota {
 
 impl Limits {
     /// `login_per_minute` attempts per account; four times that per source IP
-    /// (several people may share a NAT).
-    pub fn new(login_per_minute: u32, handshakes_per_ip_per_sec: u32) -> Self {
+    /// (several people may share a NAT). The same shape for look-ups by
+    /// email: `email_lookups_per_minute` per user, four times that per IP.
+    pub fn new(login_per_minute: u32, handshakes_per_ip_per_sec: u32, email_lookups_per_minute: u32) -> Self {
         Limits {
             login_per_account: RateLimiter::keyed(per_minute(login_per_minute)),
             login_per_ip: RateLimiter::keyed(per_minute(login_per_minute.saturating_mul(4))),
@@ -35,6 +38,8 @@ impl Limits {
             handshake_per_ip: RateLimiter::keyed(Quota::per_second(
                 NonZeroU32::new(handshakes_per_ip_per_sec.max(1)).expect("max(1) is non-zero"),
             )),
+            email_lookups_per_user: RateLimiter::keyed(per_minute(email_lookups_per_minute)),
+            email_lookups_per_ip: RateLimiter::keyed(per_minute(email_lookups_per_minute.saturating_mul(4))),
             clock: DefaultClock::default(),
         }
     }
@@ -63,6 +68,34 @@ impl Limits {
         self.check(&self.handshake_per_ip, &ip)
     }
 
+    /// Charges `n` look-ups by email (one per address asked about,
+    /// repeats included) to the user's and the client address's budgets:
+    /// finding out whether an email has an account must stay as slow as
+    /// registering with it would.
+    ///
+    /// # Errors
+    /// How long to wait when either budget cannot pay for `n` now (also when
+    /// `n` exceeds a whole budget; callers cap `n` below it).
+    pub fn check_email_lookups(&self, user_id: &str, ip: IpAddr, n: u32) -> Result<(), RetryAfterMs> {
+        let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
+        self.check_n(&self.email_lookups_per_ip, &ip, n)?;
+        self.check_n(&self.email_lookups_per_user, &user_id.to_owned(), n)
+    }
+
+    fn check_n<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+        n: NonZeroU32,
+    ) -> Result<(), RetryAfterMs> {
+        match limiter.check_key_n(key, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now()).as_millis().max(1) as u64),
+            // More than a whole budget: a minute is the honest answer.
+            Err(_) => Err(60_000),
+        }
+    }
+
     fn check<K: std::hash::Hash + Eq + Clone>(
         &self,
         limiter: &DefaultKeyedRateLimiter<K>,
@@ -78,6 +111,8 @@ impl Limits {
         self.login_per_ip.retain_recent();
         self.register_per_ip.retain_recent();
         self.handshake_per_ip.retain_recent();
+        self.email_lookups_per_user.retain_recent();
+        self.email_lookups_per_ip.retain_recent();
     }
 }
 
@@ -87,12 +122,23 @@ mod tests {
 
     #[test]
     fn login_budget_is_per_account_and_reports_a_wait() {
-        let l = Limits::new(2, 10);
+        let l = Limits::new(2, 10, 20);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(l.check_login("a@x.io", ip).is_ok());
         assert!(l.check_login("a@x.io", ip).is_ok());
         let wait = l.check_login("a@x.io", ip).unwrap_err();
         assert!(wait > 0);
         assert!(l.check_login("b@x.io", ip).is_ok(), "another account has its own budget");
+    }
+
+    #[test]
+    fn email_lookups_are_charged_per_address_asked_about() {
+        let l = Limits::new(2, 10, 5);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(l.check_email_lookups("u", ip, 3).is_ok());
+        assert!(l.check_email_lookups("u", ip, 2).is_ok());
+        assert!(l.check_email_lookups("u", ip, 1).unwrap_err() > 0, "the user's budget is spent");
+        assert!(l.check_email_lookups("v", ip, 5).is_ok(), "another user has their own");
+        assert_eq!(l.check_email_lookups("w", ip, 6), Err(60_000), "more than a whole budget");
     }
 }

@@ -135,7 +135,11 @@ impl Application {
         let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);
         let passwords = Passwords::new(config.password_hash_threads, config.password_hash_queue);
         let state = AppState {
-            limits: Arc::new(Limits::new(config.login_attempts_per_minute, config.ws.handshakes_per_ip_per_sec)),
+            limits: Arc::new(Limits::new(
+                config.login_attempts_per_minute,
+                config.ws.handshakes_per_ip_per_sec,
+                config.email_lookups_per_minute,
+            )),
             hub,
             config: Arc::new(config),
             store,

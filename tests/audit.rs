@@ -102,10 +102,14 @@ async fn each_action_is_recorded_once_with_ids_only(db: Db) {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(from(&app, "198.51.100.3", login("nobody@example.com", pw)).await.status, StatusCode::UNAUTHORIZED);
-    // Refresh once (not audited), then present the spent token again.
-    let refresh = || app.http.post(app.url("/api/v1/auth/refresh")).json(&json!({"refresh_token": alice_refresh}));
-    assert_eq!(from(&app, "198.51.100.4", refresh()).await.status, StatusCode::OK);
-    assert_eq!(from(&app, "2001:db8::4", refresh()).await.status, StatusCode::UNAUTHORIZED);
+    // Refresh twice (not audited), then present the first, spent token
+    // again (its successor used, so no retry grace applies).
+    let refresh = |t: &str| app.http.post(app.url("/api/v1/auth/refresh")).json(&json!({"refresh_token": t}));
+    let r = from(&app, "198.51.100.4", refresh(&alice_refresh)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = from(&app, "198.51.100.4", refresh(r.body["refresh_token"].as_str().unwrap())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(from(&app, "2001:db8::4", refresh(&alice_refresh)).await.status, StatusCode::UNAUTHORIZED);
     let r = from(&app, "198.51.100.5", app.http.post(app.url("/api/v1/auth/logout")).bearer_auth(&bob.access)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let change = json!({"password": "a brand new password", "current_password": pw});
@@ -264,10 +268,83 @@ async fn export_includes_own_records_only(db: Db) {
     let r = app.get(&alice.access, "/api/v1/me/export").await;
     assert_eq!(r.status, StatusCode::OK);
     let got: Vec<Rec> = r.body["audit"].as_array().expect("audit in the export").iter().map(rec).collect();
-    assert_eq!(
-        got,
-        vec![by(&alice, "login_succeeded", "198.51.100.1"), about(Some(&alice), "login_failed", "198.51.100.2")]
-    );
+    // The failed login's address is whoever tried, not Alice's.
+    let failed = (None, Some(alice.user_id.clone()), "login_failed".into(), None);
+    assert_eq!(got, vec![by(&alice, "login_succeeded", "198.51.100.1"), failed]);
+}
+
+/// What an operator did to a user: disconnect, ban or moderation delete.
+#[derive(Clone, Copy)]
+enum OperatorAction {
+    Disconnect,
+    Ban,
+    DeleteMessage,
+}
+
+/// After an operator acts on Alice, her export shows the record (action,
+/// target, time) without the operator's address, and keeps the address of
+/// her own login.
+async fn export_hides_the_operators_address(db: Db, action: OperatorAction) {
+    let app = app(db).await;
+    let alice = app.register("alice").await;
+    let login = app.http.post(app.url("/api/v1/auth/login"));
+    let r = from(&app, "198.51.100.1", login.json(&json!({"email": alice.email, "password": "correct horse battery"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let operator = "203.0.113.77";
+    let admin = |m: reqwest::Method, path: String| app.http.request(m, app.url(&path)).bearer_auth(ADMIN_TOKEN);
+    let name = match action {
+        OperatorAction::Disconnect => {
+            let path = format!("/api/v1/admin/users/{}/disconnect", alice.user_id);
+            let r = from(&app, operator, admin(reqwest::Method::POST, path).json(&json!({}))).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+            "admin_disconnect"
+        }
+        OperatorAction::Ban => {
+            let path = format!("/api/v1/admin/users/{}/ban", alice.user_id);
+            assert_eq!(
+                from(&app, operator, admin(reqwest::Method::POST, path.clone())).await.status,
+                StatusCode::NO_CONTENT
+            );
+            // Lifted again so that she can ask for her export.
+            assert_eq!(from(&app, operator, admin(reqwest::Method::DELETE, path)).await.status, StatusCode::NO_CONTENT);
+            "ban"
+        }
+        OperatorAction::DeleteMessage => {
+            let room = app.create_room(&alice, "mine", &[]).await;
+            let mut ws = crate::ws_client::WsClient::connect(&app, &alice.access).await;
+            ws.join(&room, None).await;
+            ws.send_msg(&room, "m1", "hello").await;
+            assert_eq!(ws.next_of("ack").await["seq"], 1);
+            let path = format!("/api/v1/admin/rooms/{room}/messages/1");
+            let r = from(&app, operator, admin(reqwest::Method::DELETE, path)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            "message_deleted"
+        }
+    };
+
+    // The operator's record names Alice, with the operator's address.
+    let records: Vec<Rec> = all_records(&app).await.iter().map(rec).collect();
+    assert!(records.contains(&about(Some(&alice), name, operator)), "{records:?}");
+
+    let r = app.get(&alice.access, "/api/v1/me/export").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let got: Vec<Rec> = r.body["audit"].as_array().expect("audit in the export").iter().map(rec).collect();
+    assert!(got.contains(&by(&alice, "login_succeeded", "198.51.100.1")), "her own address stays: {got:?}");
+    assert!(got.contains(&(None, Some(alice.user_id.clone()), name.into(), None)), "{got:?}");
+    assert!(!r.body.to_string().contains(operator), "the operator's address is in her export: {}", r.body["audit"]);
+}
+
+async fn export_hides_the_address_of_a_disconnect(db: Db) {
+    export_hides_the_operators_address(db, OperatorAction::Disconnect).await;
+}
+
+async fn export_hides_the_address_of_a_ban(db: Db) {
+    export_hides_the_operators_address(db, OperatorAction::Ban).await;
+}
+
+async fn export_hides_the_address_of_a_moderation_delete(db: Db) {
+    export_hides_the_operators_address(db, OperatorAction::DeleteMessage).await;
 }
 
 /// The retention purge deletes records older than the retention and keeps
@@ -399,6 +476,9 @@ both_backends!(
     admin_api_pages_and_filters,
     non_admins_are_refused,
     export_includes_own_records_only,
+    export_hides_the_address_of_a_disconnect,
+    export_hides_the_address_of_a_ban,
+    export_hides_the_address_of_a_moderation_delete,
     retention_purge_removes_old_records,
     the_database_refuses_updates,
     a_failed_audit_write_is_counted_not_returned,

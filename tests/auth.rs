@@ -1,17 +1,22 @@
 //! Register, login, refresh rotation and reuse detection, logout, tickets.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::both_backends;
-use crate::helpers::{Db, spawn_app, spawn_app_with};
+use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
 
 both_backends!(
     full_auth_flow,
     refresh_reuse_revokes_the_family,
     login_never_reveals_whether_an_email_exists,
     login_is_throttled_per_account,
-    tickets_are_issued_hashed
+    tickets_are_issued_hashed,
+    a_lost_refresh_answer_is_retried_within_the_grace,
+    a_retry_after_the_grace_is_reuse,
+    a_retry_after_the_successor_was_used_is_reuse
 );
 
 async fn full_auth_flow(db: Db) {
@@ -71,8 +76,13 @@ async fn full_auth_flow(db: Db) {
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
 }
 
+/// With retries turned off (`REFRESH_GRACE_SECS=0`), any second use of a
+/// refresh token is reuse; the grace window has tests of its own below.
 async fn refresh_reuse_revokes_the_family(db: Db) {
-    let app = spawn_app(db).await;
+    let app = spawn_app_with(db, |v| {
+        v.insert("REFRESH_GRACE_SECS".into(), "0".into());
+    })
+    .await;
     let bob = app.register("bob").await;
     let r1 = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": bob.refresh})).await;
     assert_eq!(r1.status, StatusCode::OK);
@@ -230,4 +240,87 @@ async fn asymmetric_keys_and_rotation() {
     .await;
     let eve = app.register("eve").await;
     assert_eq!(app.get(&eve.access, "/api/v1/me").await.status, StatusCode::OK);
+}
+
+/// Refreshes with `token`; the status and body.
+async fn refresh(app: &TestApp, token: &str) -> (StatusCode, serde_json::Value) {
+    let r = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": token})).await;
+    (r.status, r.body)
+}
+
+/// Refreshes with `token` and drops the answer unread, as a phone does
+/// when the network goes away before the reply arrives; returns the
+/// refresh token the lost answer carried, which only the test (in the
+/// role of whoever might have caught it) ever looks at.
+async fn refresh_and_lose_the_answer(app: &TestApp, token: &str) -> String {
+    let r = app.http.post(app.url("/api/v1/auth/refresh")).json(&json!({"refresh_token": token})).send().await;
+    let r = r.expect("request sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    let lost: serde_json::Value = r.json().await.expect("body");
+    lost["refresh_token"].as_str().unwrap().to_owned()
+}
+
+/// A client that never got the answer to its refresh retries with the
+/// token it still holds, within the grace window: it gets a working pair,
+/// and the token of the lost answer is spent (presenting it is reuse).
+async fn a_lost_refresh_answer_is_retried_within_the_grace(db: Db) {
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let lost = refresh_and_lose_the_answer(&app, &ann.refresh).await;
+
+    let (status, retry) = refresh(&app, &ann.refresh).await;
+    assert_eq!(status, StatusCode::OK, "the retry: {retry}");
+    let access = retry["access_token"].as_str().unwrap();
+    let next = retry["refresh_token"].as_str().unwrap();
+    assert_ne!(next, lost);
+    assert_eq!(app.get(access, "/api/v1/me").await.status, StatusCode::OK, "the retry's access token");
+    let (status, body) = refresh(&app, next).await;
+    assert_eq!(status, StatusCode::OK, "the retry's refresh token: {body}");
+    let latest = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // Whoever holds the lost answer's token cannot use it: it revokes the
+    // session, the client's new tokens included.
+    let (status, body) = refresh(&app, &lost).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(refresh(&app, &latest).await.0, StatusCode::UNAUTHORIZED, "the family is revoked");
+    let audit = app.store.audit_of_user(&ann.user_id).await.unwrap();
+    assert_eq!(audit.iter().filter(|r| r.action == "refresh_token_reused").count(), 1, "{audit:?}");
+}
+
+/// After the window a retry is reuse again: the family is revoked, the
+/// lost answer's token with it.
+async fn a_retry_after_the_grace_is_reuse(db: Db) {
+    let app = spawn_app_with(db, |v| {
+        v.insert("REFRESH_GRACE_SECS".into(), "1".into());
+    })
+    .await;
+    let ann = app.register("ann").await;
+    let lost = refresh_and_lose_the_answer(&app, &ann.refresh).await;
+    // The window is wall-clock time on the server: it has to pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = refresh(&app, &ann.refresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a retry after the window: {body}");
+    assert_eq!(body["error"]["message"], "refresh token reuse detected; session revoked");
+    assert_eq!(refresh(&app, &lost).await.0, StatusCode::UNAUTHORIZED, "the lost answer's token is revoked");
+    assert_eq!(app.get(&ann.access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// A retry within the window whose successor has already been used is
+/// reuse: the client that holds the successor did get the answer, so the
+/// one retrying is someone else.
+async fn a_retry_after_the_successor_was_used_is_reuse(db: Db) {
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let (status, body) = refresh(&app, &ann.refresh).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = refresh(&app, body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let current = body["refresh_token"].as_str().unwrap().to_owned();
+    let current_access = body["access_token"].as_str().unwrap().to_owned();
+
+    let (status, body) = refresh(&app, &ann.refresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a retry after the successor was used: {body}");
+    assert_eq!(body["error"]["message"], "refresh token reuse detected; session revoked");
+    assert_eq!(refresh(&app, &current).await.0, StatusCode::UNAUTHORIZED, "the family is revoked");
+    assert_eq!(app.get(&current_access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
 }

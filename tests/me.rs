@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use crate::both_backends;
 use crate::helpers::{Db, eventually, spawn_app};
+use crate::ws_client::{Refused, WsClient};
 
 both_backends!(
     profile_update_and_public_view,
     export_holds_all_of_the_callers_data,
     export_pages_a_large_history,
-    erasure_anonymises_and_keeps_tombstones
+    erasure_anonymises_and_keeps_tombstones,
+    password_change_ends_every_other_session,
+    password_change_closes_sockets_on_every_instance
 );
 
 async fn profile_update_and_public_view(db: Db) {
@@ -185,4 +188,102 @@ async fn erasure_anonymises_and_keeps_tombstones(db: Db) {
     assert_eq!(r.body["role"], "owner");
     assert_eq!(r.body["members"].as_array().unwrap().len(), 1);
     assert_eq!(app.store.last_seq(&solo).await.unwrap(), None);
+}
+
+/// Ann's second session: a login of its own, with two tickets it has not used.
+struct OtherSession {
+    access: String,
+    refresh: String,
+    ticket: String,
+    second_ticket: String,
+}
+
+async fn other_session(app: &crate::helpers::TestApp, email: &str, password: &str) -> OtherSession {
+    let login = app.post(None, "/api/v1/auth/login", json!({"email": email, "password": password})).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let access = login.body["access_token"].as_str().unwrap().to_owned();
+    let mut tickets = Vec::new();
+    for _ in 0..2 {
+        let t = app.post(Some(&access), "/api/v1/auth/ws-ticket", json!({})).await;
+        assert_eq!(t.status, StatusCode::CREATED, "{}", t.body);
+        tickets.push(t.body["ticket"].as_str().unwrap().to_owned());
+    }
+    let second_ticket = tickets.pop().expect("two tickets");
+    let ticket = tickets.pop().expect("two tickets");
+    OtherSession { access, refresh: login.body["refresh_token"].as_str().unwrap().to_owned(), ticket, second_ticket }
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+fn new_password() -> serde_json::Value {
+    json!({"password": "a brand new password", "current_password": PASSWORD})
+}
+
+/// A password change ends every other session of the account (its refresh
+/// token, its access token, its unused ticket, its socket with 4001) and
+/// leaves the caller's session working; it is audited once.
+async fn password_change_ends_every_other_session(db: Db) {
+    let app = spawn_app(db).await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let two = other_session(&app, &ann.email, PASSWORD).await;
+    let mut mine = WsClient::connect(&app, &ann.access).await;
+    let mut theirs = WsClient::connect(&app, &two.access).await;
+    // Another account's session is none of this change's business.
+    let mut bobs = WsClient::connect(&app, &bob.access).await;
+
+    let r = app.patch(&ann.access, "/api/v1/me", new_password()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    let me = app.get(&two.access, "/api/v1/me").await;
+    assert_eq!((me.status, me.error_code()), (StatusCode::UNAUTHORIZED, "unauthorized"), "session 2's access token");
+    let refresh = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": two.refresh})).await;
+    assert_eq!(refresh.status, StatusCode::UNAUTHORIZED, "session 2's refresh token: {}", refresh.body);
+    match WsClient::try_connect(&app, None, Some(&two.ticket), None).await {
+        Err(Refused::Http(status, _)) => assert_eq!(status, 401, "session 2's unused ticket"),
+        Ok(_) => panic!("session 2's unused ticket still opens a socket"),
+    }
+    // Not only refused by the handshake's session check: gone from storage.
+    let hash = chatgw::auth::tokens::hash_token(&two.second_ticket);
+    assert!(app.store.consume_ws_ticket(&hash).await.unwrap().is_none(), "session 2's ticket is still stored");
+    assert_eq!(theirs.until_close().await.0, 4001, "session 2's socket");
+
+    // The caller's session goes on: socket, access token, refresh token.
+    mine.drain_until_pong().await;
+    bobs.drain_until_pong().await;
+    assert_eq!(app.get(&ann.access, "/api/v1/me").await.status, StatusCode::OK);
+    let r = app.post(None, "/api/v1/auth/refresh", json!({"refresh_token": ann.refresh})).await;
+    assert_eq!(r.status, StatusCode::OK, "the caller's refresh token: {}", r.body);
+    assert_eq!(app.get(&bob.access, "/api/v1/me").await.status, StatusCode::OK);
+
+    // The new password signs in; the old one does not.
+    let login = |pw: &str| app.post(None, "/api/v1/auth/login", json!({"email": ann.email, "password": pw}));
+    assert_eq!(login("a brand new password").await.status, StatusCode::OK);
+    assert_eq!(login(PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+
+    let audit = app.store.audit_of_user(&ann.user_id).await.unwrap();
+    let changed: Vec<_> = audit.iter().filter(|r| r.action == "password_changed").collect();
+    assert_eq!(changed.len(), 1, "{audit:?}");
+    assert_eq!(changed[0].actor_id.as_deref(), Some(ann.user_id.as_str()));
+}
+
+/// Two instances on a real Redis: session 2's socket on instance B closes
+/// with 4001 when session 1 changes the password through instance A, and
+/// session 1's socket on A stays open.
+async fn password_change_closes_sockets_on_every_instance(db: Db) {
+    let apps = crate::user_stream::spawn_redis_cluster(db).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let ann = a.register("ann").await;
+    let bob = a.register("bob").await;
+    let two = other_session(a, &ann.email, PASSWORD).await;
+    let mut mine = WsClient::connect(a, &ann.access).await;
+    let mut theirs = WsClient::connect(b, &two.access).await;
+    crate::user_stream::until_control_events_cross(&apps, &bob, &ann, [&mut mine, &mut theirs]).await;
+
+    let r = a.patch(&ann.access, "/api/v1/me", new_password()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(theirs.until_close().await.0, 4001, "session 2's socket on the other instance");
+    mine.drain_until_pong().await;
+    assert_eq!(b.get(&ann.access, "/api/v1/me").await.status, StatusCode::OK);
+    assert_eq!(b.get(&two.access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
 }

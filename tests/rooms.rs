@@ -5,14 +5,15 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::both_backends;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, Session, TestApp, spawn_app, spawn_app_with};
 
 both_backends!(
     rooms_crud_and_membership,
     non_members_get_404_and_members_403,
     history_pages_by_seq,
     idempotency_key_replays_the_first_response,
-    members_added_by_email
+    members_added_by_email,
+    a_banned_user_is_answered_like_anyone_else
 );
 
 async fn rooms_crud_and_membership(db: Db) {
@@ -251,4 +252,48 @@ async fn members_added_by_email(db: Db) {
     assert_eq!((r.status, r.error_code()), (StatusCode::FORBIDDEN, "forbidden"));
     let detail = app.get(&cat.access, &format!("/api/v1/rooms/{room}")).await;
     assert_eq!(detail.body["members"].as_array().unwrap().len(), 3);
+}
+
+/// What another user's requests answer about `who`: the public profile,
+/// and the statuses of adding them to a new room by id and by email and to
+/// an existing room by id and by email.
+async fn answers_about(app: &TestApp, owner: &Session, who: &Session) -> Vec<(StatusCode, String)> {
+    let profile = app.get(&owner.access, &format!("/api/v1/users/{}", who.user_id)).await;
+    let mut got = vec![(profile.status, format!("deleted={}", profile.body["deleted"]))];
+    for body in
+        [json!({"name": "by id", "members": [who.user_id]}), json!({"name": "by email", "member_emails": [who.email]})]
+    {
+        let r = app.post(Some(&owner.access), "/api/v1/rooms", body).await;
+        got.push((r.status, r.body["error"]["message"].as_str().unwrap_or("").to_owned()));
+    }
+    for body in [json!({"user_id": who.user_id}), json!({"email": who.email})] {
+        let room = app.create_room(owner, "later", &[]).await;
+        let r = app.post(Some(&owner.access), &format!("/api/v1/rooms/{room}/members"), body).await;
+        got.push((r.status, r.body["error"]["message"].as_str().unwrap_or("").to_owned()));
+    }
+    got
+}
+
+/// Whether someone is banned is between them and the operator: another
+/// user's requests answer the same for a banned account as for any other
+/// (the public profile, adding them by id or email), so no request tells.
+async fn a_banned_user_is_answered_like_anyone_else(db: Db) {
+    let admin = "admin-token-0123456789-abcdefghijklmnop";
+    let app = spawn_app_with(db, |v| {
+        v.insert("ADMIN_TOKEN".into(), admin.into());
+    })
+    .await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let cat = app.register("cat").await;
+    let r =
+        app.send(app.http.post(app.url(&format!("/api/v1/admin/users/{}/ban", cat.user_id))).bearer_auth(admin)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    let ordinary = answers_about(&app, &ann, &bob).await;
+    assert_eq!(ordinary[0], (StatusCode::OK, "deleted=false".into()));
+    assert!(ordinary[1..].iter().all(|(s, _)| *s == StatusCode::CREATED), "{ordinary:?}");
+    assert_eq!(answers_about(&app, &ann, &cat).await, ordinary, "a banned user's answers differ from bob's");
+    // The ban itself still holds: Cat can neither sign in nor use her token.
+    assert_eq!(app.get(&cat.access, "/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
 }

@@ -21,7 +21,7 @@ const INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Two instances on a real Redis (127.0.0.1:6379 unless `TEST_REDIS_URL`),
 /// on a prefix of their own.
-async fn spawn_redis_cluster(db: Db) -> Vec<TestApp> {
+pub(crate) async fn spawn_redis_cluster(db: Db) -> Vec<TestApp> {
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
     spawn_cluster_with(db, 2, |_| -> SharedBus {
@@ -48,7 +48,12 @@ async fn spawn_redis_cluster(db: Db) -> Vec<TestApp> {
 /// through each instance until its socket on the other instance hears one.
 /// Probes published before may still arrive later: [`next_event`] skips
 /// them.
-async fn until_control_events_cross(apps: &[TestApp], owner: &Session, user: &Session, on: [&mut WsClient; 2]) {
+pub(crate) async fn until_control_events_cross(
+    apps: &[TestApp],
+    owner: &Session,
+    user: &Session,
+    on: [&mut WsClient; 2],
+) {
     let [ca, cb] = on;
     for (from, to) in [(0usize, cb), (1, ca)] {
         loop {

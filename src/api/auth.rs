@@ -157,7 +157,10 @@ pub async fn login(
 
 /// Rotates a refresh token. Presenting an already-spent token revokes the
 /// whole session (family): whoever holds it, attacker or victim, must log in
-/// again.
+/// again. One exception keeps a client that lost the answer signed in: a
+/// retry within `REFRESH_GRACE_SECS` of the spend, while the token that
+/// answer carried is still unused, gets a fresh pair and that token is
+/// spent unseen (`Store::rotate_refresh_token`).
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = AuthResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn refresh(
@@ -170,7 +173,8 @@ pub async fn refresh(
     }
     let new = new_token(REFRESH_PREFIX);
     let expires_at = now_ms() + state.config.refresh_token_ttl.as_millis() as i64;
-    match state.store.rotate_refresh_token(&hash_token(&req.refresh_token), &hash_token(&new), expires_at).await? {
+    let old = hash_token(&req.refresh_token);
+    match state.store.rotate_refresh_token(&old, &hash_token(&new), expires_at, state.config.refresh_grace).await? {
         RefreshOutcome::Rotated(who) => {
             let user = state.store.get_user(&who.user_id).await?;
             let access_token = state.keys.issue(&who.user_id, &who.session_id)?;

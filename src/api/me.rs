@@ -11,7 +11,7 @@ use super::audit;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
 use crate::auth::AuthUser;
-use crate::db::{AuditAction, AuditEvent, Export, MessageKey, User};
+use crate::db::{AuditAction, AuditEvent, Export, MessageKey, NewPassword, User};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::net::ClientAddr;
 use crate::state::AppState;
@@ -52,6 +52,9 @@ pub async fn get_me(State(state): State<AppState>, user: AuthUser) -> ApiResult<
     Ok(Json(state.store.get_user(&user.user_id).await?))
 }
 
+/// Updates the display name and/or the password. A new password ends
+/// every other session of the account (refresh and access tokens, unused
+/// tickets, sockets closed with 4001); the caller's session stays.
 #[utoipa::path(patch, path = "/api/v1/me", tag = "me", security(("bearer" = [])), request_body = PatchMe,
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "current_password is wrong")))]
@@ -79,9 +82,16 @@ pub async fn patch_me(
     if name.is_none() && hash.is_none() {
         return Err(ApiError::bad_request("nothing to update"));
     }
-    let updated = state.store.update_user(&user.user_id, name.as_deref(), hash.as_deref()).await?;
+    let password = hash.as_deref().map(|hash| NewPassword { hash, keep_session: &user.session_id });
+    let (updated, ended) = state.store.update_user(&user.user_id, name.as_deref(), password).await?;
     if hash.is_some() {
         audit::record(&state, AuditEvent::by_user(AuditAction::PasswordChanged, &user.user_id, client.0)).await;
+        // Whoever else held the old password is out: every other session's
+        // sockets close with 4001 on every instance, as at logout.
+        for session in &ended {
+            state.hub.session_revoked(&user.user_id, session);
+        }
+        tracing::info!(user_id = %user.user_id, sessions_ended = ended.len(), "password changed");
     }
     Ok(Json(updated))
 }

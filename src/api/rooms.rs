@@ -16,6 +16,7 @@ use super::validate;
 use crate::auth::AuthUser;
 use crate::db::{HistoryPage, Member, Retention, Role, RoomForUser};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::net::ClientAddr;
 use crate::state::AppState;
 
 /// Routes under `/rooms`; the create routes take an `Idempotency-Key`.
@@ -46,9 +47,11 @@ pub struct CreateRoom {
     #[schema(max_items = 1000)]
     pub members: Vec<String>,
     /// Other users to add as members, by the email they signed up with (at
-    /// most 1000, together with `members`): what a person knows of another.
+    /// most 20, and 1000 together with `members`): what a person knows of
+    /// another. Each entry is a look-up charged to the caller's budget
+    /// (`EMAIL_LOOKUPS_PER_MINUTE`; 429 beyond it).
     #[serde(default)]
-    #[schema(max_items = 1000)]
+    #[schema(max_items = 20)]
     pub member_emails: Vec<String>,
 }
 
@@ -70,7 +73,8 @@ pub struct AddMember {
     /// The user to add: give exactly one of `user_id` and `email`.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub user_id: Option<String>,
-    /// The email the user signed up with (any case).
+    /// The email the user signed up with (any case); a look-up charged to
+    /// the caller's budget (`EMAIL_LOOKUPS_PER_MINUTE`; 429 beyond it).
     pub email: Option<String>,
 }
 
@@ -129,13 +133,21 @@ async fn require_owner(state: &AppState, room: &str, user: &AuthUser) -> ApiResu
 
 #[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoom,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request")),
-    responses((status = 201, body = RoomForUser), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = RoomForUser), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the caller's budget of look-ups by email is spent (Retry-After)")))]
 pub async fn create_room(
     State(state): State<AppState>,
+    client: ClientAddr,
     user: AuthUser,
     ApiJson(req): ApiJson<CreateRoom>,
 ) -> ApiResult<(StatusCode, Json<RoomForUser>)> {
     let name = validate::room_name(&req.name)?;
+    if req.member_emails.len() > validate::MAX_MEMBER_EMAILS {
+        return Err(ApiError::bad_request(format!(
+            "member_emails: at most {} per request",
+            validate::MAX_MEMBER_EMAILS
+        )));
+    }
     if req.members.len() + req.member_emails.len() > validate::MAX_INITIAL_MEMBERS {
         return Err(ApiError::bad_request(format!("members: at most {} users", validate::MAX_INITIAL_MEMBERS)));
     }
@@ -145,11 +157,11 @@ pub async fn create_room(
     }
     members.sort();
     members.dedup();
-    let active = state.store.active_user_ids(&members).await?;
-    if active.len() != members.len() {
+    let known = state.store.addable_user_ids(&members).await?;
+    if known.len() != members.len() {
         return Err(ApiError::bad_request("members: unknown user id"));
     }
-    members.extend(users_by_email(&state, &req.member_emails).await?);
+    members.extend(users_by_email(&state, &user, client, &req.member_emails).await?);
     members.sort();
     members.dedup();
     let room = state.store.create_room(&user.user_id, &name, &members).await?;
@@ -225,24 +237,41 @@ pub async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The ids of the active users with these emails; any unknown one is a 400
-/// naming it, so a typo does not silently leave someone out.
-async fn users_by_email(state: &AppState, emails: &[String]) -> ApiResult<Vec<String>> {
+/// The ids of the users with these emails; any unknown one is a 400
+/// naming it, so a typo does not silently leave someone out. Every entry
+/// (a repeat too) is charged to the caller's look-up budget.
+async fn users_by_email(
+    state: &AppState,
+    user: &AuthUser,
+    client: ClientAddr,
+    emails: &[String],
+) -> ApiResult<Vec<String>> {
     let emails = emails.iter().map(|e| validate::email(e).map(|e| e.to_lowercase())).collect::<Result<Vec<_>, _>>()?;
-    let found = state.store.active_user_ids_by_email(&emails).await?;
+    charge_email_lookups(state, user, client, emails.len())?;
+    let found = state.store.addable_user_ids_by_email(&emails).await?;
     if let Some(missing) = emails.iter().find(|e| !found.iter().any(|(f, _)| f == *e)) {
         return Err(ApiError::bad_request(format!("member_emails: no user with email {missing}")));
     }
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
+/// Charges `n` look-ups by email to the caller's and the client address's
+/// budgets: without it, rooms would answer "has this email an account?"
+/// far faster than registration does.
+fn charge_email_lookups(state: &AppState, user: &AuthUser, client: ClientAddr, n: usize) -> ApiResult<()> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    state.limits.check_email_lookups(&user.user_id, client.0, n).map_err(ApiError::rate_limited)
+}
+
 /// Adds a member (owner only). 201 when added, 200 when already a member.
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "rooms", security(("bearer" = [])), params(("id" = String, Path),
     ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request")), request_body = AddMember,
     responses((status = 201, body = Membership), (status = 200, body = Membership), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "a request with this Idempotency-Key is still in progress")))]
+        (status = 409, body = ErrorBody, description = "a request with this Idempotency-Key is still in progress"),
+        (status = 429, body = ErrorBody, description = "the caller's budget of look-ups by email is spent (Retry-After)")))]
 pub async fn add_member(
     State(state): State<AppState>,
+    client: ClientAddr,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AddMember>,
@@ -251,14 +280,15 @@ pub async fn add_member(
     let user_id = match (req.user_id, req.email) {
         (Some(user_id), None) => {
             validate::id("user_id", &user_id)?;
-            if state.store.active_user_ids(std::slice::from_ref(&user_id)).await?.is_empty() {
+            if state.store.addable_user_ids(std::slice::from_ref(&user_id)).await?.is_empty() {
                 return Err(ApiError::NotFound("user"));
             }
             user_id
         }
         (None, Some(email)) => {
             let email = validate::email(&email)?;
-            let found = state.store.active_user_ids_by_email(std::slice::from_ref(&email)).await?;
+            charge_email_lookups(&state, &user, client, 1)?;
+            let found = state.store.addable_user_ids_by_email(std::slice::from_ref(&email)).await?;
             found.into_iter().next().map(|(_, id)| id).ok_or(ApiError::NotFound("user"))?
         }
         _ => return Err(ApiError::bad_request("give exactly one of user_id and email")),

@@ -121,7 +121,9 @@ pub struct AuditRecord {
     /// `erasure`, `password_changed`, `ban`, `unban`, `admin_disconnect`,
     /// `message_deleted`.
     pub action: String,
-    /// The client's IP address (behind `TRUSTED_PROXIES`).
+    /// The client's IP address (behind `TRUSTED_PROXIES`). In a user's
+    /// export only on records of the user's own actions (`actor_id` is the
+    /// user), `null` on the rest.
     pub client_addr: Option<String>,
 }
 
@@ -208,12 +210,20 @@ impl Store {
 
     /// Every record where the user is the actor or the target, oldest first
     /// (for the export; bounded by `AUDIT_RETENTION_DAYS`).
+    ///
+    /// The client address is kept only where the user acted: on a ban, a
+    /// disconnect or a moderation delete it is the operator's, and on a
+    /// failed login or a refresh-token reuse it is whoever presented the
+    /// credential, maybe an attacker. Neither is the user's data to receive.
     pub async fn audit_of_user(&self, user_id: &str) -> Result<Vec<AuditRecord>, DbError> {
-        let rows =
-            sqlx::query(&format!("SELECT {COLS} FROM audit_log WHERE actor_id = $1 OR target_id = $1 ORDER BY id"))
-                .bind(user_id)
-                .fetch_all(&self.read)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, at, actor_id, target_id, action, \
+                    CASE WHEN actor_id = $1 THEN client_addr END AS client_addr \
+             FROM audit_log WHERE actor_id = $1 OR target_id = $1 ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
         Ok(rows.iter().map(record_from).collect::<Result<_, _>>()?)
     }
 

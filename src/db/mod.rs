@@ -33,7 +33,7 @@ pub use retention::{ResumeState, Retention, RetentionRoom, new_epoch};
 pub use rooms::{Member, Role, Room, RoomForUser};
 pub use seed::SeedUser;
 pub use sessions::{RefreshOutcome, SessionIdentity, SessionStatus};
-pub use users::{EXPORT_MESSAGES_PAGE, Export, User};
+pub use users::{EXPORT_MESSAGES_PAGE, Export, NewPassword, User};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -65,12 +65,21 @@ impl Store {
     /// Spends `old_hash` and issues `new_hash` in the same family.
     ///
     /// Spending is a conditional update (`used_at IS NULL`), so two racing
-    /// refreshes with one token cannot both win: the loser is treated as reuse.
+    /// refreshes with one token cannot both win.
+    ///
+    /// A token spent less than `grace` ago may be presented once more (the
+    /// client lost the answer to a network drop): the successor it was
+    /// answered with is spent in its place, unseen, and `new_hash` becomes
+    /// the successor instead. This holds only while that successor is
+    /// unused; once the client has refreshed with it, presenting the parent
+    /// again is reuse. Reuse (after the window, or of a successor replaced
+    /// this way) revokes the whole family.
     pub async fn rotate_refresh_token(
         &self,
         old_hash: &str,
         new_hash: &str,
         expires_at: i64,
+        grace: std::time::Duration,
     ) -> Result<RefreshOutcome, DbError> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -99,15 +108,20 @@ impl Store {
         if revoked.is_some() || session_revoked.is_some() || deleted.is_some() || banned.is_some() || expires <= now {
             return Ok(RefreshOutcome::Invalid);
         }
-        let spent = used.is_some()
-            || sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
+        let spent_now = used.is_none()
+            && sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
                 .bind(&id)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                == 0;
-        if spent {
+                == 1;
+        // A racing refresh that spent it a moment ago counts as just spent.
+        let spent_at = used.unwrap_or(now);
+        let retry = !spent_now
+            && now - spent_at < grace.as_millis() as i64
+            && spend_unused_successor(&mut tx, &family, &id, now).await?;
+        if !spent_now && !retry {
             // Reuse of a spent token means it leaked: revoke the family.
             revoke_family(&mut tx, &family, now).await?;
             tx.commit().await?;
@@ -259,5 +273,56 @@ async fn revoke_family(tx: &mut sqlx::Transaction<'_, sqlx::Any>, family: &str, 
         .bind(now)
         .execute(&mut **tx)
         .await?;
+    // An unused ticket would open a socket for a session that has ended
+    // (the handshake checks the session too; this leaves nothing to check).
+    sqlx::query("DELETE FROM ws_tickets WHERE session_id = $1 AND used_at IS NULL")
+        .bind(family)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+/// Ends every session of a user but `keep` (a password change), in the
+/// caller's transaction: their refresh tokens, the access tokens that name
+/// them, and their unused tickets. Returns the ids of the sessions it ended,
+/// whose sockets the caller then closes.
+pub(super) async fn revoke_other_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user_id: &str,
+    keep: &str,
+    now: i64,
+) -> Result<Vec<String>, DbError> {
+    let ended: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL")
+            .bind(user_id)
+            .bind(keep)
+            .fetch_all(&mut **tx)
+            .await?;
+    for session in &ended {
+        revoke_family(tx, session, now).await?;
+    }
+    Ok(ended)
+}
+
+/// Spends the unused successor of `parent` (the token a lost refresh answer
+/// carried), so that a retry of `parent` may take its place. False when
+/// there is none: the client has already refreshed with it, or it was
+/// replaced by an earlier retry, and the retry is then reuse.
+async fn spend_unused_successor(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    family: &str,
+    parent: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let spent = sqlx::query(
+        "UPDATE refresh_tokens SET used_at = $3 \
+         WHERE family_id = $1 AND parent_id = $2 AND used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(family)
+    .bind(parent)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(spent > 0)
 }

@@ -72,6 +72,14 @@ fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
+/// A password change: the new hash, and the caller's session, the one
+/// that stays signed in.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPassword<'a> {
+    pub hash: &'a str,
+    pub keep_session: &'a str,
+}
+
 impl Store {
     /// Creates a user with its password hash in one transaction.
     ///
@@ -141,15 +149,17 @@ impl Store {
         Ok(user_from(&row)?)
     }
 
-    /// Which of these ids name active users.
-    pub async fn active_user_ids(&self, ids: &[String]) -> Result<Vec<String>, DbError> {
+    /// Which of these ids name accounts that are not erased.
+    ///
+    /// A banned account counts: whether someone is banned is between them
+    /// and the operator, and `GET /users/{id}` shows them as anyone else, so
+    /// adding them to a room must not tell it either (SECURITY.md).
+    pub async fn addable_user_ids(&self, ids: &[String]) -> Result<Vec<String>, DbError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT id FROM users WHERE deleted_at IS NULL AND banned_at IS NULL AND id IN ({})",
-            super::placeholders(1, ids.len())
-        );
+        let sql =
+            format!("SELECT id FROM users WHERE deleted_at IS NULL AND id IN ({})", super::placeholders(1, ids.len()));
         let mut q = sqlx::query_scalar(&sql);
         for id in ids {
             q = q.bind(id);
@@ -157,15 +167,15 @@ impl Store {
         Ok(q.fetch_all(&self.read).await?)
     }
 
-    /// The ids of the active (not erased, not banned) users with these
-    /// emails (any case), as `(lowercased email, id)`; unknown ones are left
-    /// out.
-    pub async fn active_user_ids_by_email(&self, emails: &[String]) -> Result<Vec<(String, String)>, DbError> {
+    /// The ids of the accounts (not erased; banned ones too, as in
+    /// [`Store::addable_user_ids`]) with these emails (any case), as
+    /// `(lowercased email, id)`; unknown ones are left out.
+    pub async fn addable_user_ids_by_email(&self, emails: &[String]) -> Result<Vec<(String, String)>, DbError> {
         if emails.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT email_lower, id FROM users WHERE deleted_at IS NULL AND banned_at IS NULL AND email_lower IN ({})",
+            "SELECT email_lower, id FROM users WHERE deleted_at IS NULL AND email_lower IN ({})",
             super::placeholders(1, emails.len())
         );
         let mut q = sqlx::query_as(&sql);
@@ -175,13 +185,16 @@ impl Store {
         Ok(q.fetch_all(&self.read).await?)
     }
 
-    /// Updates the profile fields that are given.
+    /// Updates the profile fields that are given. A new password ends every
+    /// other session of the user in the same transaction (whoever else held
+    /// the old password is signed out); the ids of the sessions it ended
+    /// come back with the user, for closing their sockets.
     pub async fn update_user(
         &self,
         id: &str,
         display_name: Option<&str>,
-        password_hash: Option<&str>,
-    ) -> Result<User, DbError> {
+        password: Option<NewPassword<'_>>,
+    ) -> Result<(User, Vec<String>), DbError> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         if let Some(name) = display_name {
@@ -192,16 +205,18 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(hash) = password_hash {
+        let mut ended = Vec::new();
+        if let Some(p) = password {
             sqlx::query("UPDATE credentials SET password_hash = $2, updated_at = $3 WHERE user_id = $1")
                 .bind(id)
-                .bind(hash)
+                .bind(p.hash)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            ended = super::sessions::revoke_other_sessions(&mut tx, id, p.keep_session, now).await?;
         }
         tx.commit().await?;
-        self.get_user(id).await
+        Ok((self.get_user(id).await?, ended))
     }
 
     /// Bans (or unbans) a user; a banned user can neither log in nor use

@@ -1,5 +1,6 @@
 //! Resource bounds: slow request headers (slowloris), rooms per socket,
-//! sockets per user, and a sign-in storm against the bounded hashing pool.
+//! sockets per user, a sign-in storm against the bounded hashing pool, and
+//! look-ups by email through rooms.
 
 use std::time::Duration;
 
@@ -188,4 +189,63 @@ async fn a_sign_in_storm_beyond_the_hashing_pool_is_refused_at_once_with_retry_a
     assert_eq!(r.status, StatusCode::OK, "a login after the storm: {}", r.body);
     healthy_and_serving(&app).await;
     app.stop().await;
+}
+
+/// Asking rooms whether emails have accounts is held to the look-up budget
+/// (`EMAIL_LOOKUPS_PER_MINUTE`, default 20 per user): of 40 concurrent
+/// `{"email"}` adds of unknown addresses, at most 20 answer 404 and the rest
+/// 429 with `Retry-After`; `member_emails` draws on the same budget; the
+/// budget is the user's (another user behind the same address still gets
+/// answers), and the caller's other requests go on.
+#[tokio::test]
+async fn email_lookups_through_rooms_are_throttled() {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let ann = app.register("ann").await;
+    let room = app.create_room(&ann, "probe", &[]).await;
+    let members = format!("/api/v1/rooms/{room}/members");
+    let answers = futures_util::future::join_all(
+        (0..40).map(|i| app.post(Some(&ann.access), &members, json!({"email": format!("guess{i}@example.com")}))),
+    )
+    .await;
+    let not_found = answers.iter().filter(|r| r.status == StatusCode::NOT_FOUND).count();
+    let limited: Vec<_> = answers.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).collect();
+    assert_eq!(not_found + limited.len(), 40, "only 404 and 429");
+    assert!(not_found <= 20, "{not_found} look-ups answered within a budget of 20");
+    assert!(limited.len() >= 20, "{} refused", limited.len());
+    for r in &limited {
+        assert_eq!(r.error_code(), "rate_limited");
+        assert!(r.headers.contains_key("retry-after"), "429 without Retry-After");
+    }
+    // Room creation by email draws on the same, spent budget.
+    let r =
+        app.post(Some(&ann.access), "/api/v1/rooms", json!({"name": "x", "member_emails": ["a@example.com"]})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    // Adding by id is no look-up by email; another user has a budget of
+    // their own (the address's is four times larger).
+    let bob = app.register("bob").await;
+    let r = app.post(Some(&ann.access), &members, json!({"user_id": bob.user_id})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let bobs = app.create_room(&bob, "bob's", &[]).await;
+    let r = app.post(Some(&bob.access), &format!("/api/v1/rooms/{bobs}/members"), json!({"email": ann.email})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    healthy_and_serving(&app).await;
+}
+
+/// `member_emails` holds at most 20 addresses (400 naming the bound, nothing
+/// created); 20 is accepted, and every entry, repeats included, is charged.
+#[tokio::test]
+async fn member_emails_are_capped_per_request() {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let emails = |n: usize| (0..n).map(|_| bob.email.clone()).collect::<Vec<_>>();
+    let r = app.post(Some(&ann.access), "/api/v1/rooms", json!({"name": "big", "member_emails": emails(21)})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(r.body["error"]["message"], "member_emails: at most 20 per request");
+    assert_eq!(app.get(&ann.access, "/api/v1/rooms").await.body["rooms"].as_array().unwrap().len(), 0, "none created");
+    let r = app.post(Some(&ann.access), "/api/v1/rooms", json!({"name": "full", "member_emails": emails(20)})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // Those 20 (one address, twenty times) spent the minute's budget.
+    let r = app.post(Some(&ann.access), "/api/v1/rooms", json!({"name": "more", "member_emails": emails(1)})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
 }
