@@ -81,6 +81,10 @@ pub struct Config {
     pub redis_linger: Duration,
     /// How long presence entries outlive their instance's last heartbeat.
     pub presence_ttl: Duration,
+    /// `BUS_TAIL_CHECK_MS`: how often quiet rooms are compared with
+    /// storage, so a message the bus lost unnoticed still arrives; `None`
+    /// (0) turns the check off.
+    pub bus_tail_check: Option<Duration>,
     pub jwt_key: JwtKeyConfig,
     /// The `kid` header of tokens signed by `jwt_key`.
     pub jwt_kid: String,
@@ -373,6 +377,11 @@ impl Config {
             redis_timeout: Duration::from_millis(num("REDIS_TIMEOUT_MS", 2_000, 100, 60_000)?),
             redis_linger: secs("REDIS_ROOM_LINGER_SECS", 30, 0, 3_600)?,
             presence_ttl: secs("PRESENCE_TTL_SECS", 30, 3, 3_600)?,
+            bus_tail_check: match parse_num(get("BUS_TAIL_CHECK_MS"), "BUS_TAIL_CHECK_MS", 2_000)? {
+                0 => None,
+                n if (50..=600_000).contains(&n) => Some(Duration::from_millis(n)),
+                _ => return Err(err("BUS_TAIL_CHECK_MS", "must be 0 (off) or between 50 and 600000")),
+            },
             jwt_key,
             jwt_kid,
             jwt_previous,
