@@ -717,6 +717,17 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_check_defaults_to_two_seconds_turns_off_with_zero_and_is_bounded() {
+        let tail = |v: &str| Config::from_vars(&vars(&[("BUS_TAIL_CHECK_MS", v)])).map(|c| c.bus_tail_check);
+        assert_eq!(Config::from_vars(&vars(&[])).unwrap().bus_tail_check, Some(Duration::from_secs(2)));
+        assert_eq!(tail("0").unwrap(), None);
+        assert_eq!(tail("300").unwrap(), Some(Duration::from_millis(300)));
+        for bad in ["49", "600001", "soon"] {
+            assert_eq!(tail(bad).err().unwrap().var, "BUS_TAIL_CHECK_MS", "{bad}");
+        }
+    }
+
+    #[test]
     fn development_defaults_start_without_any_variable() {
         let c = Config::from_vars(&vars(&[])).expect("defaults are valid");
         assert_eq!(c.environment, Environment::Development);
