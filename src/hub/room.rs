@@ -195,8 +195,9 @@ impl Hub {
                     for m in &page.messages {
                         delivered += u64::from(self.offer(&room, m.seq, frames::message_frame(m)));
                     }
-                    // No progress: the first missing seq is not in storage.
-                    let now = self.inner.rooms.map.get(&room).and_then(|e| e.seq.delivered());
+                    // No progress: the first missing seq is not in storage
+                    // (unless the last local socket left meanwhile).
+                    let Some(now) = self.inner.rooms.map.get(&room).map(|e| e.seq.delivered()) else { break None };
                     if now.is_none_or(|d| d <= after) {
                         break Some("not_stored");
                     }
