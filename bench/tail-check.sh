@@ -27,8 +27,8 @@ export WS_HANDSHAKES_PER_IP_PER_SEC=1000000 RUST_LOG=warn
 mkdir -p "$OUT"
 pid="" lt_pid=""
 stop() {
-    [ -n "$lt_pid" ] && kill "$lt_pid" 2>/dev/null && wait "$lt_pid" 2>/dev/null
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    if [ -n "$lt_pid" ]; then kill "$lt_pid" 2>/dev/null; wait "$lt_pid" 2>/dev/null || true; fi
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; fi
     pid="" lt_pid=""
 }
 trap stop EXIT
@@ -37,7 +37,7 @@ hz=$(getconf CLK_TCK)
 
 run() { # BUS_TAIL_CHECK_MS
     local db=chatgw_bench_tail
-    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
+    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null 2>&1
     local url=${PG_ADMIN%/*}/$db
     DATABASE_URL=$url $GW seed --users $((ROOMS * 2)) --rooms "$ROOMS" --room-size 2 --token-ttl-secs 7200 \
         --out "$OUT/seed.json" >/dev/null
