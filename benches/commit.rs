@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         drain_reconnect_max_ms: 1,
         edit_window_ms: 900_000,
         presence_heartbeat: Duration::from_secs(10),
+        tail_check: None,
         user_stream_interval: Duration::from_secs(1),
         committers: std::env::var("COMMITTERS")
             .ok()

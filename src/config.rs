@@ -81,6 +81,10 @@ pub struct Config {
     pub redis_linger: Duration,
     /// How long presence entries outlive their instance's last heartbeat.
     pub presence_ttl: Duration,
+    /// `BUS_TAIL_CHECK_MS`: how often quiet rooms are compared with
+    /// storage, so a message the bus lost unnoticed still arrives; `None`
+    /// (0) turns the check off.
+    pub bus_tail_check: Option<Duration>,
     pub jwt_key: JwtKeyConfig,
     /// The `kid` header of tokens signed by `jwt_key`.
     pub jwt_kid: String,
@@ -381,6 +385,11 @@ impl Config {
             redis_timeout: Duration::from_millis(num("REDIS_TIMEOUT_MS", 2_000, 100, 60_000)?),
             redis_linger: secs("REDIS_ROOM_LINGER_SECS", 30, 0, 3_600)?,
             presence_ttl: secs("PRESENCE_TTL_SECS", 30, 3, 3_600)?,
+            bus_tail_check: match parse_num(get("BUS_TAIL_CHECK_MS"), "BUS_TAIL_CHECK_MS", 2_000)? {
+                0 => None,
+                n if (50..=600_000).contains(&n) => Some(Duration::from_millis(n)),
+                _ => return Err(err("BUS_TAIL_CHECK_MS", "must be 0 (off) or between 50 and 600000")),
+            },
             jwt_key,
             jwt_kid,
             jwt_previous,
@@ -720,6 +729,17 @@ mod tests {
         std::fs::write(dir.path().join("index.html"), "<!doctype html>").unwrap();
         assert_eq!(demo(&[("DEMO_DIR", path)]).unwrap(), Some(DemoConfig::Dir(dir.path().to_owned())));
         assert_eq!(demo(&[("DEMO_DIR", path), ("DEMO", "0")]).unwrap(), None);
+    }
+
+    #[test]
+    fn the_tail_check_defaults_to_two_seconds_turns_off_with_zero_and_is_bounded() {
+        let tail = |v: &str| Config::from_vars(&vars(&[("BUS_TAIL_CHECK_MS", v)])).map(|c| c.bus_tail_check);
+        assert_eq!(Config::from_vars(&vars(&[])).unwrap().bus_tail_check, Some(Duration::from_secs(2)));
+        assert_eq!(tail("0").unwrap(), None);
+        assert_eq!(tail("300").unwrap(), Some(Duration::from_millis(300)));
+        for bad in ["49", "600001", "soon"] {
+            assert_eq!(tail(bad).err().unwrap().var, "BUS_TAIL_CHECK_MS", "{bad}");
+        }
     }
 
     #[test]

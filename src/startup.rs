@@ -128,6 +128,7 @@ impl Application {
             drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
             edit_window_ms: ws.edit_window_ms,
             presence_heartbeat: config.presence_ttl / 3,
+            tail_check: config.bus_tail_check,
             user_stream_interval: ws.user_stream_interval,
             committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
             push_wake,

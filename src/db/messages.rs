@@ -858,4 +858,19 @@ impl Store {
     pub async fn last_seq(&self, room: &str) -> Result<Option<i64>, DbError> {
         Ok(sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1").bind(room).fetch_optional(&self.read).await?)
     }
+
+    /// The highest seq of each of `rooms` that exists: one query per 1,000
+    /// rooms (the hub's tail check compares many quiet rooms at once).
+    pub async fn last_seqs(&self, rooms: &[&str]) -> Result<Vec<(String, i64)>, DbError> {
+        let mut out = Vec::with_capacity(rooms.len());
+        for chunk in rooms.chunks(IN_CHUNK) {
+            let sql = format!("SELECT id, last_seq FROM rooms WHERE id IN ({})", super::placeholders(1, chunk.len()));
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+            for r in chunk {
+                q = q.bind(*r);
+            }
+            out.extend(q.fetch_all(&self.read).await?);
+        }
+        Ok(out)
+    }
 }

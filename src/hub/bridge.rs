@@ -93,7 +93,9 @@ impl Hub {
                 BusEvent::Ephemeral { room, frame } => self.fan_out_event(&room, &frame, None),
                 BusEvent::Tail { room, seq } => {
                     let hub = self.clone();
-                    self.spawn_task(async move { hub.catch_up(&room, Some(seq)).await });
+                    self.spawn_task(async move {
+                        hub.catch_up(&room, Some(seq)).await;
+                    });
                 }
                 BusEvent::MemberRemoved { room, user, reason } => {
                     let reason = match reason.as_str() {

@@ -8,6 +8,8 @@
 //! - [`sequencer`]: the seq filters themselves (the room's order, each
 //!   connection's cursor), pure and property-tested.
 //! - [`bridge`]: what crosses instances through the bus, both ways.
+//! - [`tail`]: the periodic check that quiet rooms have delivered what
+//!   storage holds (a loss the bus never noticed).
 //! - [`presence`]: who is online, one truth for the cluster.
 //! - [`commit`]: group commit of sends into storage.
 //! - [`drain`]: closing every socket at shutdown.
@@ -35,6 +37,7 @@ pub mod presence;
 pub mod registry;
 pub mod room;
 mod sequencer;
+mod tail;
 pub mod user_stream;
 pub mod version;
 pub mod ws;
@@ -71,6 +74,9 @@ pub struct HubSettings {
     pub committers: usize,
     /// How often presence entries are re-asserted (a third of their TTL).
     pub presence_heartbeat: Duration,
+    /// How often quiet rooms are compared with storage ([`tail`]); `None`
+    /// turns the check off.
+    pub tail_check: Option<Duration>,
     /// This instance's name (host:port), in admin views and logs.
     pub instance: Arc<str>,
     /// Set when the offline-push webhook is configured: the committer then
@@ -191,6 +197,9 @@ impl Hub {
         tasks.spawn(hub.clone().run_presence(changes, heartbeat, stop.clone()));
         let interval = hub.inner.settings.user_stream_interval;
         tasks.spawn(hub.clone().run_user_stream(interval, stop.clone()));
+        if let Some(period) = hub.inner.settings.tail_check {
+            tasks.spawn(hub.clone().run_tail_check(period, stop.clone()));
+        }
         tasks.spawn(hub.clone().run_bus_listener(events, stop));
         tasks.spawn(hub.clone().resume_erasures());
         hub

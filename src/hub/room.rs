@@ -33,6 +33,14 @@ pub(super) struct RoomEntry {
     seq: Sequencer<Utf8Bytes>,
     /// A task is filling the room's gaps from storage.
     filling: bool,
+    /// When the room last fanned a message out, on the fan-out histogram's
+    /// clock (read there anyway, so the tail check costs the delivery path
+    /// nothing); 0 before the first.
+    last_delivery_ns: u64,
+    /// The tail check's tick that last compared the room with storage:
+    /// the longest unchecked go first when there are more quiet rooms
+    /// than one tick takes.
+    tail_tick: u64,
 }
 
 /// The rooms with at least one local subscriber.
@@ -134,7 +142,14 @@ impl Hub {
 
     /// Delivers a message to this instance's subscribers in seq order.
     pub fn deliver(&self, room: &str, seq: i64, frame: Utf8Bytes) {
-        let Some(mut entry) = self.inner.rooms.map.get_mut(room) else { return };
+        self.offer(room, seq, frame);
+    }
+
+    /// [`Hub::deliver`], saying whether the message was fanned out now
+    /// (not a duplicate, not held past a gap): what fills from storage
+    /// count.
+    fn offer(&self, room: &str, seq: i64, frame: Utf8Bytes) -> bool {
+        let Some(mut entry) = self.inner.rooms.map.get_mut(room) else { return false };
         let room_arc: Arc<str> = entry.key().clone();
         let e = entry.value_mut();
         let metrics = &self.inner.metrics;
@@ -146,10 +161,18 @@ impl Hub {
             let ready = *now.get_or_insert_with(|| metrics.fanout_seconds.now_ns());
             fan_out_message(subs, &room_arc, s, f, ready, metrics);
         });
-        if matches!(offered, Offered::Held { .. }) && !e.filling {
-            e.filling = true;
-            let hub = self.clone();
-            self.spawn_task(async move { hub.fill_gap(room_arc).await });
+        if let Some(ns) = now {
+            e.last_delivery_ns = ns;
+        }
+        match offered {
+            Offered::Held { .. } if !e.filling => {
+                e.filling = true;
+                let hub = self.clone();
+                self.spawn_task(async move { hub.fill_gap(room_arc).await });
+                false
+            }
+            Offered::Emitted => true,
+            Offered::Held { .. } | Offered::Stale => false,
         }
     }
 
@@ -157,37 +180,52 @@ impl Hub {
     /// is left. A gap storage cannot fill (nothing more there, or five
     /// failed reads in a row, or shutdown) is given up: what is held is
     /// released and each connection fills its own gap from storage.
+    ///
+    /// Counted once per fill: `chatgw_hub_gap_fills_total` when it
+    /// delivered at least one message, `chatgw_hub_gap_fill_giveups_total`
+    /// by reason when it gave up (a fill may do both).
     async fn fill_gap(&self, room: Arc<str>) {
-        self.inner.metrics.hub_gap_fills.inc();
         let mut failures = 0u64;
-        while let Some((after, until)) = self.next_gap(&room) {
+        let mut delivered = 0u64;
+        let gave_up = loop {
+            let Some((after, until)) = self.next_gap(&room) else { break None };
             match self.inner.store.history(&room, Some(after), Some(until), until - after).await {
                 Ok(page) => {
                     failures = 0;
                     for m in &page.messages {
-                        self.deliver(&room, m.seq, frames::message_frame(m));
+                        delivered += u64::from(self.offer(&room, m.seq, frames::message_frame(m)));
                     }
-                    // No progress: the first missing seq is not in storage.
-                    let delivered = self.inner.rooms.map.get(&room).and_then(|e| e.seq.delivered());
-                    if delivered.is_none_or(|d| d <= after) {
-                        self.give_up_gap(&room);
-                        return;
+                    // No progress: the first missing seq is not in storage
+                    // (unless the last local socket left meanwhile).
+                    let Some(now) = self.inner.rooms.map.get(&room).map(|e| e.seq.delivered()) else { break None };
+                    if now.is_none_or(|d| d <= after) {
+                        break Some("not_stored");
                     }
                 }
                 Err(err) => {
                     tracing::warn!(room = %room, error = %err, attempt = failures, "gap fill failed");
                     failures += 1;
                     if failures >= 5 {
-                        break;
+                        break Some("storage_error");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100 * failures)) => {}
-                        () = self.inner.stop.cancelled() => break,
+                        () = self.inner.stop.cancelled() => break Some("shutdown"),
                     }
                 }
             }
+        };
+        let metrics = &self.inner.metrics;
+        if delivered > 0 {
+            metrics.hub_gap_fills.inc();
         }
-        self.give_up_gap(&room);
+        if let Some(reason) = gave_up {
+            metrics.hub_gap_fill_giveups.inc(reason);
+            if reason != "shutdown" {
+                tracing::warn!(room = %room, reason, "gap fill given up: each socket replays from storage itself");
+            }
+            self.give_up_gap(&room);
+        }
     }
 
     /// The room's first open gap. With none left, clears `filling` under the
@@ -208,32 +246,62 @@ impl Hub {
         e.filling = false;
         let metrics = &self.inner.metrics;
         let now = metrics.fanout_seconds.now_ns();
+        e.last_delivery_ns = now;
         let subs = &e.subs;
         e.seq.release(|s, f| fan_out_message(subs, room, s, f, now, metrics));
     }
 
     /// Delivers whatever storage has beyond the room's last delivered seq
-    /// (up to `until`, inclusive, when given).
-    pub(super) async fn catch_up(&self, room: &Arc<str>, until: Option<i64>) {
+    /// (up to `until`, inclusive, when given); returns how many messages
+    /// that fanned out (those the bus brought meanwhile are not counted).
+    pub(super) async fn catch_up(&self, room: &Arc<str>, until: Option<i64>) -> u64 {
+        let mut delivered = 0;
         loop {
-            let Some(after) = self.inner.rooms.map.get(room).and_then(|e| e.seq.delivered()) else { return };
+            let Some(after) = self.inner.rooms.map.get(room).and_then(|e| e.seq.delivered()) else { return delivered };
             if until.is_some_and(|u| after >= u) {
-                return;
+                return delivered;
             }
             let page = match self.inner.store.history(room, Some(after), until.map(|u| u + 1), CATCH_UP_PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(room = %room, error = %e, "catching a room up from storage failed");
-                    return;
+                    return delivered;
                 }
             };
             for m in &page.messages {
-                self.deliver(room, m.seq, frames::message_frame(m));
+                delivered += u64::from(self.offer(room, m.seq, frames::message_frame(m)));
             }
             if !page.has_more || page.messages.is_empty() {
-                return;
+                return delivered;
             }
         }
+    }
+
+    /// Up to `max` rooms whose sequencer has been quiet for `quiet_ns` (no
+    /// message fanned out, no gap being filled), each with its last
+    /// delivered seq; the ones compared longest ago first. Marks them as
+    /// compared at `tick`.
+    pub(super) fn quiet_rooms(&self, quiet_ns: u64, tick: u64, max: usize) -> Vec<(Arc<str>, i64)> {
+        let now = self.inner.metrics.fanout_seconds.now_ns();
+        let mut due: Vec<(u64, Arc<str>, i64)> = Vec::new();
+        for e in self.inner.rooms.map.iter() {
+            let r = e.value();
+            let Some(delivered) = r.seq.delivered() else { continue };
+            if r.filling || r.seq.gap().is_some() || now.saturating_sub(r.last_delivery_ns) < quiet_ns {
+                continue;
+            }
+            due.push((r.tail_tick, e.key().clone(), delivered));
+        }
+        if due.len() > max {
+            due.select_nth_unstable_by_key(max, |d| d.0);
+            due.truncate(max);
+        }
+        for (_, room, _) in &due {
+            if let Some(mut e) = self.inner.rooms.map.get_mut(room) {
+                e.tail_tick = tick;
+            }
+        }
+        due.into_iter().map(|(_, room, seq)| (room, seq)).collect()
     }
 
     /// Every room with local subscribers.

@@ -50,6 +50,8 @@ pub const DB_ERROR_SOURCES: [&str; 5] = ["http", "ws", "commit", "background", "
 pub const WEBHOOK_EVENT_OUTCOMES: [&str; 4] = ["delivered", "skipped", "retried", "given_up"];
 /// How a webhook POST ended.
 pub const WEBHOOK_RESULTS: [&str; 4] = ["ok", "http_error", "timeout", "error"];
+/// Why a room's gap fill gave up (README, "Metrics").
+pub const GAP_FILL_GIVEUP_REASONS: [&str; 3] = ["not_stored", "storage_error", "shutdown"];
 /// Why the bus lost events.
 pub const BUS_DROP_REASONS: [&str; 5] =
     ["publish_queue_full", "publish_failed", "inbound_full", "inbound_lagged", "undecodable"];
@@ -163,8 +165,16 @@ pub struct Series {
     pub bus_publish_queue: IntGauge,
     /// Room channels this instance is subscribed to.
     pub bus_rooms: IntGauge,
-    /// Gaps in a room's sequence filled from storage.
+    /// Gap fills that delivered at least one message from storage.
     pub hub_gap_fills: IntCounter,
+    /// Gap fills given up, by reason (`GAP_FILL_GIVEUP_REASONS`): what the
+    /// room held is released and each socket replays from storage itself.
+    pub hub_gap_fill_giveups: Counters<3>,
+    /// Rooms the tail check compared with storage.
+    pub hub_tail_checks: IntCounter,
+    /// Messages the tail check delivered: lost by the bus without anyone
+    /// noticing, or stored by an instance that died before publishing.
+    pub hub_tail_recovered: IntCounter,
     /// Catch-ups of every room from storage after the bus lost events.
     pub hub_resyncs: IntCounter,
     /// Rooms with at least one local subscriber (set at scrape).
@@ -300,7 +310,26 @@ impl Metrics {
             ),
             bus_publish_queue: gauge("chatgw_bus_publish_queue_depth", "Events waiting to be published on the bus"),
             bus_rooms: gauge("chatgw_bus_subscribed_rooms", "Room channels subscribed on the bus"),
-            hub_gap_fills: counter("chatgw_hub_gap_fills_total", "Room sequence gaps filled from storage"),
+            hub_gap_fills: counter(
+                "chatgw_hub_gap_fills_total",
+                "Room sequence gap fills that delivered at least one message from storage",
+            ),
+            hub_gap_fill_giveups: Counters::new(
+                counter_vec(
+                    "chatgw_hub_gap_fill_giveups_total",
+                    "Room sequence gap fills given up (sockets replay from storage themselves), by reason",
+                    "reason",
+                ),
+                GAP_FILL_GIVEUP_REASONS,
+            ),
+            hub_tail_checks: counter(
+                "chatgw_hub_tail_checks_total",
+                "Quiet rooms compared with storage by the tail check",
+            ),
+            hub_tail_recovered: counter(
+                "chatgw_hub_tail_recovered_total",
+                "Messages the tail check delivered from storage that the bus never brought",
+            ),
             hub_resyncs: counter("chatgw_hub_resyncs_total", "Catch-ups from storage after the bus lost events"),
             hub_rooms: gauge("chatgw_hub_rooms", "Rooms with at least one local subscriber"),
             presence_entries: gauge("chatgw_presence_entries", "(room, user) pairs online through this instance"),
@@ -353,6 +382,9 @@ impl Metrics {
             Box::new(m.bus_publish_queue.clone()),
             Box::new(m.bus_rooms.clone()),
             Box::new(m.hub_gap_fills.clone()),
+            Box::new(m.hub_gap_fill_giveups.vec.clone()),
+            Box::new(m.hub_tail_checks.clone()),
+            Box::new(m.hub_tail_recovered.clone()),
             Box::new(m.hub_resyncs.clone()),
             Box::new(m.hub_rooms.clone()),
             Box::new(m.presence_entries.clone()),
