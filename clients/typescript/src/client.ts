@@ -33,7 +33,7 @@ import type {
   ServerTyping,
 } from "./generated/protocol.js";
 import { Outbox, type OutboxEntry, type OutboxKind } from "./outbox.js";
-import { decideOnClose, decideOnHandshake, type Decision } from "./policy.js";
+import { decideOnClose, decideOnHandshake, renewalDelay, type Decision } from "./policy.js";
 import { Room, type RemovedReason, type RoomHost, type RoomSnapshot } from "./room.js";
 import { classify } from "./sequencer.js";
 import { MemoryStore, type Store } from "./store.js";
@@ -286,6 +286,22 @@ function detach(socket: SocketLike): void {
 }
 
 /**
+ * Whether a server (by its hello) serves `edit` or `delete` (§16, §19):
+ * `edit` while "edits" is listed (1.2 lists it only while the edit window is
+ * open); `delete` where "deletes" is listed (1.2, also with edits off), or
+ * where "edits" is listed by a 1.0/1.1 server, which had no "deletes".
+ */
+function serves(hello: ServerHello | undefined, kind: "edit" | "delete"): boolean {
+  const h = hello as Partial<ServerHello> | undefined;
+  const features: readonly string[] = h?.features ?? [];
+  if (kind === "edit") return features.includes("edits");
+  if (features.includes("deletes")) return true;
+  const version: string | undefined = h?.protocol_version;
+  const before12 = version === undefined || version === "1.0" || version === "1.1";
+  return before12 && features.includes("edits");
+}
+
+/**
  * Errors after which a send/edit/delete is refused for good (§6). Only
  * `forbidden` also drops the room (not a member); `not_author` (an edit or
  * delete of someone else's message) concerns that request alone.
@@ -373,6 +389,23 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   get serverVersion(): string | undefined {
     if (!this.#hello) return undefined;
     return (this.#hello as Partial<ServerHello>).protocol_version ?? "1.0";
+  }
+  /**
+   * The server's edit window in ms (`hello.limits.edit_window_ms`, 1.2): 0
+   * means edits are off. Undefined before the first hello and for servers
+   * before 1.2, which do not announce it.
+   */
+  get editWindowMs(): number | undefined {
+    const w = (this.#hello?.limits as Partial<ServerHello["limits"]> | undefined)?.edit_window_ms;
+    return typeof w === "number" ? w : undefined;
+  }
+  /** Whether the last hello offers `edit` (features list "edits"); `room.edit` rejects otherwise. */
+  get canEdit(): boolean {
+    return serves(this.#hello, "edit");
+  }
+  /** Whether the last hello offers `delete` ("deletes", or "edits" from a 1.1 server); `room.delete` rejects otherwise. */
+  get canDelete(): boolean {
+    return serves(this.#hello, "delete");
   }
   /** Rooms the client joins on every connection (including ones restored from the store). */
   get rooms(): Room[] {
@@ -1308,9 +1341,7 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
   #scheduleRenewal(conn: Connection, expiresInMs: number): void {
     if (!this.options.token) return; // ticket only: 4001 reconnects with a fresh ticket
     if (!Number.isFinite(expiresInMs)) return;
-    // About a minute before expiry (§10), earlier for short-lived tokens.
-    const delay = Math.max(0, expiresInMs - Math.min(60_000, Math.floor(expiresInMs / 4)));
-    this.#timer(conn, delay, () => void this.#renew(conn));
+    this.#timer(conn, renewalDelay(expiresInMs), () => void this.#renew(conn));
   }
 
   async #renew(conn: Connection): Promise<void> {
@@ -1378,7 +1409,8 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
       return;
     }
     const window = this.#careful ? 1 : OUTBOX_WINDOW;
-    const edits = this.#features(conn).includes("edits");
+    const edits = serves(conn.hello, "edit");
+    const deletes = serves(conn.hello, "delete");
     const maxBody = conn.hello?.limits?.max_body_bytes;
     for (const e of this.#outbox.unsent()) {
       if (this.#outbox.inflightCount >= window) break;
@@ -1392,8 +1424,9 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
       let frame: ClientFrame;
       if (e.kind === "send") {
         frame = { type: "send", room: e.room, body: e.body ?? "", client_msg_id: e.clientMsgId };
-      } else if (!edits) {
-        this.#settleOutbox(e.clientMsgId, new ChatError("bad_request", "this server does not support edits/deletes"));
+      } else if (e.kind === "edit" ? !edits : !deletes) {
+        const what = e.kind === "edit" ? "edits (none listed in hello.features, or the edit window is 0)" : "deletes";
+        this.#settleOutbox(e.clientMsgId, new ChatError("bad_request", `this server does not serve ${what}`, { room: e.room }));
         continue;
       } else if (e.kind === "edit") {
         frame = { type: "edit", room: e.room, target_seq: e.seq ?? 0, body: e.body ?? "", client_msg_id: e.clientMsgId };

@@ -67,3 +67,15 @@ export function decideOnHandshake(status: number | undefined, backoff: Backoff, 
       return { reconnect: true, delayMs: backoff.next(), why: status ? String(status) : "network" };
   }
 }
+
+/**
+ * How long after a credential's expiry was announced (`token_expires_in_ms`,
+ * `expires_in_ms`) the client renews it: when the remaining life falls to
+ * the lesser of 60 s and half the lifetime (§10). A minute before expiry for
+ * the usual 15-minute token; half-way for one under two minutes, so a short
+ * token still leaves as much time for the refresh as it has already lived.
+ */
+export function renewalDelay(expiresInMs: number): number {
+  if (!Number.isFinite(expiresInMs) || expiresInMs <= 0) return 0;
+  return expiresInMs - Math.min(60_000, Math.floor(expiresInMs / 2));
+}

@@ -121,11 +121,16 @@ export class Room extends Emitter<RoomEvents> {
   send(body: string, opts: { clientMsgId?: string } = {}): Promise<ServerAck> {
     return this.host.roomSend(this, body, opts.clientMsgId);
   }
-  /** Edits one of the user's messages (§16); acked like a send. */
+  /**
+   * Edits one of the user's messages (§16); acked like a send. Each edit
+   * gets a fresh `client_msg_id` (a new UUID); pass `clientMsgId` only to
+   * retry this same edit (e.g. after an app restart), never a message's id:
+   * ids are one namespace per room and sender, so that is `conflict` (§13.3).
+   */
   edit(seq: number, body: string, opts: { clientMsgId?: string } = {}): Promise<ServerAck> {
     return this.host.roomEdit(this, seq, body, opts.clientMsgId);
   }
-  /** Deletes a message (§16); acked like a send. */
+  /** Deletes a message (§16); acked like a send. A fresh `client_msg_id` per call, as for `edit`. */
   delete(seq: number, opts: { clientMsgId?: string } = {}): Promise<ServerAck> {
     return this.host.roomDelete(this, seq, opts.clientMsgId);
   }

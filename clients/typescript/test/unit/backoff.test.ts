@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Backoff, fullJitter, parseDrainDelay } from "../../src/backoff.ts";
-import { decideOnClose, decideOnHandshake } from "../../src/policy.ts";
+import { decideOnClose, decideOnHandshake, renewalDelay } from "../../src/policy.ts";
 
 test("full jitter stays within [0, min(max, base * 2^attempt))", () => {
   for (let attempt = 0; attempt < 20; attempt++) {
@@ -66,4 +66,34 @@ test("handshake refusals (§2.4)", () => {
   assert.ok(d429.reconnect && d429.delayMs >= 1000);
   assert.ok(decideOnHandshake(503, b()).reconnect);
   assert.ok(decideOnHandshake(undefined, b()).reconnect);
+});
+
+test("1006 (no close frame) has one rule: backoff with jitter, counted as a failure, then resume (§7)", () => {
+  // Same random, same backoff state: 1006 decides exactly like 1011.
+  const rand = () => 0.75;
+  const b1006 = new Backoff({ baseMs: 500, maxMs: 30_000 }, rand);
+  const b1011 = new Backoff({ baseMs: 500, maxMs: 30_000 }, rand);
+  const delays: number[] = [];
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const d = decideOnClose(1006, "", b1006, rand);
+    const ref = decideOnClose(1011, "", b1011, rand);
+    assert.ok(d.reconnect && ref.reconnect);
+    assert.equal(d.authFailure, undefined);
+    assert.equal(d.delayMs, ref.delayMs, `attempt ${attempt}: 1006 waits like 1011`);
+    // Full jitter within the attempt's window: random(0, min(30 s, 0.5 s * 2^attempt)).
+    assert.equal(d.delayMs, Math.floor(0.75 * Math.min(30_000, 500 * 2 ** attempt)));
+    delays.push(d.delayMs);
+  }
+  assert.equal(b1006.attempt, 4, "each 1006 counts as a failed attempt (the window grows)");
+  assert.deepEqual(delays, [375, 750, 1500, 3000]);
+});
+
+test("token renewal at the lesser of 60 s and half the lifetime before expiry (§10)", () => {
+  assert.equal(renewalDelay(900_000), 840_000, "15-minute token: a minute before expiry");
+  assert.equal(renewalDelay(120_000), 60_000, "two minutes: both rules agree");
+  assert.equal(renewalDelay(119_000), 59_500, "under two minutes: half-way");
+  assert.equal(renewalDelay(30_000), 15_000, "a 30-second token: after 15 s");
+  assert.equal(renewalDelay(1_000), 500);
+  assert.equal(renewalDelay(0), 0, "already expired: at once");
+  assert.equal(renewalDelay(-5), 0, "never a negative wait");
 });

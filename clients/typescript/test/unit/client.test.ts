@@ -14,7 +14,7 @@ import {
   type ServerMessage,
   type StateInfo,
 } from "../../src/index.ts";
-import { fakeServer, hello, hello10, joined, msg, sleep, waitFor, type FakeSocket } from "./fake.ts";
+import { fakeServer, hello, hello10, hello11, joined, msg, sleep, waitFor, type FakeSocket } from "./fake.ts";
 
 const clients: ChatClient[] = [];
 afterEach(() => {
@@ -54,7 +54,7 @@ test("connects with the token header and subprotocol, joins, dedupes messages", 
   assert.deepEqual(s.protocols, ["chatgw.v1"]);
   assert.ok(!s.url.includes("heartbeat="), "Node ws: WebSocket pings, no heartbeat=app");
   assert.equal(client.userId, "u-me");
-  assert.equal(client.serverVersion, "1.1");
+  assert.equal(client.serverVersion, "1.2");
 
   const joining = client.join("r1", { sinceSeq: null });
   const j = await s.waitSent((f) => f.type === "join");
@@ -775,4 +775,124 @@ test("protocol 1.2: accepted; not_author rejects that edit only, forbidden on a 
   await assert.rejects(refused, (err: ChatError) => err.code === "forbidden");
   assert.equal(client.room("r"), undefined, "forbidden drops the room");
   assert.deepEqual(removed, ["removed"]);
+});
+
+test("protocol 1.2: edit is gated on \"edits\", delete on \"deletes\" (or \"edits\" from 1.1); the edit window is exposed", async () => {
+  /** Connects to a server with hello `h`, joins room r (last_seq 1) and returns the pieces. */
+  async function against(h: ServerHello) {
+    const { client, server } = make();
+    client.connect().catch(() => {});
+    const s = await online(server, 0, h);
+    await waitFor(() => client.state === "online");
+    const p = client.join("r", { sinceSeq: null });
+    const j = await s.waitSent((f) => f.type === "join");
+    s.push({ ...joined("r", 1), id: j.id });
+    return { client, s, room: await p };
+  }
+  const limits = hello().limits;
+
+  // 1.2 with edits off (EDIT_WINDOW_SECS=0): "deletes" without "edits".
+  const off = await against(
+    hello({ features: ["sync", "user_stream", "deletes", "retention", "app_heartbeat"], limits: { ...limits, edit_window_ms: 0 } }),
+  );
+  assert.equal(off.client.editWindowMs, 0);
+  assert.deepEqual([off.client.canEdit, off.client.canDelete], [false, true]);
+  await assert.rejects(off.room.edit(1, "x"), (e: ChatError) => e.code === "bad_request" && e.room === "r");
+  const del = off.room.delete(1);
+  const d = await off.s.waitSent((f) => f.type === "delete");
+  off.s.push({ type: "ack", id: d.id, room: "r", client_msg_id: d.client_msg_id, seq: 2, duplicate: false });
+  assert.equal((await del).seq, 2, "a delete is served with edits off");
+  assert.equal(off.s.sentOf("edit").length, 0, "no edit frame reached a server without edits");
+
+  // 1.2 with edits on: both, and the window in the typed API.
+  const on = await against(hello());
+  assert.equal(on.client.editWindowMs, 900_000);
+  assert.deepEqual([on.client.canEdit, on.client.canDelete], [true, true]);
+  const ed = on.room.edit(1, "y");
+  const e = await on.s.waitSent((f) => f.type === "edit");
+  on.s.push({ type: "ack", id: e.id, room: "r", client_msg_id: e.client_msg_id, seq: 2, duplicate: false });
+  assert.equal((await ed).seq, 2);
+
+  // 1.1: "edits" covers delete (no "deletes" then); no window announced.
+  const v11 = await against(hello11());
+  assert.equal(v11.client.serverVersion, "1.1");
+  assert.equal(v11.client.editWindowMs, undefined);
+  assert.deepEqual([v11.client.canEdit, v11.client.canDelete], [true, true]);
+  const del11 = v11.room.delete(1);
+  const d11 = await v11.s.waitSent((f) => f.type === "delete");
+  v11.s.push({ type: "ack", id: d11.id, room: "r", client_msg_id: d11.client_msg_id, seq: 2, duplicate: false });
+  assert.equal((await del11).seq, 2);
+
+  // 1.2 listing "edits" but not "deletes": delete not served (only a 1.1 server's "edits" covers it).
+  const noDel = await against(hello({ features: ["sync", "edits"] }));
+  assert.deepEqual([noDel.client.canEdit, noDel.client.canDelete], [true, false]);
+  await assert.rejects(noDel.room.delete(1), (err: ChatError) => err.code === "bad_request");
+  assert.equal(noDel.s.sentOf("delete").length, 0);
+});
+
+test("every edit and delete gets a fresh client_msg_id (one namespace with sends, §13.3)", async () => {
+  const { client, server } = make();
+  client.connect().catch(() => {});
+  const s = await online(server, 0);
+  const p = client.join("r", { sinceSeq: null });
+  const j = await s.waitSent((f) => f.type === "join");
+  s.push({ ...joined("r", 0), id: j.id });
+  const room = await p;
+  const sent = room.send("hello");
+  const f = await s.waitSent((x) => x.type === "send");
+  s.push({ type: "ack", id: f.id, room: "r", client_msg_id: f.client_msg_id, seq: 1, duplicate: false });
+  await sent;
+  // Two edits of the same message (the second with the first's body too) and a delete.
+  const changes = [room.edit(1, "v2"), room.edit(1, "v2"), room.delete(1)];
+  await waitFor(() => s.sentOf("edit").length === 2 && s.sentOf("delete").length === 1, 5000, "two edits and a delete sent");
+  const frames = [...s.sentOf("edit"), ...s.sentOf("delete")];
+  const ids = [f.client_msg_id, ...frames.map((x) => x.client_msg_id)];
+  assert.equal(new Set(ids).size, 4, `one id per request, none reused: ${JSON.stringify(ids)}`);
+  frames.forEach((x, k) =>
+    s.push({ type: "ack", id: x.id, room: "r", client_msg_id: x.client_msg_id, seq: 2 + k, duplicate: false }),
+  );
+  assert.deepEqual((await Promise.all(changes)).map((a) => a.seq), [2, 3, 4]);
+});
+
+test("change events advance lastSeq like messages; a room joined at 0 resumes with since_seq 0, after a drop and a restart", async () => {
+  const store = new MemoryStore();
+  const { client, server } = make({ store });
+  client.connect().catch(() => {});
+  let s = await online(server, 0);
+  // "empty": joined at the live edge of a room without messages (last_seq 0).
+  const pe = client.join("empty", { sinceSeq: null });
+  const je = await s.waitSent((f) => f.type === "join" && f.room === "empty");
+  s.push({ ...joined("empty", 0), id: je.id });
+  assert.equal((await pe).lastSeq, 0);
+  const pq = client.join("q", { sinceSeq: null });
+  const jq = await s.waitSent((f) => f.type === "join" && f.room === "q");
+  s.push({ ...joined("q", 3), id: jq.id });
+  const q = await pq;
+  const seen: string[] = [];
+  q.on("message", (m) => seen.push(`message ${m.seq}`));
+  q.on("edit", (e) => seen.push(`edit ${e.seq}`));
+  q.on("delete", (d) => seen.push(`delete ${d.seq}`));
+  s.push(msg("q", 4));
+  s.push({ type: "edit", room: "q", seq: 5, target_seq: 4, sender: "u-other", body: "m4'", client_msg_id: "e5", sent_at: 5 });
+  s.push({ type: "delete", room: "q", seq: 6, target_seq: 4, sender: "u-other", reason: "author", client_msg_id: "d6", sent_at: 6 });
+  s.push(msg("q", 7));
+  assert.deepEqual(seen, ["message 4", "edit 5", "delete 6", "message 7"]);
+  assert.equal(q.lastSeq, 7);
+  assert.equal(client.gapRecoveries, 0, "no change event was taken for a gap");
+  assert.equal(s.sentOf("join").length, 2, "no re-join");
+
+  const resumeOf = async (sock: FakeSocket) => {
+    const sync = await sock.waitSent((f) => f.type === "sync");
+    return Object.fromEntries((sync.rooms as Array<{ room: string; since_seq?: number }>).map((e) => [e.room, e.since_seq]));
+  };
+  s.serverClose(1006);
+  s = await online(server, 1);
+  assert.deepEqual(await resumeOf(s), { empty: 0, q: 7 }, "resume after a drop: since_seq 0 for the empty room");
+
+  await client.flush();
+  client.close();
+  const again = make({ store });
+  again.client.connect().catch(() => {});
+  const s2 = await online(again.server, 0);
+  assert.deepEqual(await resumeOf(s2), { empty: 0, q: 7 }, "resume after an app restart: the same");
 });

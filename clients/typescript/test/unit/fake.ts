@@ -126,8 +126,8 @@ export function hello(over: Partial<ServerHello> & Record<string, unknown> = {})
   return {
     type: "hello",
     protocol: 1,
-    protocol_version: "1.1",
-    features: ["sync", "user_stream", "edits", "retention", "app_heartbeat"],
+    protocol_version: "1.2",
+    features: ["sync", "user_stream", "edits", "deletes", "retention", "app_heartbeat"],
     session_id: "sess-1",
     user_id: "u-me",
     heartbeat: "ws",
@@ -145,9 +145,18 @@ export function hello(over: Partial<ServerHello> & Record<string, unknown> = {})
       events_burst: 100,
       max_rooms: 1000,
       max_sync_rooms: 1000,
+      edit_window_ms: 900000,
     },
     ...over,
   } as ServerHello;
+}
+
+/** A 1.1 server's hello: no "deletes" (edits listed with deletes served), no limits.edit_window_ms. */
+export function hello11(over: Record<string, unknown> = {}): ServerHello {
+  const h = hello({ protocol_version: "1.1", features: ["sync", "user_stream", "edits", "retention", "app_heartbeat"], ...over } as unknown as Partial<ServerHello>);
+  const limits = { ...(h.limits as unknown as Record<string, unknown>) };
+  delete limits.edit_window_ms;
+  return { ...h, limits } as unknown as ServerHello;
 }
 
 /** A 1.0 server's hello: no protocol_version, features, heartbeat, server_time, token_expires_in_ms. */
@@ -158,6 +167,9 @@ export function hello10(over: Record<string, unknown> = {}): ServerHello {
   delete h.heartbeat;
   delete h.server_time;
   delete h.token_expires_in_ms;
+  const limits = { ...(h.limits as Record<string, unknown>) };
+  delete limits.edit_window_ms;
+  h.limits = limits;
   return h as unknown as ServerHello;
 }
 
