@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::both_backends;
-use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster};
+use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster, within};
 use crate::operators::ADMIN_TOKEN;
-use crate::ws_client::{WsClient, assert_conforms};
+use crate::ws_client::{GUARD, WsClient, assert_conforms};
 
 both_backends!(
     sync_answers_every_room_in_one_frame,
@@ -189,7 +189,9 @@ async fn sync_answers_every_room_in_one_frame(db: Db) {
 }
 
 /// Messages sent while a sync runs reach the syncing socket exactly once,
-/// in order, whether by replay or live.
+/// in order, whether by replay or live; some come each way (the sender
+/// goes on until the sync is answered, then sends more, however fast or
+/// slow the machine).
 async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     let app = spawn_app_with(db, |v| {
         for k in ["WS_SEND_PER_SEC", "WS_SEND_BURST", "WS_EVENTS_PER_SEC", "WS_EVENTS_BURST"] {
@@ -207,13 +209,34 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     }
     let mut b = WsClient::connect(&app, &bob.access).await;
     let sender_rooms = rooms.clone();
-    const SENDS: usize = 200;
+    // At most this many sends before the sync is answered: a slow sync
+    // cannot make the sender flood.
+    const MAX_BEFORE: usize = 2000;
+    // Sends after the sync was answered: live for the syncing socket.
+    const AFTER: usize = 16;
+    let (synced_tx, mut synced_rx) = tokio::sync::oneshot::channel::<()>();
     let sender = tokio::spawn(async move {
-        for i in 0..SENDS {
-            b.send_msg(&sender_rooms[i % sender_rooms.len()], &format!("live-{i}"), "x").await;
+        let mut sent = 0;
+        loop {
+            match synced_rx.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                _ => break,
+            }
+            if sent == MAX_BEFORE {
+                let _ = (&mut synced_rx).await;
+                break;
+            }
+            b.send_msg(&sender_rooms[sent % sender_rooms.len()], &format!("live-{sent}"), "x").await;
+            sent += 1;
+            // The sender's pace, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for _ in 0..AFTER {
+            b.send_msg(&sender_rooms[sent % sender_rooms.len()], &format!("live-{sent}"), "x").await;
+            sent += 1;
         }
         let mut acks = 0;
-        while acks < SENDS {
+        while acks < sent {
             if b.next().await["type"] == "ack" {
                 acks += 1;
             }
@@ -224,8 +247,10 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     let entries: Vec<Value> = rooms.iter().map(|r| json!({"room": r, "since_seq": 2})).collect();
     let (frames, synced) = sync(&mut a, entries).await;
     assert_eq!(synced["joined"], 8);
-    let b = sender.await.expect("sender");
+    synced_tx.send(()).expect("the sender waits for the sync");
+    let b = within(GUARD, "the sender's acks", sender).await.expect("sender");
     let mut got: HashMap<String, Vec<i64>> = HashMap::new();
+    let replayed = frames.iter().filter(|f| f["type"] == "message").count();
     for f in frames.iter().filter(|f| f["type"] == "message") {
         got.entry(f["room"].as_str().unwrap().to_owned()).or_default().push(f["seq"].as_i64().unwrap());
     }
@@ -234,9 +259,11 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
         last.insert(r.clone(), app.store.last_seq(r).await.unwrap().unwrap());
     }
     // Read live messages until every room reached its final seq.
+    let mut live = 0;
     while rooms.iter().any(|r| got.get(r).and_then(|v| v.last()).copied().unwrap_or(2) < last[r]) {
         let v = a.next().await;
         if v["type"] == "message" {
+            live += 1;
             got.entry(v["room"].as_str().unwrap().to_owned()).or_default().push(v["seq"].as_i64().unwrap());
         }
     }
@@ -245,6 +272,10 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
         let want: Vec<i64> = (3..=last[r]).collect();
         assert_eq!(got.get(r).cloned().unwrap_or_default(), want, "room {r}: every seq after 2 exactly once, in order");
     }
+    // Both sides of the seam were crossed: the seeded messages were
+    // replayed, and those sent after `synced` came live.
+    assert!(replayed >= 8 * 3, "replayed before synced: {replayed}");
+    assert!(live >= AFTER, "live after synced: {live} of at least {AFTER}");
     b.close().await;
     a.close().await;
 }
