@@ -217,11 +217,7 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     let (synced_tx, mut synced_rx) = tokio::sync::oneshot::channel::<()>();
     let sender = tokio::spawn(async move {
         let mut sent = 0;
-        loop {
-            match synced_rx.try_recv() {
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-                _ => break,
-            }
+        while let Err(tokio::sync::oneshot::error::TryRecvError::Empty) = synced_rx.try_recv() {
             if sent == MAX_BEFORE {
                 let _ = (&mut synced_rx).await;
                 break;
