@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +56,12 @@ pub struct Tally {
     pub drain_delays: Vec<u64>,
     /// Close codes received.
     pub closes: Vec<u16>,
+    /// The id of a barrier `ping` that [`assert_exactly_once`] asked the
+    /// receiver to send (once per connection, after its joins).
+    barrier: Option<String>,
+    /// The barrier's `pong` came back: every frame the server queued for
+    /// the socket before it has been counted.
+    barrier_done: bool,
 }
 
 impl Tally {
@@ -127,9 +134,22 @@ pub async fn receiver(
             }
         }
         let mut wait = None;
+        // The barrier ping sent on this connection, if any.
+        let mut pinged: Option<String> = None;
+        let mut look = tokio::time::interval(Duration::from_millis(25));
         loop {
             let msg = tokio::select! {
                 m = ws.next() => m,
+                _ = look.tick() => {
+                    let want = tally.lock().unwrap().barrier.clone();
+                    if let Some(id) = want.filter(|id| pinged.as_ref() != Some(id)) {
+                        if ws.send(Message::text(json!({"type": "ping", "id": id}).to_string())).await.is_err() {
+                            break;
+                        }
+                        pinged = Some(id);
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => return,
             };
             match msg {
@@ -137,6 +157,8 @@ pub async fn receiver(
                     let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
                     if v["type"] == "message" {
                         tally.lock().unwrap().record(v["room"].as_str().unwrap(), v["seq"].as_i64().unwrap());
+                    } else if v["type"] == "pong" && pinged.is_some() && v["id"].as_str() == pinged.as_deref() {
+                        tally.lock().unwrap().barrier_done = true;
                     }
                 }
                 Some(Ok(Message::Close(f))) => {
@@ -166,6 +188,45 @@ pub async fn receiver(
 /// What the senders got acknowledged: `client_msg_id` -> seq.
 pub type Acked = Arc<Mutex<BTreeMap<String, i64>>>;
 
+/// How far senders got, and how far they may go: a test holds them back
+/// (so traffic is still open when a fault comes, however fast the machine)
+/// and reads how many sends were issued (to prove some were in flight).
+#[derive(Clone)]
+pub struct Flow {
+    /// Sends issued (written to a socket the first time), all senders.
+    issued: Arc<AtomicUsize>,
+    /// How many of its ids each sender may issue.
+    allowed: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Flow {
+    /// Senders issue everything.
+    pub fn open() -> Flow {
+        Flow::held_at(usize::MAX)
+    }
+
+    /// Each sender issues its first `n` ids, then waits for [`Flow::raise`]
+    /// or [`Flow::release`].
+    pub fn held_at(n: usize) -> Flow {
+        Flow { issued: Arc::default(), allowed: Arc::new(tokio::sync::watch::channel(n).0) }
+    }
+
+    /// Lets each sender issue `n` more.
+    pub fn raise(&self, n: usize) {
+        self.allowed.send_modify(|a| *a = a.saturating_add(n));
+    }
+
+    /// Lets every sender issue all its ids.
+    pub fn release(&self) {
+        self.allowed.send_replace(usize::MAX);
+    }
+
+    /// Sends issued so far by all senders on this flow.
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+}
+
 /// Sends `ids` to `room` at `pace`, keeping every unacknowledged one in an
 /// outbox that is re-sent (same `client_msg_id`) after a reconnect and every
 /// second. Ends when all are acknowledged.
@@ -178,8 +239,24 @@ pub async fn sender(
     pace: Duration,
     acked: Acked,
 ) {
+    sender_on(addrs, first, token, room, ids, pace, acked, Flow::open()).await;
+}
+
+/// [`sender`], issuing only as far as `flow` allows.
+#[allow(clippy::too_many_arguments)] // the sender's parameters and its flow
+pub async fn sender_on(
+    addrs: Addrs,
+    first: usize,
+    token: String,
+    room: String,
+    ids: Vec<String>,
+    pace: Duration,
+    acked: Acked,
+    flow: Flow,
+) {
     let mut i = first;
     let mut issued = 0usize;
+    let mut allowed = flow.allowed.subscribe();
     let done = |acked: &Acked| ids.iter().all(|id| acked.lock().unwrap().contains_key(id));
     while !done(&acked) {
         let Some(mut ws) = connect(addrs.pick(i), &token).await else {
@@ -193,13 +270,18 @@ pub async fn sender(
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         let mut wait = None;
         'conn: loop {
+            let may = issued < ids.len().min(*allowed.borrow());
             tokio::select! {
-                _ = tick.tick(), if issued < ids.len() => {
+                _ = tick.tick(), if may => {
                     let id = &ids[issued];
                     issued += 1;
+                    flow.issued.fetch_add(1, Ordering::SeqCst);
                     let f = json!({"type": "send", "id": id, "room": room, "client_msg_id": id, "body": format!("body of {id}")});
                     if ws.send(Message::text(f.to_string())).await.is_err() { break 'conn; }
                 }
+                // Held back: wake when the test lets more go (the flow's
+                // sender lives as long as `flow`, so this never errs).
+                _ = allowed.changed(), if !may && issued < ids.len() => {}
                 _ = retry.tick() => {
                     // The outbox: everything issued and not acknowledged.
                     let pending: Vec<&String> = {
@@ -238,9 +320,24 @@ pub async fn sender(
     }
 }
 
+/// Waits for sender tasks to end (each ends once all its ids are
+/// acknowledged); fails naming the ones still running after `guard`.
+pub async fn senders_done(senders: Vec<tokio::task::JoinHandle<()>>, guard: Duration) {
+    let end = tokio::time::Instant::now() + guard;
+    for (k, s) in senders.into_iter().enumerate() {
+        match tokio::time::timeout_at(end, s).await {
+            Ok(r) => r.expect("sender task"),
+            Err(_) => panic!("sender {k} still had unacknowledged sends after {guard:?}"),
+        }
+    }
+}
+
 /// Waits until every receiver has `expected` messages in `room`, or the
-/// guard runs out; then checks each got exactly 1..=expected, in order,
-/// with no duplicate and no gap.
+/// guard runs out; then closes the count with a barrier on every socket (a
+/// `ping` answered by its `pong`: the server writes what it queued for a
+/// socket before it answers the socket's next frame), so a re-delivery that
+/// arrives after the last new seq is counted; then checks each got exactly
+/// 1..=expected, in order, with no duplicate and no gap.
 pub async fn assert_exactly_once(tallies: &[Arc<Mutex<Tally>>], room: &str, expected: usize, guard: Duration) {
     let all_done = || tallies.iter().all(|t| t.lock().unwrap().count(room) >= expected);
     // Polled with a deadline; on timeout the assertions below say what is
@@ -251,6 +348,21 @@ pub async fn assert_exactly_once(tallies: &[Arc<Mutex<Tally>>], room: &str, expe
         }
     })
     .await;
+    if all_done() {
+        for t in tallies {
+            let mut t = t.lock().unwrap();
+            t.barrier = Some(uuid::Uuid::new_v4().simple().to_string());
+            t.barrier_done = false;
+        }
+        let barrier = tokio::time::timeout(guard, async {
+            while !tallies.iter().all(|t| t.lock().unwrap().barrier_done) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let late: Vec<usize> = (0..tallies.len()).filter(|k| !tallies[*k].lock().unwrap().barrier_done).collect();
+        assert!(barrier.is_ok(), "receivers {late:?}: no pong to the barrier ping within {guard:?}");
+    }
     let want: Vec<i64> = (1..=expected as i64).collect();
     for (k, t) in tallies.iter().enumerate() {
         let t = t.lock().unwrap();

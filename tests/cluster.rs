@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chaos::{Acked, Addrs, Tally, assert_exactly_once, receiver, sender};
 use crate::helpers::{
-    Db, Session, TestApp, eventually, spawn_cluster, spawn_cluster_tweaked, spawn_cluster_with, test_seed,
+    Db, Session, TestApp, eventually, spawn_cluster, spawn_cluster_tweaked, spawn_cluster_with, test_seed, within,
 };
-use crate::ws_client::WsClient;
+use crate::ws_client::{GUARD, WsClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_membership_and_logout_cross_instances() {
@@ -42,15 +42,27 @@ async fn messages_membership_and_logout_cross_instances() {
     }
     for c in [&mut ca, &mut cb] {
         let mut seqs = Vec::new();
-        let mut acks = 0;
-        while seqs.len() < 40 || acks < 20 {
-            let f = c.next().await;
-            match f["type"].as_str() {
-                Some("message") => seqs.push(f["seq"].as_i64().unwrap()),
-                Some("ack") => acks += 1,
-                _ => {}
+        within(GUARD, "40 messages and 20 acks on each socket", async {
+            let mut acks = 0;
+            while seqs.len() < 40 || acks < 20 {
+                let f = c.next().await;
+                match f["type"].as_str() {
+                    Some("message") => seqs.push(f["seq"].as_i64().unwrap()),
+                    Some("ack") => acks += 1,
+                    _ => {}
+                }
             }
-        }
+        })
+        .await;
+        // The barrier: a re-delivery queued before the pong is counted.
+        let late: Vec<i64> = c
+            .drain_until_pong()
+            .await
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["seq"].as_i64().unwrap())
+            .collect();
+        seqs.extend(late);
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     }
 

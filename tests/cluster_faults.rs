@@ -11,10 +11,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::chaos::{Acked, Addrs, Tally, all_acked, assert_exactly_once, receiver, sender};
-use crate::helpers::{Session, TestApp, TestDb, eventually};
+use crate::chaos::{Acked, Addrs, Flow, Tally, all_acked, assert_exactly_once, receiver, sender_on, senders_done};
+use crate::helpers::{Session, TestApp, TestDb, eventually, eventually_what};
 use crate::procs::{
-    Gateway, Nginx, RedisCluster, RedisProc, cluster_db, cluster_env, free_port, redis_cmd, test_prefix,
+    Gateway, Nginx, RedisCluster, RedisProc, cluster_db, cluster_env, free_port, redis_cmd, signal, test_prefix,
 };
 use crate::ws_client::WsClient;
 
@@ -76,12 +76,28 @@ struct Traffic {
     acked: Acked,
     tallies: Vec<Arc<Mutex<Tally>>>,
     senders: Vec<tokio::task::JoinHandle<()>>,
+    /// Sender `k`'s flow: how far it got, how far it may go.
+    flows: Vec<Flow>,
     stop: CancellationToken,
     total: usize,
 }
 
 impl Traffic {
     async fn start(c: &Cluster, senders_on: &[usize], receivers_on: &[usize], per_sender: usize) -> Traffic {
+        Traffic::start_held(c, senders_on, receivers_on, per_sender, usize::MAX).await
+    }
+
+    /// Like [`Traffic::start`], each sender issuing only its first
+    /// `hold_at` sends until [`Traffic::release`] (or a pause lets a few
+    /// more go): the traffic is still open when the test's faults come,
+    /// however fast the machine.
+    async fn start_held(
+        c: &Cluster,
+        senders_on: &[usize],
+        receivers_on: &[usize],
+        per_sender: usize,
+        hold_at: usize,
+    ) -> Traffic {
         let owner = c.app.register(&format!("owner{}", uuid::Uuid::new_v4().simple())).await;
         let mut users: Vec<Session> = Vec::new();
         for i in 0..senders_on.len() + receivers_on.len() {
@@ -109,9 +125,12 @@ impl Traffic {
         }
         let acked: Acked = Arc::default();
         let mut handles = Vec::new();
+        let mut flows = Vec::new();
         for (k, &on) in senders_on.iter().enumerate() {
             let ids: Vec<String> = (0..per_sender).map(|i| format!("s{k}-m{i}")).collect();
-            handles.push(tokio::spawn(sender(
+            let flow = Flow::held_at(hold_at);
+            flows.push(flow.clone());
+            handles.push(tokio::spawn(sender_on(
                 c.addrs.clone(),
                 on,
                 users[k].access.clone(),
@@ -119,22 +138,51 @@ impl Traffic {
                 ids,
                 Duration::from_millis(10),
                 acked.clone(),
+                flow,
             )));
         }
-        Traffic { room, acked, tallies, senders: handles, stop, total: senders_on.len() * per_sender }
+        Traffic { room, acked, tallies, senders: handles, flows, stop, total: senders_on.len() * per_sender }
     }
 
     async fn acked_at_least(&self, n: usize) {
         all_acked(&self.acked, n, GUARD).await;
     }
 
+    /// Lets every sender issue all its sends.
+    fn release(&self) {
+        for f in &self.flows {
+            f.release();
+        }
+    }
+
+    /// Sender `k`'s sends issued and not acknowledged.
+    fn unacked(&self, k: usize) -> usize {
+        let prefix = format!("s{k}-");
+        let acked = self.acked.lock().unwrap().keys().filter(|id| id.starts_with(&prefix)).count();
+        self.flows[k].issued() - acked
+    }
+
+    /// Pauses instance `i` (SIGSTOP) and lets sender `k`, which is
+    /// connected to it, issue a few more sends, which the paused instance
+    /// cannot acknowledge: on return sends are in flight to `i`, whatever
+    /// the machine's speed. Returns how many of `k`'s sends are
+    /// unacknowledged. The caller signals the paused process (a pending
+    /// SIGTERM, or SIGKILL) and resumes it.
+    async fn pause_with_sends_in_flight(&self, c: &Cluster, i: usize, k: usize) -> usize {
+        signal(c.gws[i].pid(), "STOP");
+        let issued = self.flows[k].issued();
+        self.flows[k].raise(5);
+        let what = format!("sender {k} issuing a send to the paused instance {i}");
+        eventually_what(GUARD, &what, || async { (self.flows[k].issued() > issued).then_some(()) }).await;
+        self.unacked(k)
+    }
+
     /// Everything acknowledged, every receiver holds everything exactly
     /// once, and storage holds each message once.
     async fn finish(self, c: &Cluster) -> Vec<Arc<Mutex<Tally>>> {
+        self.release();
         all_acked(&self.acked, self.total, GUARD).await;
-        for h in self.senders {
-            h.await.expect("sender task");
-        }
+        senders_done(self.senders, GUARD).await;
         assert_exactly_once(&self.tallies, &self.room, self.total, GUARD).await;
         self.stop.cancel();
         let seqs: Vec<i64> = {
@@ -191,9 +239,12 @@ async fn redis_paused_is_detected_not_ready_then_recovered() {
 async fn instance_killed_mid_traffic_clients_resume_elsewhere() {
     let redis = RedisProc::start().await;
     let mut c = Cluster::start(2, &redis.url(), &[]).await;
-    // The sender and half the receivers are on the instance that dies.
-    let t = Traffic::start(&c, &[1], &[1, 1, 0, 0], 200).await;
+    // The sender and half the receivers are on the instance that dies;
+    // the sender is held back so it is still sending when the kill comes.
+    let t = Traffic::start_held(&c, &[1], &[1, 1, 0, 0], 200, 100).await;
     t.acked_at_least(60).await;
+    let in_flight = t.pause_with_sends_in_flight(&c, 1, 0).await;
+    assert!(in_flight > 0, "sends in flight at the kill");
     c.gws[1].kill().await;
     let tallies = t.finish(&c).await;
     assert!(tallies[0].lock().unwrap().connects >= 2, "the killed instance's clients reconnected");
@@ -203,14 +254,21 @@ async fn instance_killed_mid_traffic_clients_resume_elsewhere() {
 async fn rolling_restart_under_traffic_loses_nothing_and_spreads_reconnects() {
     let redis = RedisProc::start().await;
     let mut c = Cluster::start(2, &redis.url(), &[]).await;
-    let t = Traffic::start(&c, &[0, 1], &[0, 0, 1, 1, 0, 1], 400).await;
+    // The senders are held back at half their sends until both restarts
+    // are done: the traffic outlasts the faults however slow the restarts.
+    const HOLD: usize = 200;
+    let t = Traffic::start_held(&c, &[0, 1], &[0, 0, 1, 1, 0, 1], 400, HOLD).await;
     for i in 0..2 {
-        // Each restart waits for some progress since the last one; on a
-        // loaded machine a restart can outlast the traffic, and then it
-        // happens after the last ack rather than waiting for acks that
-        // cannot come.
+        // Each restart waits for some progress since the last one.
         let before = t.acked.lock().unwrap().len();
-        t.acked_at_least((before + 30).min(t.total)).await;
+        t.acked_at_least((before + 30).min(2 * HOLD)).await;
+        // Sender i is on instance i (sender 0 moves to instance 1 at the
+        // first drain; sender 1 stays there until the second).
+        let in_flight = t.pause_with_sends_in_flight(&c, i, i).await;
+        assert!(in_flight > 0, "sends in flight at SIGTERM {i}");
+        let pid = c.gws[i].pid();
+        signal(pid, "TERM");
+        signal(pid, "CONT");
         assert!(c.gws[i].terminate().await, "instance {i} exits cleanly on SIGTERM");
         c.gws[i].restart().await;
         c.addrs.set(i, c.gws[i].addr);
@@ -504,6 +562,15 @@ async fn nginx_in_front_of_two_instances() {
             let f = r.next_of("message").await;
             seqs.push(f["seq"].as_i64().unwrap());
         }
+        // The barrier: a re-delivery queued before the pong is seen.
+        let late: Vec<i64> = r
+            .drain_until_pong()
+            .await
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["seq"].as_i64().unwrap())
+            .collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        assert_eq!(late, Vec::<i64>::new(), "nothing after the last new seq");
     }
 }

@@ -359,6 +359,31 @@ where
     }
 }
 
+/// Like [`eventually`], the failure naming what was awaited.
+pub async fn eventually_what<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < end, "not within {deadline:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut` for at most `deadline`: a hang fails the test saying what
+/// was awaited.
+pub async fn within<T>(deadline: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("not within {deadline:?}: {what}"),
+    }
+}
+
 /// A key pair made by `openssl genpkey <args>` in `dir`: the private and the
 /// public PEM file paths.
 pub fn openssl_keypair(dir: &std::path::Path, name: &str, genpkey_args: &[&str]) -> (String, String) {

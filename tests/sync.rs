@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::both_backends;
-use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster};
+use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster, within};
 use crate::operators::ADMIN_TOKEN;
-use crate::ws_client::{WsClient, assert_conforms};
+use crate::ws_client::{GUARD, WsClient, assert_conforms};
 
 both_backends!(
     sync_answers_every_room_in_one_frame,
@@ -189,7 +189,9 @@ async fn sync_answers_every_room_in_one_frame(db: Db) {
 }
 
 /// Messages sent while a sync runs reach the syncing socket exactly once,
-/// in order, whether by replay or live.
+/// in order, whether by replay or live; some come each way (the sender
+/// goes on until the sync is answered, then sends more, however fast or
+/// slow the machine).
 async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     let app = spawn_app_with(db, |v| {
         for k in ["WS_SEND_PER_SEC", "WS_SEND_BURST", "WS_EVENTS_PER_SEC", "WS_EVENTS_BURST"] {
@@ -207,13 +209,30 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     }
     let mut b = WsClient::connect(&app, &bob.access).await;
     let sender_rooms = rooms.clone();
-    const SENDS: usize = 200;
+    // At most this many sends before the sync is answered: a slow sync
+    // cannot make the sender flood.
+    const MAX_BEFORE: usize = 2000;
+    // Sends after the sync was answered: live for the syncing socket.
+    const AFTER: usize = 16;
+    let (synced_tx, mut synced_rx) = tokio::sync::oneshot::channel::<()>();
     let sender = tokio::spawn(async move {
-        for i in 0..SENDS {
-            b.send_msg(&sender_rooms[i % sender_rooms.len()], &format!("live-{i}"), "x").await;
+        let mut sent = 0;
+        while let Err(tokio::sync::oneshot::error::TryRecvError::Empty) = synced_rx.try_recv() {
+            if sent == MAX_BEFORE {
+                let _ = (&mut synced_rx).await;
+                break;
+            }
+            b.send_msg(&sender_rooms[sent % sender_rooms.len()], &format!("live-{sent}"), "x").await;
+            sent += 1;
+            // The sender's pace, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for _ in 0..AFTER {
+            b.send_msg(&sender_rooms[sent % sender_rooms.len()], &format!("live-{sent}"), "x").await;
+            sent += 1;
         }
         let mut acks = 0;
-        while acks < SENDS {
+        while acks < sent {
             if b.next().await["type"] == "ack" {
                 acks += 1;
             }
@@ -224,8 +243,10 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
     let entries: Vec<Value> = rooms.iter().map(|r| json!({"room": r, "since_seq": 2})).collect();
     let (frames, synced) = sync(&mut a, entries).await;
     assert_eq!(synced["joined"], 8);
-    let b = sender.await.expect("sender");
+    synced_tx.send(()).expect("the sender waits for the sync");
+    let b = within(GUARD, "the sender's acks", sender).await.expect("sender");
     let mut got: HashMap<String, Vec<i64>> = HashMap::new();
+    let replayed = frames.iter().filter(|f| f["type"] == "message").count();
     for f in frames.iter().filter(|f| f["type"] == "message") {
         got.entry(f["room"].as_str().unwrap().to_owned()).or_default().push(f["seq"].as_i64().unwrap());
     }
@@ -234,9 +255,11 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
         last.insert(r.clone(), app.store.last_seq(r).await.unwrap().unwrap());
     }
     // Read live messages until every room reached its final seq.
+    let mut live = 0;
     while rooms.iter().any(|r| got.get(r).and_then(|v| v.last()).copied().unwrap_or(2) < last[r]) {
         let v = a.next().await;
         if v["type"] == "message" {
+            live += 1;
             got.entry(v["room"].as_str().unwrap().to_owned()).or_default().push(v["seq"].as_i64().unwrap());
         }
     }
@@ -245,6 +268,10 @@ async fn sync_seam_is_exactly_once_under_live_sends(db: Db) {
         let want: Vec<i64> = (3..=last[r]).collect();
         assert_eq!(got.get(r).cloned().unwrap_or_default(), want, "room {r}: every seq after 2 exactly once, in order");
     }
+    // Both sides of the seam were crossed: the seeded messages were
+    // replayed, and those sent after `synced` came live.
+    assert!(replayed >= 8 * 3, "replayed before synced: {replayed}");
+    assert!(live >= AFTER, "live after synced: {live} of at least {AFTER}");
     b.close().await;
     a.close().await;
 }
@@ -289,9 +316,20 @@ async fn rows_below(app: &TestApp, room: &str, seq: i64) -> i64 {
     n
 }
 
+/// The bound on a send's latency (send to ack) at the 99th percentile
+/// while retention deletes rows of the same rooms. A correctness bound of
+/// the retention design (small batches, each its own short statement, so
+/// the writer is never held for long), not a speed measurement: generous
+/// for a loaded machine, and far below what a job that held the writer for
+/// a whole pass would cost.
+const SEND_P99_BOUND: Duration = Duration::from_secs(1);
+
 /// The global count limit and a room's age override are enforced in small
-/// batches while sends to the same rooms go on: every send is acked, REST
-/// history starts at the retained range, no row below it is left.
+/// batches while sends to the same rooms go on: the rows are deleted while
+/// a paced sender runs (it starts before the rows to delete exist and stops
+/// only after they are gone), every send is acked within
+/// [`SEND_P99_BOUND`] at the 99th percentile, REST history starts at the
+/// retained range, no row below it is left.
 async fn retention_by_age_and_count_never_blocks_sends(db: Db) {
     let app = spawn_app_with(db, |v| {
         for k in ["WS_SEND_PER_SEC", "WS_SEND_BURST"] {
@@ -305,10 +343,60 @@ async fn retention_by_age_and_count_never_blocks_sends(db: Db) {
     let ann = app.register("ann").await;
     let counted = app.create_room(&ann, "by count", &[]).await;
     let aged = app.create_room(&ann, "by age", &[]).await;
-    store_messages(&app, &counted, &ann, 1000).await;
+    // `aged` keeps one hour and any number of messages (0 overrides the
+    // global count): its 300 young messages are all kept for now.
+    let r = app
+        .patch(
+            &ann.access,
+            &format!("/api/v1/rooms/{aged}"),
+            json!({"retention": {"max_age_secs": 3600, "max_messages": 0}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     store_messages(&app, &aged, &ann, 300).await;
-    // The first 200 of `aged` are two hours old; the room keeps one hour
-    // and any number of messages (0 overrides the global count).
+
+    // A send every `PACE` to both rooms in turn, whether or not the last
+    // was acked, each timed from its send to its ack (a send held up by the
+    // job shows, and so do the ones queued behind it), until told to stop.
+    const PACE: Duration = Duration::from_millis(10);
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut c = WsClient::connect(&app, &ann.access).await;
+    let sender = {
+        let (acks, stop, rooms) = (acks.clone(), stop.clone(), [counted.clone(), aged.clone()]);
+        tokio::spawn(async move {
+            let mut sent_at: HashMap<String, std::time::Instant> = HashMap::new();
+            let mut latencies = Vec::new();
+            let mut tick = tokio::time::interval(PACE);
+            let mut sent = 0usize;
+            while !(stop.is_cancelled() && latencies.len() == sent) {
+                tokio::select! {
+                    _ = tick.tick(), if !stop.is_cancelled() => {
+                        let id = format!("during-{sent}");
+                        c.send_msg(&rooms[sent % 2], &id, "during retention").await;
+                        sent_at.insert(id, std::time::Instant::now());
+                        sent += 1;
+                    }
+                    v = c.next() => {
+                        assert_ne!(v["type"], "error", "a send failed during retention: {v}");
+                        if v["type"] == "ack" {
+                            let at = sent_at[v["client_msg_id"].as_str().unwrap()];
+                            latencies.push(at.elapsed());
+                            acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+            c.close().await;
+            latencies
+        })
+    };
+    let acked = || acks.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(GUARD, || async { (acked() >= 10).then_some(()) }).await;
+
+    // Now the rows to delete appear: 1000 more in `counted` (the newest 100
+    // are kept), and the first 200 of `aged` become two hours old.
+    store_messages(&app, &counted, &ann, 1000).await;
     {
         let mut conn = sqlx::AnyConnection::connect(app.db_url().unwrap()).await.unwrap();
         sqlx::query("UPDATE messages SET sent_at = sent_at - 7200000 WHERE room_id = $1 AND seq <= 200")
@@ -318,34 +406,34 @@ async fn retention_by_age_and_count_never_blocks_sends(db: Db) {
             .unwrap();
         let _ = conn.close().await;
     }
-    let r = app
-        .patch(
-            &ann.access,
-            &format!("/api/v1/rooms/{aged}"),
-            json!({"retention": {"max_age_secs": 3600, "max_messages": 0}}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let at_seed = acked();
+    // The job deletes them while the sender goes on.
+    eventually(Duration::from_secs(30), || async {
+        let gone = rows_below(&app, &counted, 900).await == 0 && rows_below(&app, &aged, 201).await == 0;
+        gone.then_some(())
+    })
+    .await;
+    let at_trim = acked();
+    eventually(GUARD, || async { (acked() >= at_trim + 10).then_some(()) }).await;
+    stop.cancel();
+    let mut latencies = within(GUARD, "the sender's last ack", sender).await.expect("sender");
+    assert!(at_seed > 0 && at_trim > at_seed, "sends acked before ({at_seed}) and during ({at_trim}) the deletions");
+    latencies.sort_unstable();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    eprintln!("{} sends, {at_seed} before the rows appeared, p99 {p99:?}", latencies.len());
+    assert!(
+        p99 <= SEND_P99_BOUND,
+        "send latency p99 {p99:?} over {SEND_P99_BOUND:?} while retention ran ({} sends, max {:?})",
+        latencies.len(),
+        latencies.last()
+    );
 
-    // Sends to both rooms while the job works: all acked.
-    let mut c = WsClient::connect(&app, &ann.access).await;
-    for i in 0..100 {
-        let room = if i % 2 == 0 { &counted } else { &aged };
-        c.send_msg(room, &format!("during-{i}"), "during retention").await;
-    }
-    let mut acks = 0;
-    while acks < 100 {
-        let v = c.next().await;
-        assert_ne!(v["type"], "error", "a send failed during retention: {v}");
-        if v["type"] == "ack" {
-            acks += 1;
-        }
-    }
-
-    // Count: the newest 100 of 1050 are kept.
+    // Count: the newest 100 are kept.
+    let last = app.store.last_seq(&counted).await.unwrap().unwrap();
+    let first = last - 99;
     eventually(Duration::from_secs(30), || async {
         let r = app.get(&ann.access, &format!("/api/v1/rooms/{counted}")).await;
-        (r.body["first_seq"] == 951 && r.body["last_seq"] == 1050).then_some(())
+        (r.body["first_seq"] == first && r.body["last_seq"] == last).then_some(())
     })
     .await;
     // Age: seqs 1-200 are old, 201 on are young.
@@ -354,7 +442,7 @@ async fn retention_by_age_and_count_never_blocks_sends(db: Db) {
         (r.body["first_seq"] == 201).then_some(())
     })
     .await;
-    for (room, first) in [(&counted, 951), (&aged, 201)] {
+    for (room, first) in [(&counted, first), (&aged, 201)] {
         let h = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?after_seq=0&limit=5")).await;
         assert_eq!(h.body["messages"][0]["seq"], first, "REST history starts at the retained range");
         let h = app.get(&ann.access, &format!("/api/v1/rooms/{room}/messages?before_seq={first}")).await;
@@ -362,7 +450,6 @@ async fn retention_by_age_and_count_never_blocks_sends(db: Db) {
         eventually(Duration::from_secs(30), || async { (rows_below(&app, room, first).await == 0).then_some(()) })
             .await;
     }
-    c.close().await;
 }
 
 /// An operator's history reset deletes the messages, keeps seqs counting

@@ -13,8 +13,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Db, Session, TestApp, spawn_app_with, spawn_cluster, spawn_cluster_with};
-use crate::ws_client::WsClient;
+use crate::helpers::{Db, Session, TestApp, spawn_app_with, spawn_cluster, spawn_cluster_with, within};
+use crate::ws_client::{GUARD, WsClient};
 
 /// The default `USER_STREAM_INTERVAL_MS`, which the clusters run with.
 const INTERVAL: Duration = Duration::from_millis(1000);
@@ -56,23 +56,30 @@ pub(crate) async fn until_control_events_cross(
 ) {
     let [ca, cb] = on;
     for (from, to) in [(0usize, cb), (1, ca)] {
-        loop {
-            apps[from].create_room(owner, "probe", &[user]).await;
-            if to.next_user_event_within(Duration::from_millis(500)).await.is_some() {
-                break;
+        let what = format!("a room_added from instance {from} reaching the other instance over Redis");
+        within(GUARD, &what, async {
+            loop {
+                apps[from].create_room(owner, "probe", &[user]).await;
+                if to.next_user_event_within(Duration::from_millis(500)).await.is_some() {
+                    break;
+                }
             }
-        }
+        })
+        .await;
     }
 }
 
 /// The next per-user frame that is not about a probe room.
 async fn next_event(c: &mut WsClient) -> Value {
-    loop {
-        let f = c.next_user_event().await;
-        if f["name"] != "probe" {
-            return f;
+    within(GUARD, "a per-user frame that is not about a probe room", async {
+        loop {
+            let f = c.next_user_event().await;
+            if f["name"] != "probe" {
+                return f;
+            }
         }
-    }
+    })
+    .await
 }
 
 /// Adds, renames, leaves, removals and deletions reach both of Bob's
@@ -172,14 +179,17 @@ async fn membership_changes_reach_every_socket(apps: Vec<TestApp>, redis: bool) 
 /// says `seq`: the messages before it may have been announced in an
 /// earlier interval.
 async fn until_room_seq(c: &mut WsClient, room: &str, seq: i64) {
-    let mut last = 0;
-    while last != seq {
-        let f = next_event(c).await;
-        assert_eq!((f["type"].as_str(), f["room"].as_str()), (Some("room_seq"), Some(room)), "{f}");
-        let s = f["last_seq"].as_i64().unwrap();
-        assert!(s > last && s <= seq, "room_seq {s} after {last}, expecting up to {seq}");
-        last = s;
-    }
+    within(GUARD, &format!("room_seq {seq} of {room}"), async {
+        let mut last = 0;
+        while last != seq {
+            let f = next_event(c).await;
+            assert_eq!((f["type"].as_str(), f["room"].as_str()), (Some("room_seq"), Some(room)), "{f}");
+            let s = f["last_seq"].as_i64().unwrap();
+            assert!(s > last && s <= seq, "room_seq {s} after {last}, expecting up to {seq}");
+            last = s;
+        }
+    })
+    .await;
 }
 
 async fn membership_changes_cross_instances(db: Db) {
@@ -210,20 +220,27 @@ async fn room_seq_is_coalesced_and_skips_joined_sockets(db: Db) {
     for i in 0..50 {
         sender.send_msg(&room, &format!("c{i}"), "busy").await;
     }
-    let mut acks = 0;
-    while acks < 50 {
-        if sender.next().await["type"] == "ack" {
-            acks += 1;
+    within(GUARD, "50 acks", async {
+        let mut acks = 0;
+        while acks < 50 {
+            if sender.next().await["type"] == "ack" {
+                acks += 1;
+            }
         }
-    }
+    })
+    .await;
     for c in [&mut unjoined_a, &mut unjoined_b] {
-        let mut seqs = Vec::new();
-        while seqs.last() != Some(&50) {
-            let f = next_event(c).await;
-            assert_eq!(f["type"], "room_seq", "{f}");
-            assert_eq!(f["room"], room.as_str());
-            seqs.push(f["last_seq"].as_i64().unwrap());
-        }
+        let seqs = within(GUARD, "room_seq frames up to 50", async {
+            let mut seqs = Vec::new();
+            while seqs.last() != Some(&50) {
+                let f = next_event(c).await;
+                assert_eq!(f["type"], "room_seq", "{f}");
+                assert_eq!(f["room"], room.as_str());
+                seqs.push(f["last_seq"].as_i64().unwrap());
+            }
+            seqs
+        })
+        .await;
         // Coalesced: at most one frame per interval that passed (plus the
         // one in progress), never one per message.
         let intervals = started.elapsed().as_millis() / INTERVAL.as_millis() + 2;
@@ -231,12 +248,15 @@ async fn room_seq_is_coalesced_and_skips_joined_sockets(db: Db) {
         assert!(seqs.len() < 50, "{seqs:?}");
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "rising: {seqs:?}");
     }
-    let mut seen = 0;
-    while seen < 50 {
-        if joined_b.next().await["type"] == "message" {
-            seen += 1;
+    within(GUARD, "the 50 messages on the joined socket", async {
+        let mut seen = 0;
+        while seen < 50 {
+            if joined_b.next().await["type"] == "message" {
+                seen += 1;
+            }
         }
-    }
+    })
+    .await;
     joined_b.drain_until_pong().await;
     assert_eq!(joined_b.take_user_events(), Vec::<Value>::new(), "a joined socket gets no room_seq for its room");
 

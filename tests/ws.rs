@@ -260,14 +260,16 @@ async fn exactly_once_with_random_resumes(db: Db) {
         let drop_at = rand::Rng::gen_bool(&mut rng, 1.0 / 3.0).then(|| rand::Rng::gen_range(&mut rng, 0..SENDS));
         tasks.push(tokio::spawn(async move { client_run(&app, &user.access, &room, i, drop_at).await }));
     }
-    let mut results: Vec<(String, Vec<i64>)> = Vec::new();
+    let mut results: Vec<(String, Vec<i64>, HashMap<String, i64>)> = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
-        results.push((rooms[i / PER_ROOM].clone(), t.await.unwrap()));
+        let (order, acked) = t.await.unwrap();
+        results.push((rooms[i / PER_ROOM].clone(), order, acked));
     }
     let expected_last = (PER_ROOM * SENDS) as i64;
-    for (room, got) in &results {
+    for (room, got, _) in &results {
         assert_eq!(got, &(1..=expected_last).collect::<Vec<_>>(), "room {room}: every message exactly once, in order");
     }
+    let mut stored: HashMap<(String, i64), (String, String)> = HashMap::new();
     for room in &rooms {
         assert_eq!(app.store.last_seq(room).await.unwrap(), Some(expected_last));
         let page = app.store.history(room, Some(0), None, 200).await.unwrap();
@@ -276,13 +278,45 @@ async fn exactly_once_with_random_resumes(db: Db) {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), expected_last as usize, "no message stored twice");
+        for m in &page.messages {
+            stored.insert((room.clone(), m.seq), (m.client_msg_id.clone(), m.body.clone()));
+        }
+    }
+    // Every ack names the row that holds what was acked: the seq it gave
+    // stores that send's client_msg_id and body.
+    for (i, (room, _, acked)) in results.iter().enumerate() {
+        assert_eq!(acked.len(), SENDS, "client {i}: every send acked");
+        for (id, seq) in acked {
+            let row = stored.get(&(room.clone(), *seq));
+            let k: usize = id.rsplit_once("-m").and_then(|(_, k)| k.parse().ok()).expect("id u<i>-m<k>");
+            assert_eq!(
+                row,
+                Some(&(id.clone(), body_of(i, k))),
+                "client {i}: {id} acked with seq {seq}, but that seq stores something else"
+            );
+        }
     }
 }
 
+/// The body of client `me`'s send `k`: unique, so a row proves which send
+/// it stores.
+fn body_of(me: usize, k: usize) -> String {
+    format!("from {me}, send {k}")
+}
+
 /// One client: joins, sends SENDS messages (re-sending unacked ones after a
-/// reconnect), reads until it has the whole room; returns seqs in the order
-/// processed (deduplicated by seq as the protocol tells clients to).
-async fn client_run(app: &TestApp, token: &str, room: &str, me: usize, drop_at: Option<usize>) -> Vec<i64> {
+/// reconnect), reads until it has the whole room, then closes the count
+/// with a ping barrier (everything queued for the socket before the pong
+/// is counted, so a late re-delivery is seen); returns the seqs in the order
+/// processed (a repeat is counted and fails the test) and the acks
+/// (`client_msg_id` -> seq).
+async fn client_run(
+    app: &TestApp,
+    token: &str,
+    room: &str,
+    me: usize,
+    drop_at: Option<usize>,
+) -> (Vec<i64>, HashMap<String, i64>) {
     const SENDS: usize = 8;
     let total = (10 * SENDS) as i64;
     let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
@@ -299,7 +333,7 @@ async fn client_run(app: &TestApp, token: &str, room: &str, me: usize, drop_at: 
     let mut dropped = false;
     loop {
         if sent < SENDS {
-            c.send_msg(room, &format!("u{me}-m{sent}"), &format!("from {me}")).await;
+            c.send_msg(room, &format!("u{me}-m{sent}"), &body_of(me, sent)).await;
             sent += 1;
         }
         if Some(sent) == drop_at.map(|d| d + 1) && !dropped {
@@ -316,20 +350,35 @@ async fn client_run(app: &TestApp, token: &str, room: &str, me: usize, drop_at: 
             for k in 0..sent {
                 let id = format!("u{me}-m{k}");
                 if !acked.contains_key(&id) {
-                    c.send_msg(room, &id, &format!("from {me}")).await;
+                    c.send_msg(room, &id, &body_of(me, k)).await;
                 }
             }
         }
         if sent >= SENDS && seen.len() as i64 >= total && acked.len() >= SENDS {
+            // The barrier: what arrives before the pong is counted too.
+            for f in c.drain_until_pong().await {
+                match f["type"].as_str() {
+                    Some("message") => process(&f, &mut last, &mut seen, &mut order),
+                    Some("ack") => {
+                        let (id, seq) = (f["client_msg_id"].as_str().unwrap(), f["seq"].as_i64().unwrap());
+                        let prev = acked.insert(id.to_owned(), seq);
+                        assert!(prev.is_none_or(|p| p == seq), "client {me}: {id} acked with {prev:?} and {seq}");
+                    }
+                    Some("presence" | "joined") => {}
+                    _ => panic!("unexpected {f}"),
+                }
+            }
             let dups: Vec<(&i64, &u32)> = seen.iter().filter(|(_, n)| **n > 1).collect();
             assert!(dups.is_empty(), "client {me} received seqs more than once (seq, times): {dups:?}");
-            return order;
+            return (order, acked);
         }
         let f = c.next().await;
         match f["type"].as_str() {
             Some("message") => process(&f, &mut last, &mut seen, &mut order),
             Some("ack") => {
-                acked.insert(f["client_msg_id"].as_str().unwrap().to_owned(), f["seq"].as_i64().unwrap());
+                let (id, seq) = (f["client_msg_id"].as_str().unwrap(), f["seq"].as_i64().unwrap());
+                let prev = acked.insert(id.to_owned(), seq);
+                assert!(prev.is_none_or(|p| p == seq), "client {me}: {id} acked with {prev:?} and {seq}");
             }
             Some("presence" | "joined") => {}
             _ => panic!("unexpected {f}"),
