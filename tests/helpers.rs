@@ -344,19 +344,12 @@ pub fn test_seed() -> u64 {
 }
 
 /// Polls `f` until it returns `Some`, failing after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(deadline: Duration, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < end, "condition not reached within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_what(deadline, "condition reached", f).await
 }
 
 /// Like [`eventually`], the failure naming what was awaited.
