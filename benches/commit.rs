@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use chatgw::bus::local::LocalBus;
 use chatgw::db::{AppendOutcome, NewKind, NewMessage, Store};
-use chatgw::hub::{Hub, HubSettings, frames};
+use chatgw::hub::{Hub, HubSettings};
 use chatgw::metrics::Metrics;
+use chatgw::protocol;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let room_ids = store.seed_rooms("bench", &members).await?;
     let settings = HubSettings {
         instance: "bench:0".into(),
-        limits: frames::Limits {
+        limits: protocol::Limits {
             max_frame_bytes: 65536,
             max_body_bytes: 4096,
             send_per_sec: 1,

@@ -14,16 +14,17 @@
 //! - [`limits`]: rate limits (governor).
 //! - [`metrics`]: Prometheus metrics on their own listener.
 //! - [`error`]: [`error::ApiError`], the one error shape clients see.
-//! - [`seed`]: bulk users and tokens for load tests (`chatgw seed`).
-//! - [`backup`]: an online copy of the embedded SQLite database (`chatgw backup`).
+//! - [`protocol`]: the wire protocol as types: frames, codes, versioning.
+//! - [`cli`]: the subcommands (`chatgw seed`, `backup`, `admin`).
+//! - [`clock`]: wall-clock milliseconds, the schema's time format.
 //! - [`telemetry`]: JSON logs, and error tracking in Sentry with secrets scrubbed.
 //! - [`state`], [`shutdown`]: the plumbing.
 
-pub mod admin_cli;
 pub mod api;
 pub mod auth;
-pub mod backup;
 pub mod bus;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -31,9 +32,9 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod protocol;
 pub mod push;
 pub mod retention;
-pub mod seed;
 pub mod serve;
 pub mod shutdown;
 pub mod startup;

@@ -45,15 +45,15 @@ enum Command {
     /// Create load-test users, sessions, tokens and rooms directly in
     /// DATABASE_URL, signed with the configured JWT key; writes a JSON file
     /// for `loadtest`. For load-test databases only.
-    Seed(chatgw::seed::SeedArgs),
+    Seed(chatgw::cli::seed::SeedArgs),
     /// Operator commands against a running instance's admin API
     /// (ADMIN_TOKEN from the environment): stats, connections, disconnect,
     /// ban, unban.
-    Admin(chatgw::admin_cli::AdminArgs),
+    Admin(chatgw::cli::admin::AdminArgs),
     /// Write a consistent copy of the SQLite database named by DATABASE_URL
     /// to a new file, while a gateway keeps running (PostgreSQL: use
     /// pg_dump; see README.md, "Backups and restore").
-    Backup(chatgw::backup::BackupArgs),
+    Backup(chatgw::cli::backup::BackupArgs),
     /// Give every room of DATABASE_URL a new history epoch. Run it after
     /// restoring a backup, before the gateways start: clients holding seqs
     /// of the lost timeline then get `reset` instead of silently missing
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     // A client of a running instance: it needs none of the server's
     // configuration.
     let command = match cli.command {
-        Some(Command::Admin(args)) => return runtime()?.block_on(chatgw::admin_cli::run(args)),
+        Some(Command::Admin(args)) => return runtime()?.block_on(chatgw::cli::admin::run(args)),
         other => other,
     };
     let config = match Config::from_env() {
@@ -138,8 +138,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
     served
 }
 
-async fn seed(config: &Config, args: &chatgw::seed::SeedArgs) -> anyhow::Result<()> {
-    let file = chatgw::seed::run(config, args).await?;
+async fn seed(config: &Config, args: &chatgw::cli::seed::SeedArgs) -> anyhow::Result<()> {
+    let file = chatgw::cli::seed::run(config, args).await?;
     std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
     println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
     Ok(())
@@ -155,9 +155,9 @@ async fn bump_epochs(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn backup(config: &Config, args: &chatgw::backup::BackupArgs) -> anyhow::Result<()> {
+async fn backup(config: &Config, args: &chatgw::cli::backup::BackupArgs) -> anyhow::Result<()> {
     use secrecy::ExposeSecret;
-    match chatgw::backup::run(config.database_url.expose_secret(), &args.out).await {
+    match chatgw::cli::backup::run(config.database_url.expose_secret(), &args.out).await {
         Ok(w) => {
             println!("backup written to {}: {} bytes in {} ms", w.path.display(), w.bytes, w.duration.as_millis());
             Ok(())

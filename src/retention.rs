@@ -12,8 +12,9 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::RetentionConfig;
-use crate::db::{DbError, RetentionRoom, Store, now_ms};
+use crate::db::{DbError, RetentionRoom, Store};
 use crate::state::AppState;
 
 /// Rooms read per page.

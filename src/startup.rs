@@ -21,9 +21,10 @@ use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::config::Config;
 use crate::db::{DbError, PURGE_BATCH, Store};
-use crate::hub::{Hub, HubSettings, frames};
+use crate::hub::{Hub, HubSettings};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::protocol;
 use crate::push::PushWorker;
 use crate::state::{AppState, Readiness};
 
@@ -109,7 +110,7 @@ impl Application {
         metrics.ws_max_connections.set(ws.max_connections as i64);
         let settings = HubSettings {
             instance: Arc::from(instance.as_str()),
-            limits: frames::Limits {
+            limits: protocol::Limits {
                 max_frame_bytes: ws.max_frame_bytes,
                 max_body_bytes: ws.max_body_bytes,
                 send_per_sec: ws.send_per_sec,
@@ -294,7 +295,7 @@ const PURGE_BATCHES_PER_ROUND: usize = 50;
 /// # Errors
 /// The database failed; what was deleted before stays deleted.
 pub async fn purge_audit_log(store: &Store, retention: Duration) -> Result<u64, DbError> {
-    let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
+    let cutoff = crate::clock::now_ms() - retention.as_millis() as i64;
     let mut total = 0;
     for _ in 0..PURGE_BATCHES_PER_ROUND {
         let n = store.purge_audit_batch(cutoff, PURGE_BATCH).await?;

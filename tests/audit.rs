@@ -312,7 +312,7 @@ async fn export_hides_the_operators_address(db: Db, action: OperatorAction) {
         }
         OperatorAction::DeleteMessage => {
             let room = app.create_room(&alice, "mine", &[]).await;
-            let mut ws = crate::ws_client::WsClient::connect(&app, &alice.access).await;
+            let mut ws = crate::ws::client::WsClient::connect(&app, &alice.access).await;
             ws.join(&room, None).await;
             ws.send_msg(&room, "m1", "hello").await;
             assert_eq!(ws.next_of("ack").await["seq"], 1);
@@ -355,7 +355,7 @@ async fn retention_purge_removes_old_records(db: Db) {
     from(&app, "198.51.100.1", app.http.post(app.url("/api/v1/auth/logout")).bearer_auth(&alice.access)).await;
     let mut c = raw(&app).await;
     let day = 86_400_000_i64;
-    let now = chatgw::db::now_ms();
+    let now = chatgw::clock::now_ms();
     for age in [400 * day, 3 * day] {
         sqlx::query(
             "INSERT INTO audit_log (at, actor_id, target_id, action, client_addr) VALUES ($1, NULL, $2, 'ban', NULL)",

@@ -19,7 +19,7 @@ use crate::chaos::{Acked, Addrs, Tally, assert_exactly_once, receiver, sender};
 use crate::helpers::{
     Db, Session, TestApp, eventually, spawn_cluster, spawn_cluster_tweaked, spawn_cluster_with, test_seed, within,
 };
-use crate::ws_client::{GUARD, WsClient};
+use crate::ws::client::{GUARD, WsClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_membership_and_logout_cross_instances() {
@@ -304,7 +304,7 @@ async fn a_message_stored_but_never_published_arrives_by_the_tail_check(db: Db) 
         sender_id: users[1].user_id.clone(),
         client_msg_id: "stored-then-crashed".into(),
         body: "never published".into(),
-        sent_at: chatgw::db::now_ms(),
+        sent_at: chatgw::clock::now_ms(),
         kind: NewKind::Message,
     };
     let stored_at = Instant::now();

@@ -16,7 +16,7 @@ use crate::helpers::{Session, TestApp, TestDb, eventually, eventually_what};
 use crate::procs::{
     Gateway, Nginx, RedisCluster, RedisProc, cluster_db, cluster_env, free_port, redis_cmd, signal, test_prefix,
 };
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 const GUARD: Duration = Duration::from_secs(90);
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, eventually, spawn_app_with, spawn_cluster};
 use crate::operators::ADMIN_TOKEN;
-use crate::ws_client::{GUARD, WsClient, assert_conforms};
+use crate::ws::client::{GUARD, WsClient, assert_conforms};
 
 both_backends!(
     edits_and_deletes_live_across_instances_and_on_resume,

@@ -29,6 +29,3 @@ mod storage;
 mod sync;
 mod user_stream;
 mod ws;
-mod ws_client;
-mod ws_faults;
-mod ws_protocol11;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::both_backends;
 use crate::helpers::{Db, eventually, spawn_app};
-use crate::ws_client::{Refused, WsClient};
+use crate::ws::client::{Refused, WsClient};
 
 both_backends!(
     profile_update_and_public_view,

@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{Db, TestApp, eventually, spawn_app_with};
 use crate::procs::{Gateway, RedisProc, cluster_db, cluster_env, free_port, test_prefix};
-use crate::ws_client::{Refused, WsClient};
+use crate::ws::client::{Refused, WsClient};
 
 /// Upper bound of every wait in these tests (a guard, not a measurement).
 const GUARD: Duration = Duration::from_secs(90);

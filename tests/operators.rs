@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Db, TestApp, eventually, spawn_app_with, spawn_cluster};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789-abcdefghijklmnop";
 

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster_tweaked};
 use crate::procs::{Gateway, RedisProc, cluster_db, cluster_env, free_port, test_prefix};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 const SECRET: &str = "whsec-test-0123456789-abcdefghijklmnop";
 
@@ -198,7 +198,7 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
         timestamp: header("x-chatgw-timestamp"),
         signature: header("x-chatgw-signature"),
         idempotency_key: header("idempotency-key"),
-        at: chatgw::db::now_ms(),
+        at: chatgw::clock::now_ms(),
         answered: !hang && !failing,
     });
     state.arrived.notify_waiters();

@@ -5,7 +5,7 @@
 //!
 //! Tight: what this server sends, exactly (`additionalProperties: false`,
 //! closed enums); the server's own output is tested against them
-//! (`ws_client`). Tolerant: what a client of protocol 1.x must accept
+//! (`ws::client`). Tolerant: what a client of protocol 1.x must accept
 //! (§19): unknown fields, unknown frame types (in `server.json`), unknown
 //! values of enumerated strings (error codes, reasons, features) and later
 //! minor versions.
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{Db, spawn_app_with};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 both_backends!(server_errors_follow_the_room_rule);
 
@@ -297,7 +297,7 @@ fn tolerant_schemas_accept_frames_of_earlier_servers() {
 
 /// The tight error schema states when `room` is there, by code; the
 /// server's own errors are checked against it in every socket test
-/// (`ws_client::assert_conforms`).
+/// (`ws::client::assert_conforms`).
 #[test]
 fn tight_error_schema_states_the_room_rule() {
     let tight = any_frame_validator(&schema_dir());
@@ -356,7 +356,7 @@ async fn server_errors_follow_the_room_rule(db: Db) {
             sender_id: bob.user_id.clone(),
             client_msg_id: "b1".into(),
             body: "bob's".into(),
-            sent_at: chatgw::db::now_ms(),
+            sent_at: chatgw::clock::now_ms(),
             kind: chatgw::db::NewKind::Message,
         }])
         .await

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crate::helpers::{Db, Session, TestApp, spawn_app_with};
 use crate::operators::ADMIN_TOKEN;
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 /// Test cases per operation in each phase.
 const EXAMPLES: &str = "25";

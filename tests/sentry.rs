@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Db, TestApp, eventually};
 use crate::procs::Gateway;
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789-abcdefghijklmnop";
 

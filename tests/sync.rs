@@ -14,7 +14,7 @@ use sqlx::Connection;
 use crate::both_backends;
 use crate::helpers::{Db, Session, TestApp, eventually, spawn_app_with, spawn_cluster, within};
 use crate::operators::ADMIN_TOKEN;
-use crate::ws_client::{GUARD, WsClient, assert_conforms};
+use crate::ws::client::{GUARD, WsClient, assert_conforms};
 
 both_backends!(
     sync_answers_every_room_in_one_frame,
@@ -32,7 +32,7 @@ async fn store_messages(app: &TestApp, room: &str, sender: &Session, n: usize) {
             sender_id: sender.user_id.clone(),
             client_msg_id: format!("seed-{}", uuid::Uuid::new_v4().simple()),
             body: format!("m{i}"),
-            sent_at: chatgw::db::now_ms(),
+            sent_at: chatgw::clock::now_ms(),
             kind: chatgw::db::NewKind::Message,
         })
         .collect();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{Db, Session, TestApp, spawn_app_with, spawn_cluster, spawn_cluster_with, within};
-use crate::ws_client::{GUARD, WsClient};
+use crate::ws::client::{GUARD, WsClient};
 
 /// The default `USER_STREAM_INTERVAL_MS`, which the clusters run with.
 const INTERVAL: Duration = Duration::from_millis(1000);

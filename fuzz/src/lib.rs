@@ -1,7 +1,7 @@
 //! What the fuzz targets check, shared with the seed-corpus generator
 //! (`examples/seed_corpus.rs`), which runs every seed through the same checks.
 //!
-//! - [`check_frame`]: a client text frame through `hub::frames::parse`.
+//! - [`check_frame`]: a client text frame through `protocol::parse`.
 //! - [`check_token`]: a string as an access token against a real key set.
 //! - [`check_envelope`]: bytes through the bus decoder `bus::wire::decode`.
 //!
@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chatgw::auth::jwt::{JwtKeys, TokenError};
 use chatgw::auth::tokens::{REFRESH_PREFIX, TICKET_PREFIX, looks_like};
 use chatgw::bus::wire;
-use chatgw::hub::frames::{self, ClientFrame, ErrorCode};
+use chatgw::protocol::{self, ClientFrame, ErrorCode};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -40,8 +40,8 @@ fn valid_client_msg_id(c: &str) -> bool {
 /// protocol's field rules; the `error` frame that echoes its id is one JSON
 /// object with exactly the expected keys (an id cannot inject JSON).
 pub fn check_frame(text: &str) {
-    let _ = frames::kind_of(text);
-    match frames::parse(text, MAX_BODY_BYTES) {
+    let _ = protocol::kind_of(text);
+    match protocol::parse(text, MAX_BODY_BYTES) {
         Ok((id, frame)) => {
             match &frame {
                 ClientFrame::Join(r) => {
@@ -112,7 +112,7 @@ fn check_echo(id: Option<&RawValue>, message: &str) {
             other => panic!("echoed the id {other}"),
         }
     }
-    let frame = frames::error_frame(id, ErrorCode::BadRequest, message, None, None);
+    let frame = protocol::error_frame(id, ErrorCode::BadRequest, message, None, None);
     let v: Value = serde_json::from_str(frame.as_str()).expect("an error frame is JSON");
     let obj = v.as_object().expect("an error frame is an object");
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();

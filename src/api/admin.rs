@@ -18,9 +18,9 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
 use crate::db::{AppendOutcome, AuditAction, AuditEvent, AuditQuery, AuditRecord, Deleter, NewKind, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::hub::frames::close;
 use crate::hub::live::UserConnections;
 use crate::net::ClientAddr;
+use crate::protocol::close;
 use crate::state::AppState;
 use crate::stats::InstanceStats;
 
@@ -63,7 +63,7 @@ pub async fn reset_history(
         crate::db::DbError::NotFound => ApiError::NotFound("room"),
         other => other.into(),
     })?;
-    let frame = crate::hub::frames::ServerFrame::Reset { room: &id, reason: "epoch", epoch: &epoch, last_seq }.encode();
+    let frame = crate::protocol::ServerFrame::Reset { room: &id, reason: "epoch", epoch: &epoch, last_seq }.encode();
     state.hub.broadcast(&id, frame, None);
     let deleted = crate::retention::delete_unretained(&state.store, &id, state.config.retention.batch).await?;
     tracing::info!(room_id = %id, deleted, "room history reset by an operator");
@@ -302,7 +302,7 @@ pub async fn delete_message(
         sender_id: crate::db::OPERATOR.to_owned(),
         client_msg_id: format!("operator:{}", crate::db::new_id()),
         body: String::new(),
-        sent_at: crate::db::now_ms(),
+        sent_at: crate::clock::now_ms(),
         kind: NewKind::Delete { target_seq: seq, by: Deleter::Operator },
     };
     let outcome =

@@ -106,7 +106,7 @@ pub async fn delete_me(State(state): State<AppState>, client: ClientAddr, user: 
     state.store.erase_user(&user.user_id).await?;
     // Kept after the erasure: it holds the id only, nothing erased.
     audit::record(&state, AuditEvent::by_user(AuditAction::Erasure, &user.user_id, client.0)).await;
-    state.hub.close_user(&user.user_id, crate::hub::frames::close::AUTH, "account erased");
+    state.hub.close_user(&user.user_id, crate::protocol::close::AUTH, "account erased");
     // Each message's `delete` event (reason `erased`), in the background.
     state.hub.finish_erasure(&user.user_id);
     tracing::info!(user_id = %user.user_id, "account erased");

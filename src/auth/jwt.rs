@@ -7,8 +7,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, deco
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::config::{Config, JwtKeyConfig};
-use crate::db::now_ms;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -271,7 +271,7 @@ impl Inner {
         let args = vec![
             self.instance.clone(),
             if here { "1" } else { "0" }.to_owned(),
-            crate::db::now_ms().to_string(),
+            crate::clock::now_ms().to_string(),
             self.presence_ttl.as_millis().to_string(),
             user.to_owned(),
         ];
@@ -624,7 +624,7 @@ impl Bus for RedisBus {
             let user_prefix = format!("{}p:{{{room}}}:", inner.prefix);
             inner
                 .presence_sweep
-                .evalsha_with_reload(&inner.publisher, vec![set], vec![crate::db::now_ms().to_string(), user_prefix])
+                .evalsha_with_reload(&inner.publisher, vec![set], vec![crate::clock::now_ms().to_string(), user_prefix])
                 .await
                 .map_err(unavailable)
         })

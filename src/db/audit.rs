@@ -15,7 +15,8 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{DbError, Store, now_ms};
+use super::{DbError, Store};
+use crate::clock::now_ms;
 
 /// What happened. The string forms are stored and are the API's `action`
 /// filter: renaming one is a breaking change.

@@ -2,7 +2,8 @@
 
 use sqlx::Row;
 
-use super::{DbError, Store, now_ms};
+use super::{DbError, Store};
+use crate::clock::now_ms;
 
 /// The state of a key already seen.
 #[derive(Debug, Clone)]

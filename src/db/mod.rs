@@ -326,11 +326,6 @@ pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     Some(path.into())
 }
 
-/// Milliseconds since the Unix epoch: the one time format of the schema.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// A fresh opaque id (UUIDv7: time-ordered, so indexes stay compact).
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

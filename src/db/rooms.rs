@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{DbError, Retention, Store, new_epoch, new_id, now_ms};
+use super::{DbError, Retention, Store, new_epoch, new_id};
+use crate::clock::now_ms;
 
 /// A member's role; only owners manage a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

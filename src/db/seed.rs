@@ -2,7 +2,8 @@
 //! multi-row inserts in one transaction, so 100k users take seconds rather
 //! than the hours one argon2 hash per registration would.
 
-use super::{DbError, Store, new_id, now_ms, placeholders};
+use super::{DbError, Store, new_id, placeholders};
+use crate::clock::now_ms;
 
 /// Rows per multi-row INSERT (at most 5 parameters per row here).
 const CHUNK: usize = 1000;

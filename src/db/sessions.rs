@@ -6,7 +6,8 @@
 
 use sqlx::Row;
 
-use super::{DbError, Store, new_id, now_ms};
+use super::{DbError, Store, new_id};
+use crate::clock::now_ms;
 
 /// Who a valid credential belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,8 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{AuditRecord, DbError, MessageKey, ResultExt, RoomForUser, Store, StoredMessage, new_id, now_ms};
+use super::{AuditRecord, DbError, MessageKey, ResultExt, RoomForUser, Store, StoredMessage, new_id};
+use crate::clock::now_ms;
 
 /// A user as the API shows it to its owner.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -13,9 +13,9 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::frames::close;
 use super::{Hub, Outbound};
 use crate::bus::BusEvent;
+use crate::protocol::close;
 
 impl Hub {
     /// Fans a stored message out here and publishes it to other instances.

@@ -13,8 +13,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use super::frames::message_frame;
 use crate::db::{AppendOutcome, DbError, NewMessage};
+use crate::protocol::message_frame;
 
 /// Queue of sends waiting for the committer.
 pub const QUEUE: usize = 16_384;

@@ -20,14 +20,15 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::Instrument;
 
-use super::frames::{self, ClientFrame, ErrorCode, Resume, ServerFrame, close, error_frame, message_frame};
 use super::sequencer::{self, Admit};
-use super::version::{self, Heartbeat};
 use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
-use crate::db::{AppendOutcome, DbError, Deleter, NewKind, NewMessage, now_ms};
+use crate::clock::now_ms;
+use crate::db::{AppendOutcome, DbError, Deleter, NewKind, NewMessage};
 use crate::metrics::Local;
 use crate::net::ClientAddr;
+use crate::protocol::Heartbeat;
+use crate::protocol::{self, ClientFrame, ErrorCode, Resume, ServerFrame, close, error_frame, message_frame};
 use crate::state::AppState;
 
 /// Who the handshake authenticated.
@@ -200,16 +201,16 @@ impl Conn {
     async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
         let settings = self.hub.settings().clone();
         let now = now_ms();
-        let features = version::features(settings.push_enabled(), settings.edit_window_ms > 0);
+        let features = protocol::features(settings.push_enabled(), settings.edit_window_ms > 0);
         let hello = ServerFrame::Hello {
-            protocol: version::PROTOCOL,
+            protocol: protocol::PROTOCOL,
             session_id: &self.shared.session(),
             user_id: &self.shared.user,
             heartbeat_ms: settings.heartbeat.as_millis() as u64,
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             token_expires_at: self.expires_at,
             limits: &settings.limits,
-            protocol_version: version::PROTOCOL_VERSION,
+            protocol_version: protocol::PROTOCOL_VERSION,
             features: &features,
             heartbeat: self.heartbeat.as_str(),
             server_time: now,
@@ -294,7 +295,7 @@ impl Conn {
                         Heartbeat::Ws => self.ws.send(Message::Ping(Default::default())).await,
                         Heartbeat::App => {
                             self.pings_outstanding = self.pings_outstanding.saturating_add(1);
-                            self.write(Utf8Bytes::from_static(frames::APP_PING)).await
+                            self.write(Utf8Bytes::from_static(protocol::APP_PING)).await
                         }
                     };
                     if beat.is_err() { return End::Gone(None); }
@@ -436,7 +437,7 @@ impl Conn {
             return Err(gone());
         }
         self.frames_out += 1;
-        self.hub.metrics().frames_out.inc(frames::kind_of(&frame));
+        self.hub.metrics().frames_out.inc(protocol::kind_of(&frame));
         let shared = self.shared.clone();
         tokio::select! {
             biased;
@@ -459,7 +460,7 @@ impl Conn {
 
     /// Handles one text frame; `Some` ends the connection.
     async fn on_text(&mut self, text: &str, acks: &mut FuturesUnordered<PendingAck>) -> Option<End> {
-        let (id, frame) = match frames::parse(text, self.hub.settings().limits.max_body_bytes) {
+        let (id, frame) = match protocol::parse(text, self.hub.settings().limits.max_body_bytes) {
             Ok(f) => f,
             Err(e) => {
                 self.hub.metrics().frames_in.inc("invalid");
@@ -816,7 +817,7 @@ impl Conn {
     /// Feeds one encoded frame without flushing, counting it.
     async fn feed_frame(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
         self.frames_out += 1;
-        self.hub.metrics().frames_out.inc(frames::kind_of(&frame));
+        self.hub.metrics().frames_out.inc(protocol::kind_of(&frame));
         self.ws.feed(Message::Text(frame)).await
     }
 

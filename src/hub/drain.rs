@@ -6,7 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::Hub;
-use super::frames::close;
+use crate::protocol::close;
 
 impl Hub {
     pub fn is_draining(&self) -> bool {

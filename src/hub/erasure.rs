@@ -13,7 +13,8 @@
 use std::time::Duration;
 
 use super::Hub;
-use crate::db::{Deleter, NewKind, NewMessage, now_ms};
+use crate::clock::now_ms;
+use crate::db::{Deleter, NewKind, NewMessage};
 
 /// Messages per erasure transaction.
 pub const BATCH: i64 = 500;

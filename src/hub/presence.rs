@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use super::frames::ServerFrame;
+use crate::protocol::ServerFrame;
 
 /// Presence changes waiting for the presence task. Beyond it a change is
 /// dropped and the heartbeat repairs it within one TTL.

@@ -12,9 +12,9 @@ use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::frames::close;
 use super::{Hub, Outbound};
 use crate::metrics::Metrics;
+use crate::protocol::close;
 
 /// The part of a connection others touch: its queue and its kill switch.
 pub struct ConnShared {
@@ -163,7 +163,7 @@ impl Hub {
             session: Mutex::new(Arc::from(session)),
             tx,
             kill: KillSwitch::default(),
-            connected_at: crate::db::now_ms(),
+            connected_at: crate::clock::now_ms(),
             close_code: AtomicU16::new(0),
             close_reason: Mutex::new(String::new()),
         });

@@ -17,11 +17,11 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 
-use super::frames;
 use super::sequencer::{Offered, Sequencer};
 use super::{ConnShared, Delivery, Hub, Outbound};
 use crate::bus::BusFuture;
 use crate::metrics::Metrics;
+use crate::protocol;
 
 /// Messages fetched per storage read when catching a room up.
 const CATCH_UP_PAGE: i64 = 1000;
@@ -125,7 +125,7 @@ impl Hub {
         for c in entry.subs.iter().filter(|c| Some(c.id) != exclude) {
             queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
         }
-        metrics.frames_out.add(frames::kind_of(frame), queued);
+        metrics.frames_out.add(protocol::kind_of(frame), queued);
     }
 
     /// Like [`Hub::fan_out_event`], skipping every socket of `user`.
@@ -137,7 +137,7 @@ impl Hub {
         for c in entry.subs.iter().filter(|c| &*c.user != user) {
             queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
         }
-        metrics.frames_out.add(frames::kind_of(frame), queued);
+        metrics.frames_out.add(protocol::kind_of(frame), queued);
     }
 
     /// Delivers a message to this instance's subscribers in seq order.
@@ -193,7 +193,7 @@ impl Hub {
                 Ok(page) => {
                     failures = 0;
                     for m in &page.messages {
-                        delivered += u64::from(self.offer(&room, m.seq, frames::message_frame(m)));
+                        delivered += u64::from(self.offer(&room, m.seq, protocol::message_frame(m)));
                     }
                     // No progress: the first missing seq is not in storage
                     // (unless the last local socket left meanwhile).
@@ -269,7 +269,7 @@ impl Hub {
                 }
             };
             for m in &page.messages {
-                delivered += u64::from(self.offer(room, m.seq, frames::message_frame(m)));
+                delivered += u64::from(self.offer(room, m.seq, protocol::message_frame(m)));
             }
             if !page.has_more || page.messages.is_empty() {
                 return delivered;

@@ -25,9 +25,9 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::frames::ServerFrame;
 use super::{Hub, Outbound};
 use crate::bus::BusEvent;
+use crate::protocol::ServerFrame;
 
 /// Rooms per [`BusEvent::RoomSeqs`]: keeps one envelope well below what a
 /// bus publish should carry, however many rooms moved in an interval.
@@ -317,7 +317,7 @@ impl Hub {
         for c in conns {
             queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
         }
-        metrics.frames_out.add(super::frames::kind_of(frame), queued);
+        metrics.frames_out.add(crate::protocol::kind_of(frame), queued);
     }
 
     /// Every interval: publish the rooms that moved here, in batches, and

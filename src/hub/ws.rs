@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::{self, Authenticated};
-use super::version::{self, Heartbeat};
 use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
 use crate::error::ApiError;
 use crate::net::ClientAddr;
+use crate::protocol::{self, Heartbeat};
 use crate::state::AppState;
 
 /// Bytes read per socket read: client frames are small; a larger frame just
@@ -88,7 +88,7 @@ pub async fn handler(
             let limits = &state.hub.settings().limits;
             let hub = state.hub.clone();
             upgrade
-                .protocols([version::SUBPROTOCOL])
+                .protocols([protocol::SUBPROTOCOL])
                 // tungstenite's defaults (128 KiB buffers, 64 MiB messages)
                 // would cost >100 KiB per idle socket; chat frames are small.
                 // The write buffer lets the writer coalesce queued frames
@@ -151,7 +151,7 @@ async fn admit(
         }
     }
     // A client bug, not a credential problem: refused before any lookup.
-    version::check_subprotocol(headers).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
+    protocol::check_subprotocol(headers).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
     let params = params.map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
     let heartbeat =
         Heartbeat::from_query(params.heartbeat.as_deref()).map_err(|m| ("bad_request", ApiError::bad_request(m)))?;
@@ -184,7 +184,7 @@ async fn admit(
                 .map_err(|e| ("unavailable", e.into()))?
                 .ok_or(("unauthorized", ApiError::Unauthorized("invalid, used or expired ticket")))?;
             // A ticketed socket lives as long as an access token would.
-            let expires_at = crate::db::now_ms() + state.keys.ttl().as_millis() as i64;
+            let expires_at = crate::clock::now_ms() + state.keys.ttl().as_millis() as i64;
             Authenticated { user_id: who.user_id, session_id: who.session_id, expires_at }
         }
         (None, None) => return Err(("unauthorized", ApiError::Unauthorized("missing bearer token or ticket"))),

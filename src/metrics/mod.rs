@@ -397,7 +397,7 @@ impl Metrics {
         }
         // Every error code exists from the start, so rate() and alerts see
         // a zero before the first error rather than no series.
-        for code in crate::hub::frames::ErrorCode::ALL {
+        for code in crate::protocol::ErrorCode::ALL {
             m.ws_errors.with_label_values(&[code.as_str()]);
         }
         // process_cpu_seconds_total, process_resident_memory_bytes,

@@ -30,8 +30,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::SharedBus;
+use crate::clock::now_ms;
 use crate::config::WebhookConfig;
-use crate::db::{DbError, OutboxRow, Store, now_ms};
+use crate::db::{DbError, OutboxRow, Store};
 use crate::metrics::Metrics;
 use webhook::{Event, PostResult, Sender};
 

@@ -27,7 +27,7 @@ use super::Bystander;
 use crate::both_backends;
 use crate::helpers::{Db, Resp, Session, TestApp, spawn_app_with};
 use crate::operators::ADMIN_TOKEN;
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 both_backends!(rest_routes_hide_other_rooms_and_refuse_members, socket_frames_cannot_reach_other_rooms);
 

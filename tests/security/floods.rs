@@ -2,10 +2,10 @@
 //! and a reader that never reads.
 //!
 //! The step-by-step rate-limit test (exact burst, `retry_after_ms`, the
-//! strike count) is `ws_faults::rate_limit_then_abuse_close`; the cap from
-//! one address is `ws_faults::the_connection_cap_holds_under_concurrent_handshakes`;
+//! strike count) is `ws::faults::rate_limit_then_abuse_close`; the cap from
+//! one address is `ws::faults::the_connection_cap_holds_under_concurrent_handshakes`;
 //! the slow consumer's resume without loss is
-//! `ws_faults::slow_consumer_is_cut_off_then_resumes_without_loss`. These
+//! `ws::faults::slow_consumer_is_cut_off_then_resumes_without_loss`. These
 //! attack blindly, as a hostile client would, and check the bystanders.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,7 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, client_async};
 use super::Bystander;
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, spawn_app_with};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 both_backends!(a_reader_that_never_reads_is_cut_off_alone);
 
@@ -166,11 +166,11 @@ async fn a_handshake_flood_from_one_address_is_rate_limited() {
     let mut throttled = 0;
     for r in real {
         match r {
-            Err(crate::ws_client::Refused::Http(429, body)) => {
+            Err(crate::ws::client::Refused::Http(429, body)) => {
                 assert_eq!(body["error"]["code"], "rate_limited");
                 throttled += 1;
             }
-            Err(crate::ws_client::Refused::Http(s, body)) => panic!("{s}: {body}"),
+            Err(crate::ws::client::Refused::Http(s, body)) => panic!("{s}: {body}"),
             Ok(_) => {}
         }
     }

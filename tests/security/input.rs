@@ -3,7 +3,7 @@
 //! bidi and invisible characters in names, very long headers and URLs.
 //!
 //! The plain cases (malformed bodies, a frame just over the limit, one
-//! invalid UTF-8 text frame) are in `bad_input` and `ws_faults`
+//! invalid UTF-8 text frame) are in `bad_input` and `ws::faults`
 //! (`bad_frames_get_error_frames_and_nothing_breaks`,
 //! `invalid_utf8_closes_with_1007_and_nothing_else_breaks`); these go
 //! further.
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use super::Bystander;
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
-use crate::ws_client::{GUARD, WsClient};
+use crate::ws::client::{GUARD, WsClient};
 
 both_backends!(huge_and_negative_numbers_are_refused_or_clamped);
 

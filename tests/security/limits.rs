@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{Db, TestApp, eventually, spawn_app_with};
-use crate::ws_client::{Refused, WsClient};
+use crate::ws::client::{Refused, WsClient};
 
 /// Liveness guard for "the server closed it", not a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);

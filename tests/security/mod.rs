@@ -31,7 +31,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{Session, TestApp};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 /// A well-behaved user with a live socket joined to their own room, set up
 /// before an attack and checked after it.
@@ -88,7 +88,7 @@ pub async fn assert_healthy(app: &TestApp) {
 pub async fn refused(app: &TestApp, token: Option<&str>, ticket: Option<&str>, origin: Option<&str>) -> (u16, String) {
     match WsClient::try_connect(app, token, ticket, origin).await {
         Ok(c) => panic!("handshake accepted (hello {})", c.hello),
-        Err(crate::ws_client::Refused::Http(status, body)) => {
+        Err(crate::ws::client::Refused::Http(status, body)) => {
             let code =
                 body["error"]["code"].as_str().unwrap_or_else(|| panic!("refusal without the error shape: {body}"));
             (status, code.to_owned())

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{Bystander, refused};
 use crate::helpers::{Db, TestApp, spawn_app_with};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 const APP: &str = "https://app.example.com";
 

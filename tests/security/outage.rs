@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Db, eventually, spawn_app_with};
 use crate::procs::PgProc;
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 const ADMIN: &str = "admin-token-0123456789-abcdefghijklmnop";
 
@@ -212,7 +212,7 @@ async fn a_stopped_database_is_unavailable_on_every_route_and_frame_then_recover
     assert_eq!((e["id"].as_i64(), e["code"].as_str()), (Some(4), Some("unavailable")), "auth: {e}");
     // A new socket cannot be authenticated: 503, not 401.
     match WsClient::try_connect(&app, Some(&bob.access), None, None).await {
-        Err(crate::ws_client::Refused::Http(status, body)) => {
+        Err(crate::ws::client::Refused::Http(status, body)) => {
             assert_eq!(status, 503, "handshake with the database down: {body}");
             assert_eq!(body["error"]["code"], "unavailable");
         }

@@ -11,7 +11,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chatgw::db::{SessionIdentity, now_ms};
+use chatgw::clock::now_ms;
+use chatgw::db::SessionIdentity;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use super::{Bystander, refused};
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
-use crate::ws_client::WsClient;
+use crate::ws::client::WsClient;
 
 both_backends!(revoked_banned_and_erased_credentials_are_refused, tickets_are_single_use_and_expire);
 
@@ -315,7 +316,7 @@ async fn tickets_are_single_use_and_expire(db: Db) {
     for a in attempts {
         match a {
             Ok(_) => winners += 1,
-            Err(crate::ws_client::Refused::Http(status, body)) => {
+            Err(crate::ws::client::Refused::Http(status, body)) => {
                 assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
             }
         }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use chatgw::cli::seed::SeedArgs;
 use chatgw::config::Config;
-use chatgw::seed::SeedArgs;
 
 /// Variables of a test gateway on `dir/lt.db`, with limits that never get
 /// in a load run's way.
@@ -30,7 +30,7 @@ pub fn gateway_vars(dir: &Path) -> HashMap<String, String> {
 pub async fn seed(config: &Config, dir: &Path, users: usize, rooms: usize, room_size: usize) -> PathBuf {
     let seed = dir.join("seed.json");
     let args = SeedArgs { users, rooms, room_size, token_ttl_secs: 600, out: seed.clone() };
-    let file = chatgw::seed::run(config, &args).await.unwrap();
+    let file = chatgw::cli::seed::run(config, &args).await.unwrap();
     std::fs::write(&seed, serde_json::to_vec(&file).unwrap()).unwrap();
     seed
 }

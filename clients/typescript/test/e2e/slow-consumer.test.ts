@@ -5,7 +5,7 @@
  * overflows. When reading resumes, the SDK sees the close (4009, or 1006
  * if the server gave up writing the close frame), reconnects, resumes
  * with since_seq and Bob has every message exactly once, in order.
- * Set-up as in tests/ws_faults.rs.
+ * Set-up as in tests/ws/faults.rs.
  */
 import assert from "node:assert/strict";
 

@@ -10,14 +10,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chatgw::db::{Store, now_ms};
+use chatgw::clock::now_ms;
+use chatgw::db::Store;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
-use crate::ws_client::{GUARD, Refused, WsClient, assert_conforms};
+use crate::ws::client::{GUARD, Refused, WsClient, assert_conforms};
 
 both_backends!(slow_consumer_is_cut_off_then_resumes_without_loss);
 

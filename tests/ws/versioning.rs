@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
-use crate::ws_client::{GUARD, WsClient, assert_conforms};
+use crate::ws::client::{GUARD, WsClient, assert_conforms};
 
 both_backends!(
     hello_announces_version_features_and_relative_expiry,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
-use crate::ws_client::{Refused, WsClient, assert_conforms};
+use crate::ws::client::{Refused, WsClient, assert_conforms};
 
 both_backends!(send_ack_message_and_every_frame_type, membership_removal_mid_stream, exactly_once_with_random_resumes);
 
