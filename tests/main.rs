@@ -26,6 +26,7 @@ mod schemathesis;
 mod security;
 mod sentry;
 mod storage;
+mod structure;
 mod sync;
 mod user_stream;
 mod ws;
