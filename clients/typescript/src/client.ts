@@ -310,12 +310,7 @@ export class ChatClient extends Emitter<ClientEvents> implements RoomHost {
     const now = Date.now();
     if (now - room.lastTypingAt < TYPING_THROTTLE_MS) return;
     room.lastTypingAt = now;
-    // Not tracked: typing has no success reply, so a tracked id would stay
-    // forever; an error for it (rate_limited, not_joined) is emitted as is.
-    // Ephemeral: dropped rather than queued when the events bucket is empty.
-    if (conn.bucket.queue.length === 0 && conn.bucket.take()) {
-      conn.send({ type: "typing", id: conn.ids.next("t"), room: room.id });
-    }
+    conn.sendTyping(room.id);
   }
   /** @internal */
   roomMarkRead(room: Room, seq: number): Promise<void> {

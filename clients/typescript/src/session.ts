@@ -34,12 +34,6 @@ export class Session {
     readonly log: Log,
   ) {}
 
-  /** A room the app wants and is not forgotten. */
-  wanted(roomId: string): Room | undefined {
-    const room = this.rooms.get(roomId);
-    return room && !room.forgotten ? room : undefined;
-  }
-
   newRoom(id: string, snap: RoomSnapshot): Room {
     return new Room(id, this.host, snap, (err) => this.log("error", `room ${id} listener threw`, err));
   }

@@ -189,6 +189,18 @@ export class Connection {
     this.#paced(send);
   }
 
+  /**
+   * Sends `typing` for a room. Not tracked: typing has no success reply, so a
+   * tracked id would stay forever; an error for it (rate_limited,
+   * not_joined) is emitted as is. Ephemeral: dropped rather than queued when
+   * the events bucket is empty.
+   */
+  sendTyping(roomId: string): void {
+    if (this.bucket.queue.length === 0 && this.bucket.take()) {
+      this.send({ type: "typing", id: this.ids.next("t"), room: roomId });
+    }
+  }
+
   /** Forgets and returns the request an answer's id belongs to. */
   takeRequest(id: string | number | undefined): PendingRequest | undefined {
     if (id === undefined) return undefined;
