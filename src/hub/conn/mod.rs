@@ -103,9 +103,11 @@ enum End {
     ClosedByPeer(Option<u16>),
 }
 
-/// Whatever went wrong with a write, the connection is over: the socket is
-/// gone or was cut off (then the loop's kill arm or the next write says
-/// with which code).
+/// Whatever went wrong with a write, the connection is over and there is
+/// nothing more to send: the socket broke, was cut off (as before the
+/// split, a write the kill switch interrupts ends as `Gone`; only the
+/// queue's batch write and the kill arm report the switch's code) or a
+/// replay could not read storage (logged where it failed).
 fn gone(_: SocketError) -> End {
     End::Gone(None)
 }
@@ -194,9 +196,9 @@ async fn serve(
 }
 
 impl Conn {
-    /// The loop: hello, then one `select!` until the connection ends. Over
-    /// 120 lines: every source a socket waits on is one arm of this one
-    /// `select!`, and its order (`biased`) is the policy.
+    /// The loop: hello, then one `select!` until the connection ends. Long
+    /// (about 110 lines): every source a socket waits on is one arm of this
+    /// one `select!`, and their order (`biased`) is the policy.
     async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
         let settings = self.hub.settings().clone();
         let now = now_ms();
@@ -416,9 +418,9 @@ impl Conn {
         error(self.hub.metrics(), id, code, message, room, retry)
     }
 
-    /// Handles one text frame; `Some` ends the connection. Over 120 lines:
-    /// the policy (parse, free pongs, rate budgets) and one arm per client
-    /// frame type, read top to bottom in the order a frame meets them.
+    /// Handles one text frame; `Some` ends the connection. Long (about 120
+    /// lines): the policy (parse, free pongs, rate budgets) and one arm per
+    /// client frame type, read top to bottom in the order a frame meets them.
     async fn on_text(&mut self, text: &str, acks: &mut Acks) -> Option<End> {
         let (id, frame) = match protocol::parse(text, self.hub.settings().limits.max_body_bytes) {
             Ok(f) => f,

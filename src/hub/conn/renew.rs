@@ -17,6 +17,9 @@ use crate::protocol::ErrorCode;
 /// user, a session still active. On success the connection's session is
 /// the token's from now on.
 ///
+/// Returns the token's expiry (Unix milliseconds), the connection's new
+/// deadline.
+///
 /// # Errors
 /// The `error` frame to answer with (`unauthorized`, or `unavailable` when
 /// storage cannot say).
