@@ -204,7 +204,7 @@ impl Application {
             });
         }
 
-        let ws = Router::new().route("/ws", get(crate::hub::ws::handler));
+        let ws = Router::new().route("/ws", get(crate::api::ws::handler));
         let app = crate::api::router(state.clone(), ws);
         let drain = {
             let (state, stop) = (state.clone(), stop.clone());

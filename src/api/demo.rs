@@ -5,7 +5,7 @@
 //!
 //! The page talks to this same gateway (REST and `/ws`), which is why the
 //! handshake accepts the gateway's own origin while the demo is on
-//! (`hub::ws`). Its strict CSP allows nothing but this origin.
+//! (`api::ws`). Its strict CSP allows nothing but this origin.
 
 use axum::{
     Router,

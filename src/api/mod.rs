@@ -14,6 +14,7 @@ pub mod me;
 pub mod openapi;
 pub mod rooms;
 pub mod validate;
+pub mod ws;
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! The connection hub: live sockets, room subscriptions, ordered fan-out.
 //!
-//! - [`ws`]: the `/ws` handshake (authenticated before the upgrade).
 //! - [`conn`]: one task per socket: reads requests, writes its queue.
 //! - [`registry`]: who is connected (by id and by user), the connection cap.
 //! - [`room`]: per-room subscribers and the sequencer that fans stored
@@ -40,7 +39,6 @@ mod sequencer;
 mod settings;
 mod tail;
 pub mod user_stream;
-pub mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

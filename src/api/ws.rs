@@ -1,5 +1,7 @@
-//! `GET /ws`: everything is checked before the upgrade, so a refused client
-//! gets a plain HTTP error and never a socket.
+//! `GET /ws`, the HTTP edge of the socket: everything is checked before the
+//! upgrade, so a refused client gets a plain HTTP error and never a socket.
+//! This is the one place of the socket path that knows `AppState`; the
+//! connection (`hub::conn`) gets only what it needs.
 
 use std::net::IpAddr;
 
@@ -11,9 +13,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::conn::{self, Authenticated};
 use crate::auth::tokens::{TICKET_PREFIX, hash_token, looks_like};
 use crate::error::ApiError;
+use crate::hub::conn::{self, Authenticated};
 use crate::net::ClientAddr;
 use crate::protocol::{self, Heartbeat};
 use crate::state::AppState;
@@ -86,13 +88,16 @@ pub async fn handler(
             };
             count(&state, "ok");
             let limits = &state.hub.settings().limits;
-            let hub = state.hub.clone();
+            // The connection gets the hub and the keys `auth` renewals
+            // check, never the whole state: the hub knows nothing of the
+            // composition root.
+            let (hub, keys) = (state.hub.clone(), state.keys.clone());
             upgrade
                 .protocols([protocol::SUBPROTOCOL])
                 // tungstenite's defaults (128 KiB buffers, 64 MiB messages)
                 // would cost >100 KiB per idle socket; chat frames are small.
                 // The write buffer lets the writer coalesce queued frames
-                // into one write per flush (conn.rs); it grows only on
+                // into one write per flush (hub/conn/socket.rs); it grows only on
                 // sockets that receive bursts.
                 .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(WRITE_BUFFER)
@@ -100,7 +105,7 @@ pub async fn handler(
                 .max_message_size(limits.max_frame_bytes)
                 .max_frame_size(limits.max_frame_bytes)
                 .on_upgrade(move |socket| async move {
-                    let task = conn::run(socket, state, who, place, client, heartbeat);
+                    let task = conn::run(socket, hub.clone(), keys, who, place, client.0, heartbeat);
                     tracing::trace!(task_bytes = std::mem::size_of_val(&task), "connection task");
                     hub.spawn_conn(task);
                 })
