@@ -25,10 +25,11 @@ use super::{ConnShared, Hub, Outbound};
 use crate::auth::TokenError;
 use crate::clock::now_ms;
 use crate::db::{AppendOutcome, DbError, Deleter, NewKind, NewMessage};
+use crate::hub::wire::message_frame;
 use crate::metrics::Local;
 use crate::net::ClientAddr;
 use crate::protocol::Heartbeat;
-use crate::protocol::{self, ClientFrame, ErrorCode, Resume, ServerFrame, close, error_frame, message_frame};
+use crate::protocol::{self, ClientFrame, ErrorCode, Resume, ServerFrame, close, error_frame};
 use crate::state::AppState;
 
 /// Who the handshake authenticated.

@@ -17,6 +17,7 @@
 //! - [`user_stream`]: what every socket of a user hears without joining
 //!   (rooms added, removed, renamed; unjoined rooms' last seq).
 //! - [`erasure`]: erased accounts' `delete` events, in bounded batches.
+//! - [`wire`]: stored rows as wire frames (the adapter to `protocol`).
 //! - [`frames`]: the wire format.
 //! - [`version`]: subprotocol, minor version, features, heartbeat mode.
 //!
@@ -40,6 +41,7 @@ mod sequencer;
 mod settings;
 mod tail;
 pub mod user_stream;
+pub mod wire;
 pub mod ws;
 
 use std::sync::Arc;

@@ -395,9 +395,10 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c).expect("registered once");
         }
-        // Every error code exists from the start, so rate() and alerts see
-        // a zero before the first error rather than no series.
-        for code in crate::protocol::ErrorCode::ALL {
+        // Every code an `error` frame may carry exists from the start, so
+        // rate() and alerts see a zero before the first error rather than
+        // no series (the REST-only codes are never a socket's).
+        for code in crate::protocol::ErrorCode::SOCKET {
             m.ws_errors.with_label_values(&[code.as_str()]);
         }
         // process_cpu_seconds_total, process_resident_memory_bytes,
