@@ -142,24 +142,50 @@ fn valid_request_id(raw: &RawValue) -> bool {
     }
 }
 
+/// The error about text that is not a frame: malformed JSON, or JSON of
+/// the wrong shape, with the request id when one can still be read.
+fn unparsed(text: &str, e: &serde_json::Error) -> FrameError {
+    let id = serde_json::from_str::<IdOnly>(text)
+        .ok()
+        .and_then(|i| i.id)
+        .filter(|r| valid_request_id(r))
+        .map(ToOwned::to_owned);
+    let message = if e.is_data() { format!("invalid frame: {e}") } else { "malformed JSON".to_owned() };
+    FrameError { id, code: ErrorCode::BadRequest, message, room: None }
+}
+
+/// The rooms of a `sync` frame, each valid and listed once.
+///
+/// # Errors
+/// The `bad_request` message about the first entry that is not.
+fn sync_rooms(entries: &[RawSyncEntry]) -> Result<Vec<Resume>, &'static str> {
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    let mut rooms = Vec::with_capacity(entries.len());
+    for e in entries {
+        if !is_id(&e.room) {
+            return Err("rooms[].room: not a valid room id");
+        }
+        if e.since_seq.is_some_and(|s| s < 0) {
+            return Err("rooms[].since_seq: must be >= 0");
+        }
+        if e.epoch.as_deref().is_some_and(|e| !is_epoch(e)) {
+            return Err("rooms[].epoch: not a valid epoch");
+        }
+        if !seen.insert(e.room.as_str()) {
+            return Err("rooms: a room is listed twice");
+        }
+        rooms.push(Resume { room: e.room.clone(), since_seq: e.since_seq, epoch: e.epoch.clone() });
+    }
+    Ok(rooms)
+}
+
 /// Parses and validates one text frame.
 ///
 /// # Errors
 /// A [`FrameError`] naming the problem; `too_large` for a body over
 /// `max_body_bytes`.
 pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>, ClientFrame), FrameError> {
-    let raw: RawFrame = match serde_json::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            let id = serde_json::from_str::<IdOnly>(text)
-                .ok()
-                .and_then(|i| i.id)
-                .filter(|r| valid_request_id(r))
-                .map(ToOwned::to_owned);
-            let message = if e.is_data() { format!("invalid frame: {e}") } else { "malformed JSON".to_owned() };
-            return Err(FrameError { id, code: ErrorCode::BadRequest, message, room: None });
-        }
-    };
+    let raw: RawFrame = serde_json::from_str(text).map_err(|e| unparsed(text, &e))?;
     let id = match raw.id {
         Some(r) if !valid_request_id(r) => {
             return Err(FrameError {
@@ -210,24 +236,7 @@ pub fn parse(text: &str, max_body_bytes: usize) -> Result<(Option<Box<RawValue>>
         }
         "sync" => {
             let Some(entries) = &raw.rooms else { return Err(bad("rooms: required")) };
-            let mut seen = std::collections::HashSet::with_capacity(entries.len());
-            let mut rooms = Vec::with_capacity(entries.len());
-            for e in entries {
-                if !is_id(&e.room) {
-                    return Err(bad("rooms[].room: not a valid room id"));
-                }
-                if e.since_seq.is_some_and(|s| s < 0) {
-                    return Err(bad("rooms[].since_seq: must be >= 0"));
-                }
-                if e.epoch.as_deref().is_some_and(|e| !is_epoch(e)) {
-                    return Err(bad("rooms[].epoch: not a valid epoch"));
-                }
-                if !seen.insert(e.room.as_str()) {
-                    return Err(bad("rooms: a room is listed twice"));
-                }
-                rooms.push(Resume { room: e.room.clone(), since_seq: e.since_seq, epoch: e.epoch.clone() });
-            }
-            ClientFrame::Sync { rooms }
+            ClientFrame::Sync { rooms: sync_rooms(entries).map_err(bad)? }
         }
         "leave" => ClientFrame::Leave { room: room()? },
         "send" | "edit" => {
