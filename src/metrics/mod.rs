@@ -432,3 +432,46 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ErrorCode, close};
+
+    /// The close codes counted from the start are the protocol's (or 1000,
+    /// the normal closure RFC 6455 defines), so a renumbered code cannot
+    /// leave a series behind.
+    #[test]
+    fn close_codes_are_the_protocols() {
+        let protocol = [
+            close::OPERATOR,
+            close::GOING_AWAY,
+            close::INVALID_UTF8,
+            close::TOO_BIG,
+            close::INTERNAL,
+            close::AUTH,
+            close::IDLE,
+            close::FORBIDDEN,
+            close::RATE_LIMIT,
+            close::SLOW_CONSUMER,
+        ];
+        for c in CLOSE_CODES {
+            let n: u16 = c.parse().unwrap();
+            assert!(n == 1000 || protocol.contains(&n), "{c} is not a close code of the protocol");
+        }
+    }
+
+    /// One `chatgw_ws_errors_total` series per socket error code from the
+    /// start, and none for the REST-only codes.
+    #[test]
+    fn socket_error_series_exist_from_the_start() {
+        let text = Metrics::new().render();
+        let series = |code: &str| format!("chatgw_ws_errors_total{{code=\"{code}\"}} 0");
+        for c in ErrorCode::SOCKET {
+            assert!(text.contains(&series(c.as_str())), "{}", c.as_str());
+        }
+        for c in [ErrorCode::UnsupportedMediaType, ErrorCode::Timeout] {
+            assert!(!text.contains(&series(c.as_str())), "{}", c.as_str());
+        }
+    }
+}
