@@ -1,7 +1,8 @@
 //! The one error type of the HTTP edge and its JSON shape.
 //!
 //! Every failure a client can see is an [`ApiError`]; each variant has one
-//! status and one stable `code` (the same codes the WebSocket protocol uses).
+//! status and one stable `code`, from the protocol's one list of codes
+//! ([`ErrorCode`], shared with the WebSocket's `error` frames).
 //! Internal causes are logged here and never returned.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -9,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::db::DbError;
+use crate::protocol::ErrorCode;
 
 /// A client-visible failure.
 #[derive(thiserror::Error)]
@@ -82,6 +84,8 @@ pub struct ErrorBody {
 /// Machine-readable `code` plus a human-readable `message`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
+    // One of the protocol's `ErrorCode::REST`. (A `//` comment: the doc
+    // comment below is the OpenAPI description, kept as served.)
     /// Stable identifier: bad_request, unauthorized, forbidden, not_found,
     /// conflict, too_large, unsupported_media_type, rate_limited,
     /// limit_exceeded, timeout, unavailable, internal.
@@ -92,24 +96,28 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    /// The status and stable code, in one place.
+    /// The status and the stable code, in one place (the code's spelling
+    /// lives in the protocol's one list, [`ErrorCode`]).
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "limit_exceeded"),
-            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
-            ApiError::Unavailable(_) | ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Storage(DbError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
+        let (status, code) = match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::LimitExceeded),
+            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout),
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            ApiError::Storage(DbError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        };
+        (status, code.as_str())
     }
 
     /// For `map_err` on a rate limiter's verdict.

@@ -1,13 +1,14 @@
 //! Field validation shared by the REST handlers (and later the socket).
 
 use crate::error::ApiError;
+use crate::protocol;
 
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_BYTES: usize = 256;
 pub const DISPLAY_NAME_MAX_CHARS: usize = 64;
 pub const ROOM_NAME_MAX_CHARS: usize = 100;
 pub const EMAIL_MAX_BYTES: usize = 254;
-pub const ID_MAX_BYTES: usize = 64;
+pub use crate::protocol::ID_MAX_BYTES;
 pub const MAX_INITIAL_MEMBERS: usize = 1000;
 /// Emails per room-creation request (`member_emails`): each is a look-up
 /// charged to the caller's budget (`EMAIL_LOOKUPS_PER_MINUTE`, never below
@@ -89,16 +90,10 @@ pub fn room_name(v: &str) -> Result<String, ApiError> {
 }
 
 /// Ids are opaque to clients but always `[A-Za-z0-9_-]{1,64}`; anything else
-/// is refused before it reaches the database.
+/// is refused before it reaches the database. The rule is the protocol's
+/// ([`protocol::is_id`]), the one the socket's frames are held to.
 pub fn id(field: &str, v: &str) -> Result<(), ApiError> {
-    if !v.is_empty()
-        && v.len() <= ID_MAX_BYTES
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!("{field}: not a valid id")))
-    }
+    if protocol::is_id(v) { Ok(()) } else { Err(ApiError::bad_request(format!("{field}: not a valid id"))) }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::db::{AppendOutcome, DbError, NewMessage};
-use crate::protocol::message_frame;
+use crate::hub::wire::message_frame;
 
 /// Queue of sends waiting for the committer.
 pub const QUEUE: usize = 16_384;

@@ -16,8 +16,7 @@
 //! - [`user_stream`]: what every socket of a user hears without joining
 //!   (rooms added, removed, renamed; unjoined rooms' last seq).
 //! - [`erasure`]: erased accounts' `delete` events, in bounded batches.
-//! - [`frames`]: the wire format.
-//! - [`version`]: subprotocol, minor version, features, heartbeat mode.
+//! - [`wire`]: stored rows as wire frames (the adapter to `protocol`).
 //!
 //! Delivery path: a `send` goes to the committer, which stores a batch in one
 //! transaction, then hands each stored message to the room's sequencer,
@@ -39,6 +38,7 @@ mod sequencer;
 mod settings;
 mod tail;
 pub mod user_stream;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

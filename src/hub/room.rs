@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use super::sequencer::{Offered, Sequencer};
 use super::{ConnShared, Delivery, Hub, Outbound};
 use crate::bus::BusFuture;
+use crate::hub::wire::message_frame;
 use crate::metrics::Metrics;
 use crate::protocol;
 
@@ -193,7 +194,7 @@ impl Hub {
                 Ok(page) => {
                     failures = 0;
                     for m in &page.messages {
-                        delivered += u64::from(self.offer(&room, m.seq, protocol::message_frame(m)));
+                        delivered += u64::from(self.offer(&room, m.seq, message_frame(m)));
                     }
                     // No progress: the first missing seq is not in storage
                     // (unless the last local socket left meanwhile).
@@ -269,7 +270,7 @@ impl Hub {
                 }
             };
             for m in &page.messages {
-                delivered += u64::from(self.offer(room, m.seq, protocol::message_frame(m)));
+                delivered += u64::from(self.offer(room, m.seq, message_frame(m)));
             }
             if !page.has_more || page.messages.is_empty() {
                 return delivered;

@@ -207,6 +207,12 @@ fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
 }
 
 impl Metrics {
+    /// Creates and registers every series.
+    ///
+    /// Over 120 lines because it is a table: one entry per series with its
+    /// name and help text, then one registration each; split up, a series'
+    /// name would sit far from where it is registered.
+    ///
     /// # Panics
     /// Never: names are constants and registered once per registry.
     pub fn new() -> Self {
@@ -395,9 +401,10 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c).expect("registered once");
         }
-        // Every error code exists from the start, so rate() and alerts see
-        // a zero before the first error rather than no series.
-        for code in crate::protocol::ErrorCode::ALL {
+        // Every code an `error` frame may carry exists from the start, so
+        // rate() and alerts see a zero before the first error rather than
+        // no series (the REST-only codes are never a socket's).
+        for code in crate::protocol::ErrorCode::SOCKET {
             m.ws_errors.with_label_values(&[code.as_str()]);
         }
         // process_cpu_seconds_total, process_resident_memory_bytes,
@@ -423,5 +430,48 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ErrorCode, close};
+
+    /// The close codes counted from the start are the protocol's (or 1000,
+    /// the normal closure RFC 6455 defines), so a renumbered code cannot
+    /// leave a series behind.
+    #[test]
+    fn close_codes_are_the_protocols() {
+        let protocol = [
+            close::OPERATOR,
+            close::GOING_AWAY,
+            close::INVALID_UTF8,
+            close::TOO_BIG,
+            close::INTERNAL,
+            close::AUTH,
+            close::IDLE,
+            close::FORBIDDEN,
+            close::RATE_LIMIT,
+            close::SLOW_CONSUMER,
+        ];
+        for c in CLOSE_CODES {
+            let n: u16 = c.parse().unwrap();
+            assert!(n == 1000 || protocol.contains(&n), "{c} is not a close code of the protocol");
+        }
+    }
+
+    /// One `chatgw_ws_errors_total` series per socket error code from the
+    /// start, and none for the REST-only codes.
+    #[test]
+    fn socket_error_series_exist_from_the_start() {
+        let text = Metrics::new().render();
+        let series = |code: &str| format!("chatgw_ws_errors_total{{code=\"{code}\"}} 0");
+        for c in ErrorCode::SOCKET {
+            assert!(text.contains(&series(c.as_str())), "{}", c.as_str());
+        }
+        for c in [ErrorCode::UnsupportedMediaType, ErrorCode::Timeout] {
+            assert!(!text.contains(&series(c.as_str())), "{}", c.as_str());
+        }
     }
 }

@@ -11,8 +11,9 @@ use serde_json::value::RawValue;
 
 use super::acks::{error, note_db_error};
 use super::socket::{Socket, SocketError};
+use crate::hub::wire::message_frame;
 use crate::hub::{ConnShared, Hub};
-use crate::protocol::{ErrorCode, Resume, ServerFrame, message_frame};
+use crate::protocol::{ErrorCode, Resume, ServerFrame};
 
 /// Messages written per replay page.
 const REPLAY_PAGE: i64 = 500;
