@@ -327,3 +327,6 @@ impl NewKind {
         !matches!(self, NewKind::Delete { by: Deleter::Operator | Deleter::Erasure, .. })
     }
 }
+
+#[cfg(test)]
+mod tests;
