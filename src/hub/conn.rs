@@ -603,7 +603,7 @@ impl Conn {
         // at no extra clock read.
         let received = self.last_seen;
         acks.push(Box::pin(async move {
-            let res = rx.await.unwrap_or(Err(DbError::Unavailable(sqlx::Error::PoolClosed)));
+            let res = rx.await.unwrap_or(Err(DbError::Unavailable(crate::db::Unavailable::CommitterGone)));
             (id, room, client_msg_id, received, res)
         }));
     }
