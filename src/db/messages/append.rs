@@ -22,15 +22,19 @@ impl Store {
     ///    id order on PostgreSQL, so concurrent writers on any instance
     ///    serialise per room and can never deadlock; SQLite has one writer
     ///    connection, which already serialises;
-    /// 2. keep only senders who are members (checked under the lock, so a
-    ///    removed member can never store another message);
-    /// 3. find messages already stored with the same
-    ///    `(room, sender, client_msg_id)`, and repeats within the batch: they
-    ///    come back as [`AppendOutcome::Duplicate`] with the original seq;
-    /// 4. check each change (edit, delete) against the current state of
-    ///    its target, read under the same lock, and insert the rest with
-    ///    consecutive seqs after `last_seq`; a change's target row is
-    ///    rewritten to its new state;
+    /// 2. read the batch's senders' memberships (and who owns the room),
+    ///    under the lock, so a removed member can never store another
+    ///    message;
+    /// 3. read the rows already stored under the batch's
+    ///    `(room, sender, client_msg_id)`s, and the current state of the
+    ///    messages its changes (edit, delete) apply to;
+    ///
+    /// then [`plan::plan`] applies the chat's rules to these facts (retry
+    /// dedup, permissions, seq allocation, same-batch changes: the list is
+    /// in the `plan` module's doc), and the writes follow the plan:
+    ///
+    /// 4. insert the new rows, with consecutive seqs after `last_seq`, and
+    ///    rewrite each changed message to its new state;
     /// 5. move each room's `last_seq`.
     ///
     /// A rollback releases the seqs unused, so they stay gap-free. Outcomes

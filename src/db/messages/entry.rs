@@ -208,7 +208,7 @@ pub enum AppendOutcome {
     /// Already stored earlier (a retry): the original entry, same seq.
     Duplicate(StoredMessage),
     /// The `client_msg_id` is already stored for another request (another
-    /// kind, body or target: [`repeats`]): not a retry of it. The stored
+    /// kind, body or target: `plan::repeats`): not a retry of it. The stored
     /// entry, unchanged.
     Conflict(StoredMessage),
     /// The room does not exist (deleted meanwhile).
