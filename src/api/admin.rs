@@ -305,8 +305,7 @@ pub async fn delete_message(
         sent_at: crate::clock::now_ms(),
         kind: NewKind::Delete { target_seq: seq, by: Deleter::Operator },
     };
-    let outcome =
-        state.hub.submit(msg).await.await.unwrap_or(Err(crate::db::DbError::Unavailable(sqlx::Error::PoolClosed)))?;
+    let outcome = state.hub.submit(msg).await.await.unwrap_or(Err(crate::db::Unavailable::CommitterGone.into()))?;
     let event = match outcome {
         AppendOutcome::Stored(m) | AppendOutcome::Duplicate(m) => m,
         AppendOutcome::NoSuchRoom => return Err(ApiError::NotFound("room")),

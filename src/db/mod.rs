@@ -49,11 +49,30 @@ pub enum DbError {
     /// A uniqueness rule was violated; the string names which.
     #[error("conflict: {0}")]
     Conflict(&'static str),
-    /// The database cannot be reached (pool timeout, I/O).
+    /// Storage cannot answer now (the database is unreachable, or the
+    /// request never reached it); retrying later may succeed.
     #[error("database unavailable: {0}")]
-    Unavailable(sqlx::Error),
+    Unavailable(Unavailable),
     #[error("database error: {0}")]
     Other(sqlx::Error),
+}
+
+/// Why storage is unavailable, so that code outside `db` says what
+/// happened rather than inventing a `sqlx` error.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The database cannot be reached (pool timeout, I/O, server going
+    /// away): see `From<sqlx::Error>` for [`DbError`].
+    #[error("{0}")]
+    Database(sqlx::Error),
+    /// The hub's committer ended without answering a request (the hub is
+    /// shutting down).
+    #[error("the committer stopped before answering")]
+    CommitterGone,
+    /// The batch holding the request failed to commit; its cause is
+    /// logged once, for the whole batch.
+    #[error("the batch holding the request failed to commit")]
+    CommitFailed,
 }
 
 impl From<sqlx::Error> for DbError {
@@ -64,17 +83,23 @@ impl From<sqlx::Error> for DbError {
             | sqlx::Error::Io(_)
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => DbError::Unavailable(e),
+            | sqlx::Error::Tls(_) => DbError::Unavailable(Unavailable::Database(e)),
             // A server going away says so before the socket closes:
             // connection exceptions (class 08), shutdown or crash (57P01-03),
             // too many connections (53300). All are outages, not bugs.
             sqlx::Error::Database(ref d)
                 if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300") =>
             {
-                DbError::Unavailable(e)
+                DbError::Unavailable(Unavailable::Database(e))
             }
             other => DbError::Other(other),
         }
+    }
+}
+
+impl From<Unavailable> for DbError {
+    fn from(cause: Unavailable) -> Self {
+        DbError::Unavailable(cause)
     }
 }
 
@@ -188,7 +213,7 @@ impl Store {
             Backend::Sqlite => {
                 let url = sqlite_url_with_create(url);
                 if let Some(dir) = sqlite_dir(&url) {
-                    std::fs::create_dir_all(dir).map_err(|e| DbError::Unavailable(sqlx::Error::Io(e)))?;
+                    std::fs::create_dir_all(dir).map_err(|e| DbError::from(sqlx::Error::Io(e)))?;
                 }
                 let opts = AnyConnectOptions::from_str(&url)?;
                 // The writer does not checkpoint (see `checkpoints`).

@@ -122,9 +122,9 @@ impl WriteTx {
     /// part of a script (rare paths: push outbox rows, change events).
     pub(super) async fn conn(&mut self) -> Result<&mut AnyConnection, DbError> {
         match self {
-            WriteTx::Postgres(tx) => Ok(&mut **tx.as_mut().ok_or(DbError::Unavailable(sqlx::Error::PoolClosed))?),
+            WriteTx::Postgres(tx) => Ok(&mut **tx.as_mut().ok_or(DbError::from(sqlx::Error::PoolClosed))?),
             WriteTx::Sqlite { conn, begun, .. } => {
-                let c = conn.as_mut().ok_or(DbError::Unavailable(sqlx::Error::PoolClosed))?;
+                let c = conn.as_mut().ok_or(DbError::from(sqlx::Error::PoolClosed))?;
                 if !*begun {
                     sqlx::query("BEGIN IMMEDIATE").execute(&mut **c).await?;
                     *begun = true;
@@ -180,10 +180,8 @@ impl WriteTx {
 
     fn raw(&mut self) -> Result<&mut AnyConnection, DbError> {
         match self {
-            WriteTx::Postgres(tx) => Ok(&mut **tx.as_mut().ok_or(DbError::Unavailable(sqlx::Error::PoolClosed))?),
-            WriteTx::Sqlite { conn, .. } => {
-                Ok(&mut **conn.as_mut().ok_or(DbError::Unavailable(sqlx::Error::PoolClosed))?)
-            }
+            WriteTx::Postgres(tx) => Ok(&mut **tx.as_mut().ok_or(DbError::from(sqlx::Error::PoolClosed))?),
+            WriteTx::Sqlite { conn, .. } => Ok(&mut **conn.as_mut().ok_or(DbError::from(sqlx::Error::PoolClosed))?),
         }
     }
 }

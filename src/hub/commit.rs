@@ -78,7 +78,7 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                     // Same: a gone sender needs no answer.
                     let _ = job.reply.send(Err(match &e {
                         DbError::Conflict(c) => DbError::Conflict(c),
-                        _ => DbError::Unavailable(sqlx::Error::PoolTimedOut),
+                        _ => DbError::Unavailable(crate::db::Unavailable::CommitFailed),
                     }));
                 }
             }

@@ -56,7 +56,7 @@ impl Acks {
     ) {
         self.0.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
             // The committer dropped the job (shutdown): storage is gone.
-            let res = rx.await.unwrap_or(Err(DbError::Unavailable(sqlx::Error::PoolClosed)));
+            let res = rx.await.unwrap_or(Err(DbError::Unavailable(crate::db::Unavailable::CommitterGone)));
             (id, room, client_msg_id, received, res)
         }));
     }
