@@ -7,11 +7,19 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::auth::{JwtKeyConfig, JwtSettings, PreviousKey};
+use crate::hub::HubSettings;
+use crate::limits::LimitSettings;
 use crate::net::{ForwardedHeader, TrustedProxies};
+use crate::protocol;
+use crate::push::WebhookSettings;
+use crate::retention::RetentionSettings;
+use crate::telemetry::SentrySettings;
 
 /// A configuration value that cannot be used; `Display` is the one line the
 /// process prints before exiting.
@@ -34,24 +42,6 @@ fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
 pub enum Environment {
     Development,
     Production,
-}
-
-/// How access tokens are signed. Keys are read from files so they never sit in
-/// the environment of every child process.
-#[derive(Clone)]
-pub enum JwtKeyConfig {
-    /// HS256 with a shared secret (the default).
-    Hmac { secret: SecretString },
-    /// RS256, ES256 or EdDSA with PEM key files.
-    Asymmetric { algorithm: jsonwebtoken::Algorithm, private_pem: SecretString, public_pem: String },
-}
-
-/// A verify-only key kept during a key rotation so tokens signed before the
-/// rotation stay valid until they expire.
-#[derive(Clone)]
-pub struct PreviousKey {
-    pub kid: String,
-    pub key: JwtKeyConfig,
 }
 
 /// Everything the gateway needs to start. Built by [`Config::from_env`].
@@ -81,18 +71,12 @@ pub struct Config {
     pub redis_linger: Duration,
     /// How long presence entries outlive their instance's last heartbeat.
     pub presence_ttl: Duration,
-    /// `BUS_TAIL_CHECK_MS`: how often quiet rooms are compared with
-    /// storage, so a message the bus lost unnoticed still arrives; `None`
-    /// (0) turns the check off.
-    pub bus_tail_check: Option<Duration>,
-    pub jwt_key: JwtKeyConfig,
-    /// The `kid` header of tokens signed by `jwt_key`.
-    pub jwt_kid: String,
-    pub jwt_previous: Option<PreviousKey>,
+    /// Access tokens: signing key, `kid`, the previous key, lifetime
+    /// (`JWT_*`, `ACCESS_TOKEN_TTL_SECS`).
+    pub jwt: JwtSettings,
     /// Browser origins allowed for CORS and the WebSocket handshake. Empty
     /// means no browser origin is allowed (native clients send none).
     pub allowed_origins: Vec<String>,
-    pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     /// How long after a refresh token is spent a retry of it is still
     /// answered (the client lost the answer); 0 turns retries off.
@@ -101,13 +85,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Largest accepted REST request body.
     pub max_body_bytes: usize,
-    /// Login attempts allowed per account per minute (and, times four, per IP).
-    pub login_attempts_per_minute: u32,
-    /// Look-ups by email (rooms' `member_emails`, `{"email"}`) per user per
-    /// minute, four times that per client address; never below
-    /// [`crate::api::validate::MAX_MEMBER_EMAILS`], so that the largest
-    /// request fits a fresh budget.
-    pub email_lookups_per_minute: u32,
+    /// Rate limits of logins, handshakes and look-ups by email.
+    pub limits: LimitSettings,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers (slowloris
@@ -118,13 +97,14 @@ pub struct Config {
     /// Sign-ins and registrations waiting for a hashing thread; beyond it they
     /// are answered 503 at once.
     pub password_hash_queue: usize,
-    /// Socket settings (`WS_*`, `MAX_CONNECTIONS`).
-    pub ws: WsConfig,
+    /// The hub's settings (`WS_*`, `MAX_CONNECTIONS`, `BUS_TAIL_CHECK_MS`
+    /// as `tail_check`, …); `instance` and `push_wake` are set by start-up.
+    pub ws: HubSettings,
     /// Bearer token for the operator endpoints under `/api/v1/admin`;
     /// `None` disables them.
     pub admin_token: Option<SecretString>,
     /// Error tracking (`SENTRY_*`); `None` when `SENTRY_DSN` is unset.
-    pub sentry: Option<SentryConfig>,
+    pub sentry: Option<SentrySettings>,
     /// Reverse proxies whose forwarding header is believed
     /// (`TRUSTED_PROXIES`, `TRUSTED_PROXY_HEADER`); empty trusts nobody.
     pub trusted_proxies: TrustedProxies,
@@ -133,9 +113,9 @@ pub struct Config {
     pub audit_retention: Option<Duration>,
     /// The offline-push webhook (`WEBHOOK_*`); `None` when `WEBHOOK_URL`
     /// is unset, and then no outbox row is ever written.
-    pub webhook: Option<WebhookConfig>,
+    pub webhook: Option<WebhookSettings>,
     /// Message retention (`RETENTION_*`).
-    pub retention: RetentionConfig,
+    pub retention: RetentionSettings,
     /// The browser chat demo at `/demo/` (`DEMO`, `DEMO_DIR`); `None` when
     /// it is off. On by default in development only: a production gateway
     /// serves no page nobody asked for.
@@ -150,97 +130,6 @@ pub enum DemoConfig {
     /// A directory holding `index.html`, `app.js` and `app.css`
     /// (`DEMO_DIR`): for working on the demo without rebuilding the gateway.
     Dir(std::path::PathBuf),
-}
-
-/// Where and how offline-push events are delivered (README, "Offline push
-/// webhook").
-#[derive(Clone)]
-pub struct WebhookConfig {
-    /// `http://` or `https://` (rustls, Mozilla's roots).
-    pub url: reqwest::Url,
-    /// Key of the HMAC-SHA256 signature receivers verify.
-    pub secret: SecretString,
-    /// Whether events carry the message body (`WEBHOOK_INCLUDE_BODY=1`);
-    /// off by default, so message text does not leave the gateway.
-    pub include_body: bool,
-    /// Bound of one POST, connect to last byte.
-    pub timeout: Duration,
-    /// Deliveries tried per event before it is given up (counted, logged).
-    pub max_attempts: u32,
-    /// Most events per POST.
-    pub batch_size: usize,
-    /// How often the worker looks for due rows besides being woken by its
-    /// own commits: rows of other instances, retries coming due.
-    pub poll_interval: Duration,
-    /// First retry delay; doubles per attempt up to `backoff_max`, with
-    /// jitter.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// How long a claimed batch is reserved for its instance; after it,
-    /// another instance may deliver the batch again. Longer than `timeout`
-    /// with room to spare.
-    pub lease: Duration,
-}
-
-/// Message retention: the global limits (a room's owner may override them)
-/// and the pace of the background job that enforces them.
-#[derive(Debug, Clone)]
-pub struct RetentionConfig {
-    /// `RETENTION_MAX_AGE_SECS`; `None` (0) keeps messages of any age.
-    pub max_age: Option<Duration>,
-    /// `RETENTION_MAX_MESSAGES`; `None` (0) keeps any number per room.
-    pub max_messages: Option<i64>,
-    /// `RETENTION_INTERVAL_SECS`: time between passes of the job.
-    pub interval: Duration,
-    /// `RETENTION_BATCH`: rows per delete statement (each its own short
-    /// transaction).
-    pub batch: i64,
-}
-
-/// Where and how errors and panics are reported to Sentry.
-#[derive(Clone)]
-pub struct SentryConfig {
-    /// The project's DSN, already checked to parse. Its key only allows
-    /// sending events, but it still stays out of logs and errors.
-    pub dsn: SecretString,
-    /// `SENTRY_ENVIRONMENT`, defaulting to the `APP_ENV` name.
-    pub environment: String,
-    /// Share of error events sent, 0.0–1.0.
-    pub sample_rate: f32,
-}
-
-/// WebSocket limits and timers.
-#[derive(Debug, Clone)]
-pub struct WsConfig {
-    pub max_frame_bytes: usize,
-    pub max_body_bytes: usize,
-    pub send_per_sec: u32,
-    pub send_burst: u32,
-    pub events_per_sec: u32,
-    pub events_burst: u32,
-    pub heartbeat: Duration,
-    pub idle_timeout: Duration,
-    pub outbound_queue: usize,
-    pub abuse_strikes: u32,
-    pub max_connections: usize,
-    pub handshakes_per_ip_per_sec: u32,
-    pub drain_reconnect_max_ms: u64,
-    /// Concurrent group-commit transactions on PostgreSQL.
-    pub commit_concurrency: usize,
-    /// Rooms one socket may have joined at once (each costs a subscription
-    /// and a slot in every fan-out to that room).
-    pub max_rooms_per_socket: usize,
-    /// Sockets one user may hold open on this instance at once.
-    pub max_sockets_per_user: usize,
-    /// `USER_STREAM_INTERVAL_MS`: how often rooms whose last seq moved are
-    /// announced as `room_seq` (a busy room costs a socket at most one
-    /// frame per interval).
-    pub user_stream_interval: Duration,
-    /// How long after sending a message its author may still edit it
-    /// (`EDIT_WINDOW_SECS`, in ms; 0 turns edits off).
-    pub edit_window_ms: i64,
-    /// Rooms one `sync` frame may list (`WS_MAX_SYNC_ROOMS`).
-    pub max_sync_rooms: usize,
 }
 
 /// Secrets that appear in tutorials and sample configs; refusing them catches
@@ -362,58 +251,78 @@ impl Config {
             Ok(Duration::from_secs(n))
         };
 
+        // In the order the variables were always checked: with several
+        // mistakes, the first one named stays the same.
+        // SQLite readers beyond the cores add page caches, not speed.
+        let db_max_connections =
+            parse_num(get("DB_MAX_CONNECTIONS"), "DB_MAX_CONNECTIONS", if sqlite { sqlite_readers } else { 16 })?
+                .clamp(1, 1000) as u32;
+        let sqlite_synchronous = match get("SQLITE_SYNCHRONOUS").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("normal") => crate::db::SqliteSync::Normal,
+            Some("full") => crate::db::SqliteSync::Full,
+            Some(_) => return Err(err("SQLITE_SYNCHRONOUS", "must be normal or full")),
+        };
+        let redis_publish_queue = num("REDIS_PUBLISH_QUEUE", 65_536, 16, 10_000_000)? as usize;
+        let redis_timeout = Duration::from_millis(num("REDIS_TIMEOUT_MS", 2_000, 100, 60_000)?);
+        let redis_linger = secs("REDIS_ROOM_LINGER_SECS", 30, 0, 3_600)?;
+        let presence_ttl = secs("PRESENCE_TTL_SECS", 30, 3, 3_600)?;
+        let tail_check = match parse_num(get("BUS_TAIL_CHECK_MS"), "BUS_TAIL_CHECK_MS", 2_000)? {
+            0 => None,
+            n if (50..=600_000).contains(&n) => Some(Duration::from_millis(n)),
+            _ => return Err(err("BUS_TAIL_CHECK_MS", "must be 0 (off) or between 50 and 600000")),
+        };
+        let jwt = JwtSettings {
+            key: jwt_key,
+            kid: jwt_kid,
+            previous: jwt_previous,
+            access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 2, 86_400)?,
+        };
+        let refresh_token_ttl = secs("REFRESH_TOKEN_TTL_SECS", 30 * 86_400, 60, 365 * 86_400)?;
+        let refresh_grace = secs("REFRESH_GRACE_SECS", 30, 0, 300)?;
+        let ws_ticket_ttl = secs("WS_TICKET_TTL_SECS", 30, 1, 600)?;
+        let request_timeout = secs("REQUEST_TIMEOUT_SECS", 15, 1, 600)?;
+        let max_body_bytes =
+            parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?.clamp(1024, 16 << 20) as usize;
+        let login_attempts_per_minute =
+            parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?.clamp(1, 100_000) as u32;
+        let email_lookups_per_minute = num(
+            "EMAIL_LOOKUPS_PER_MINUTE",
+            crate::limits::MAX_MEMBER_EMAILS as u64,
+            crate::limits::MAX_MEMBER_EMAILS as u64,
+            100_000,
+        )? as u32;
+        let shutdown_timeout = secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?;
+        let header_timeout = secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1, 600)?;
+        let password_hash_threads = num("PASSWORD_HASH_THREADS", cores as u64, 1, 256)? as usize;
+        let password_hash_queue = num("PASSWORD_HASH_QUEUE", 4 * cores as u64, 0, 100_000)? as usize;
+        let (ws, handshakes_per_ip_per_sec) = hub_settings(&num, tail_check, presence_ttl, sqlite)?;
+
         Ok(Config {
             environment,
             listen_addr,
             metrics_addr,
             database_url: SecretString::from(database_url),
-            // SQLite readers beyond the cores add page caches, not speed.
-            db_max_connections: parse_num(
-                get("DB_MAX_CONNECTIONS"),
-                "DB_MAX_CONNECTIONS",
-                if sqlite { sqlite_readers } else { 16 },
-            )?
-            .clamp(1, 1000) as u32,
-            sqlite_synchronous: match get("SQLITE_SYNCHRONOUS").map(str::to_ascii_lowercase).as_deref() {
-                None | Some("normal") => crate::db::SqliteSync::Normal,
-                Some("full") => crate::db::SqliteSync::Full,
-                Some(_) => return Err(err("SQLITE_SYNCHRONOUS", "must be normal or full")),
-            },
+            db_max_connections,
+            sqlite_synchronous,
             redis_url,
             redis_prefix,
-            redis_publish_queue: num("REDIS_PUBLISH_QUEUE", 65_536, 16, 10_000_000)? as usize,
-            redis_timeout: Duration::from_millis(num("REDIS_TIMEOUT_MS", 2_000, 100, 60_000)?),
-            redis_linger: secs("REDIS_ROOM_LINGER_SECS", 30, 0, 3_600)?,
-            presence_ttl: secs("PRESENCE_TTL_SECS", 30, 3, 3_600)?,
-            bus_tail_check: match parse_num(get("BUS_TAIL_CHECK_MS"), "BUS_TAIL_CHECK_MS", 2_000)? {
-                0 => None,
-                n if (50..=600_000).contains(&n) => Some(Duration::from_millis(n)),
-                _ => return Err(err("BUS_TAIL_CHECK_MS", "must be 0 (off) or between 50 and 600000")),
-            },
-            jwt_key,
-            jwt_kid,
-            jwt_previous,
+            redis_publish_queue,
+            redis_timeout,
+            redis_linger,
+            presence_ttl,
+            jwt,
             allowed_origins,
-            access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900, 2, 86_400)?,
-            refresh_token_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 86_400, 60, 365 * 86_400)?,
-            refresh_grace: secs("REFRESH_GRACE_SECS", 30, 0, 300)?,
-            ws_ticket_ttl: secs("WS_TICKET_TTL_SECS", 30, 1, 600)?,
-            request_timeout: secs("REQUEST_TIMEOUT_SECS", 15, 1, 600)?,
-            max_body_bytes: parse_num(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", 64 * 1024)?.clamp(1024, 16 << 20)
-                as usize,
-            login_attempts_per_minute: parse_num(get("LOGIN_ATTEMPTS_PER_MINUTE"), "LOGIN_ATTEMPTS_PER_MINUTE", 10)?
-                .clamp(1, 100_000) as u32,
-            email_lookups_per_minute: num(
-                "EMAIL_LOOKUPS_PER_MINUTE",
-                crate::api::validate::MAX_MEMBER_EMAILS as u64,
-                crate::api::validate::MAX_MEMBER_EMAILS as u64,
-                100_000,
-            )? as u32,
-            shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", 20, 1, 600)?,
-            header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1, 600)?,
-            password_hash_threads: num("PASSWORD_HASH_THREADS", cores as u64, 1, 256)? as usize,
-            password_hash_queue: num("PASSWORD_HASH_QUEUE", 4 * cores as u64, 0, 100_000)? as usize,
-            ws: ws_config(&num)?,
+            refresh_token_ttl,
+            refresh_grace,
+            ws_ticket_ttl,
+            request_timeout,
+            max_body_bytes,
+            limits: LimitSettings { login_attempts_per_minute, handshakes_per_ip_per_sec, email_lookups_per_minute },
+            shutdown_timeout,
+            header_timeout,
+            password_hash_threads,
+            password_hash_queue,
+            ws,
             admin_token: match get("ADMIN_TOKEN") {
                 None => None,
                 Some(t) if t.len() >= MIN_SECRET_BYTES => Some(SecretString::from(t.to_owned())),
@@ -426,7 +335,7 @@ impl Config {
                 days => Some(Duration::from_secs(days * 86_400)),
             },
             webhook: webhook_config(&get, &num, dev)?,
-            retention: RetentionConfig {
+            retention: RetentionSettings {
                 max_age: match num("RETENTION_MAX_AGE_SECS", 0, 0, 100 * 365 * 86_400)? {
                     0 => None,
                     s => Some(Duration::from_secs(s)),
@@ -450,7 +359,17 @@ impl Config {
 
 type NumFn<'a> = dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError> + 'a;
 
-fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
+/// The hub's settings (`WS_*`, `MAX_CONNECTIONS`, `COMMIT_CONCURRENCY`,
+/// `EDIT_WINDOW_SECS`, …), and `WS_HANDSHAKES_PER_IP_PER_SEC`, a rate limit
+/// read here to keep the order variables are checked in. The two fields
+/// the running instance decides (`instance`, `push_wake`) start empty;
+/// start-up sets them.
+fn hub_settings(
+    num: &NumFn<'_>,
+    tail_check: Option<Duration>,
+    presence_ttl: Duration,
+    sqlite: bool,
+) -> Result<(HubSettings, u32), ConfigError> {
     let max_frame_bytes = num("WS_MAX_FRAME_BYTES", 64 * 1024, 1024, 16 << 20)? as usize;
     let max_body_bytes = num("WS_MAX_BODY_BYTES", 4096, 1, 16 << 20)? as usize;
     if max_body_bytes + 512 > max_frame_bytes {
@@ -461,27 +380,49 @@ fn ws_config(num: &NumFn<'_>) -> Result<WsConfig, ConfigError> {
     if idle_timeout <= heartbeat {
         return Err(err("WS_IDLE_TIMEOUT_MS", "must be longer than WS_HEARTBEAT_MS"));
     }
-    Ok(WsConfig {
-        max_frame_bytes,
-        max_body_bytes,
-        send_per_sec: num("WS_SEND_PER_SEC", 20, 1, 1_000_000)? as u32,
-        send_burst: num("WS_SEND_BURST", 40, 1, 1_000_000)? as u32,
-        events_per_sec: num("WS_EVENTS_PER_SEC", 50, 1, 1_000_000)? as u32,
-        events_burst: num("WS_EVENTS_BURST", 100, 1, 1_000_000)? as u32,
+    let send_per_sec = num("WS_SEND_PER_SEC", 20, 1, 1_000_000)? as u32;
+    let send_burst = num("WS_SEND_BURST", 40, 1, 1_000_000)? as u32;
+    let events_per_sec = num("WS_EVENTS_PER_SEC", 50, 1, 1_000_000)? as u32;
+    let events_burst = num("WS_EVENTS_BURST", 100, 1, 1_000_000)? as u32;
+    let outbound_queue = num("WS_OUTBOUND_QUEUE", 1024, 8, 1_000_000)? as usize;
+    let abuse_strikes = num("WS_ABUSE_STRIKES", 50, 1, 1_000_000)? as u32;
+    let max_connections = num("MAX_CONNECTIONS", 200_000, 1, 10_000_000)? as usize;
+    let handshakes_per_ip_per_sec = num("WS_HANDSHAKES_PER_IP_PER_SEC", 100, 1, 1_000_000)? as u32;
+    let drain_reconnect_max_ms = num("DRAIN_RECONNECT_MAX_MS", 10_000, 1, 600_000)?;
+    let commit_concurrency = num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize;
+    let max_rooms = num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize;
+    let max_sockets_per_user = num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize;
+    let user_stream_interval = Duration::from_millis(num("USER_STREAM_INTERVAL_MS", 1_000, 10, 600_000)?);
+    let edit_window_ms = num("EDIT_WINDOW_SECS", 900, 0, 10 * 365 * 86_400)? * 1000;
+    let max_sync_rooms = num("WS_MAX_SYNC_ROOMS", 1_000, 1, 100_000)? as usize;
+    let settings = HubSettings {
+        limits: protocol::Limits {
+            max_frame_bytes,
+            max_body_bytes,
+            send_per_sec,
+            send_burst,
+            events_per_sec,
+            events_burst,
+            max_rooms,
+            max_sync_rooms,
+            edit_window_ms,
+        },
         heartbeat,
         idle_timeout,
-        outbound_queue: num("WS_OUTBOUND_QUEUE", 1024, 8, 1_000_000)? as usize,
-        abuse_strikes: num("WS_ABUSE_STRIKES", 50, 1, 1_000_000)? as u32,
-        max_connections: num("MAX_CONNECTIONS", 200_000, 1, 10_000_000)? as usize,
-        handshakes_per_ip_per_sec: num("WS_HANDSHAKES_PER_IP_PER_SEC", 100, 1, 1_000_000)? as u32,
-        drain_reconnect_max_ms: num("DRAIN_RECONNECT_MAX_MS", 10_000, 1, 600_000)?,
-        commit_concurrency: num("COMMIT_CONCURRENCY", 2, 1, 64)? as usize,
-        max_rooms_per_socket: num("WS_MAX_ROOMS_PER_SOCKET", 1_000, 1, 1_000_000)? as usize,
-        max_sockets_per_user: num("WS_MAX_SOCKETS_PER_USER", 32, 1, 1_000_000)? as usize,
-        user_stream_interval: Duration::from_millis(num("USER_STREAM_INTERVAL_MS", 1_000, 10, 600_000)?),
-        edit_window_ms: num("EDIT_WINDOW_SECS", 900, 0, 10 * 365 * 86_400)? as i64 * 1000,
-        max_sync_rooms: num("WS_MAX_SYNC_ROOMS", 1_000, 1, 100_000)? as usize,
-    })
+        outbound_queue,
+        abuse_strikes,
+        max_connections,
+        max_sockets_per_user,
+        drain_reconnect_max_ms,
+        // SQLite has one writer: more committers would only queue for it.
+        committers: if sqlite { 1 } else { commit_concurrency },
+        presence_heartbeat: presence_ttl / 3,
+        tail_check,
+        instance: Arc::from(""),
+        push_wake: None,
+        user_stream_interval,
+    };
+    Ok((settings, handshakes_per_ip_per_sec))
 }
 
 /// `DEMO=1` serves the demo, `DEMO=0` does not, unset follows the
@@ -512,7 +453,7 @@ fn webhook_config<'a>(
     get: &dyn Fn(&str) -> Option<&'a str>,
     num: &NumFn<'_>,
     dev: bool,
-) -> Result<Option<WebhookConfig>, ConfigError> {
+) -> Result<Option<WebhookSettings>, ConfigError> {
     let include_body = match get("WEBHOOK_INCLUDE_BODY") {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") => true,
@@ -543,7 +484,7 @@ fn webhook_config<'a>(
         }
         Some(s) => SecretString::from(s.to_owned()),
     };
-    Ok(Some(WebhookConfig {
+    Ok(Some(WebhookSettings {
         url,
         secret,
         include_body,
@@ -562,7 +503,7 @@ fn webhook_config<'a>(
 fn sentry_config<'a>(
     get: &dyn Fn(&str) -> Option<&'a str>,
     environment: Environment,
-) -> Result<Option<SentryConfig>, ConfigError> {
+) -> Result<Option<SentrySettings>, ConfigError> {
     let env_name = match get("SENTRY_ENVIRONMENT") {
         None => match environment {
             Environment::Development => "development",
@@ -585,7 +526,7 @@ fn sentry_config<'a>(
     if dsn.parse::<sentry::types::Dsn>().is_err() {
         return Err(err("SENTRY_DSN", "must be a Sentry DSN: https://<public key>@<host>/<project id>"));
     }
-    Ok(Some(SentryConfig { dsn: SecretString::from(dsn.to_owned()), environment: env_name.to_owned(), sample_rate }))
+    Ok(Some(SentrySettings { dsn: SecretString::from(dsn.to_owned()), environment: env_name.to_owned(), sample_rate }))
 }
 
 /// `TRUSTED_PROXIES` (CIDRs) and the header those proxies write.
@@ -661,7 +602,7 @@ fn jwt_key_from(
                 use rand::RngCore;
                 let mut b = [0u8; 48];
                 rand::thread_rng().fill_bytes(&mut b);
-                hex_string(&b)
+                hex::encode(b)
             }
             None => {
                 return Err(err(v_secret, "is required outside development (at least 32 bytes, random)"));
@@ -691,7 +632,7 @@ fn jwt_key_from(
     let kid = short_fingerprint(public_pem.as_bytes());
     let cfg = JwtKeyConfig::Asymmetric { algorithm, private_pem: SecretString::from(private_pem), public_pem };
     // Parse now so a bad PEM fails at start-up, not on the first login.
-    crate::auth::jwt::JwtKeys::validate(&cfg)
+    crate::auth::JwtKeys::validate(&cfg)
         .map_err(|reason| err(if prefix.is_empty() { v_priv } else { v_pub }, reason))?;
     Ok((cfg, kid))
 }
@@ -699,11 +640,7 @@ fn jwt_key_from(
 /// A `kid` that names the key without revealing it.
 fn short_fingerprint(material: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    hex_string(&Sha256::digest(material)[..8])
-}
-
-pub(crate) fn hex_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(&Sha256::digest(material)[..8])
 }
 
 #[cfg(test)]
@@ -733,8 +670,8 @@ mod tests {
 
     #[test]
     fn the_tail_check_defaults_to_two_seconds_turns_off_with_zero_and_is_bounded() {
-        let tail = |v: &str| Config::from_vars(&vars(&[("BUS_TAIL_CHECK_MS", v)])).map(|c| c.bus_tail_check);
-        assert_eq!(Config::from_vars(&vars(&[])).unwrap().bus_tail_check, Some(Duration::from_secs(2)));
+        let tail = |v: &str| Config::from_vars(&vars(&[("BUS_TAIL_CHECK_MS", v)])).map(|c| c.ws.tail_check);
+        assert_eq!(Config::from_vars(&vars(&[])).unwrap().ws.tail_check, Some(Duration::from_secs(2)));
         assert_eq!(tail("0").unwrap(), None);
         assert_eq!(tail("300").unwrap(), Some(Duration::from_millis(300)));
         for bad in ["49", "600001", "soon"] {

@@ -39,5 +39,4 @@ pub mod serve;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
-pub mod stats;
 pub mod telemetry;
