@@ -7,6 +7,28 @@ use std::num::NonZeroU32;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+/// Emails per room-creation request (`member_emails`): each is a look-up
+/// charged to the caller's budget (`EMAIL_LOOKUPS_PER_MINUTE`, never below
+/// this), so one request never asks about more than a minute's worth.
+/// Declared here, with the budget it bounds, so the configuration can
+/// check that floor without importing the HTTP layer.
+pub const MAX_MEMBER_EMAILS: usize = 20;
+
+/// The budgets, from the configuration (`LOGIN_ATTEMPTS_PER_MINUTE`,
+/// `WS_HANDSHAKES_PER_IP_PER_SEC`, `EMAIL_LOOKUPS_PER_MINUTE`).
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Login attempts allowed per account per minute (and, times four, per IP).
+    pub login_attempts_per_minute: u32,
+    /// WebSocket handshakes per client address per second.
+    pub handshakes_per_ip_per_sec: u32,
+    /// Look-ups by email (rooms' `member_emails`, `{"email"}`) per user per
+    /// minute, four times that per client address; never below
+    /// [`MAX_MEMBER_EMAILS`], so that the largest request fits a fresh
+    /// budget.
+    pub email_lookups_per_minute: u32,
+}
+
 /// Keyed limiters shared by all requests of the process.
 pub struct Limits {
     login_per_account: DefaultKeyedRateLimiter<String>,
@@ -27,6 +49,11 @@ fn per_minute(n: u32) -> Quota {
 }
 
 impl Limits {
+    /// The limiters for the configured budgets.
+    pub fn from_settings(s: &LimitSettings) -> Self {
+        Limits::new(s.login_attempts_per_minute, s.handshakes_per_ip_per_sec, s.email_lookups_per_minute)
+    }
+
     /// `login_per_minute` attempts per account; four times that per source IP
     /// (several people may share a NAT). The same shape for look-ups by
     /// email: `email_lookups_per_minute` per user, four times that per IP.

@@ -1,11 +1,11 @@
 //! The gateway binary: config -> telemetry -> build -> run.
 //!
-//! `chatgw` serves; `chatgw seed …` bootstraps load-test users (see
-//! `chatgw seed --help`); `chatgw backup --out FILE` copies the embedded
-//! SQLite database while a gateway runs.
+//! `chatgw` serves; the other subcommands (`seed`, `admin`, `backup`,
+//! `bump-epochs`) are declared and run by the library's `cli` module.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
+use chatgw::cli::{self, Cli, Command};
 use chatgw::config::{Config, Environment};
 use chatgw::startup::Application;
 
@@ -31,42 +31,12 @@ static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muz
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
-#[command(version, about = "Real-time chat gateway. Configured from the environment: see README.md.")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the API and WebSockets (the default).
-    Serve,
-    /// Create load-test users, sessions, tokens and rooms directly in
-    /// DATABASE_URL, signed with the configured JWT key; writes a JSON file
-    /// for `loadtest`. For load-test databases only.
-    Seed(chatgw::cli::seed::SeedArgs),
-    /// Operator commands against a running instance's admin API
-    /// (ADMIN_TOKEN from the environment): stats, connections, disconnect,
-    /// ban, unban.
-    Admin(chatgw::cli::admin::AdminArgs),
-    /// Write a consistent copy of the SQLite database named by DATABASE_URL
-    /// to a new file, while a gateway keeps running (PostgreSQL: use
-    /// pg_dump; see README.md, "Backups and restore").
-    Backup(chatgw::cli::backup::BackupArgs),
-    /// Give every room of DATABASE_URL a new history epoch. Run it after
-    /// restoring a backup, before the gateways start: clients holding seqs
-    /// of the lost timeline then get `reset` instead of silently missing
-    /// the reused seqs (protocol §17; README.md, "Backups and restore").
-    BumpEpochs,
-}
-
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let line = Cli::parse();
     // A client of a running instance: it needs none of the server's
     // configuration.
-    let command = match cli.command {
-        Some(Command::Admin(args)) => return runtime()?.block_on(chatgw::cli::admin::run(args)),
+    let command = match line.command {
+        Some(Command::Admin(args)) => return cli::runtime()?.block_on(cli::admin::run(args)),
         other => other,
     };
     let config = match Config::from_env() {
@@ -78,18 +48,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
     match command {
-        Some(Command::Admin(_)) => unreachable!("handled above"),
-        Some(Command::Seed(args)) => runtime()?.block_on(seed(&config, &args)),
-        Some(Command::Backup(args)) => runtime()?.block_on(backup(&config, &args)),
-        Some(Command::BumpEpochs) => runtime()?.block_on(bump_epochs(&config)),
         None | Some(Command::Serve) => serve(config),
+        Some(once) => cli::run(once, &config),
     }
-}
-
-/// The runtime `#[tokio::main]` would build, made by hand so that Sentry
-/// can start before any of its threads exist.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -102,7 +63,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         chatgw::telemetry::init();
     }
-    let served = runtime()?.block_on(async {
+    let served = cli::runtime()?.block_on(async {
         // One descriptor per socket: raise the soft limit to the hard one.
         match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(n) => tracing::info!(nofile = n, "file descriptor limit"),
@@ -136,36 +97,4 @@ fn serve(config: Config) -> anyhow::Result<()> {
     }
     drop(sentry);
     served
-}
-
-async fn seed(config: &Config, args: &chatgw::cli::seed::SeedArgs) -> anyhow::Result<()> {
-    let file = chatgw::cli::seed::run(config, args).await?;
-    std::fs::write(&args.out, serde_json::to_vec(&file)?)?;
-    println!("seeded {} users and {} rooms into {}", file.users.len(), file.rooms.len(), args.out.display());
-    Ok(())
-}
-
-async fn bump_epochs(config: &Config) -> anyhow::Result<()> {
-    use secrecy::ExposeSecret;
-    let store = chatgw::db::Store::connect(config.database_url.expose_secret(), 2).await?;
-    store.migrate().await?;
-    let n = store.bump_epochs().await?;
-    store.close().await;
-    println!("new epochs for {n} rooms");
-    Ok(())
-}
-
-async fn backup(config: &Config, args: &chatgw::cli::backup::BackupArgs) -> anyhow::Result<()> {
-    use secrecy::ExposeSecret;
-    match chatgw::cli::backup::run(config.database_url.expose_secret(), &args.out).await {
-        Ok(w) => {
-            println!("backup written to {}: {} bytes in {} ms", w.path.display(), w.bytes, w.duration.as_millis());
-            Ok(())
-        }
-        Err(e) => {
-            // One line, as for configuration errors.
-            eprintln!("backup failed: {e}");
-            std::process::exit(1);
-        }
-    }
 }

@@ -19,8 +19,6 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
-use crate::state::AppState;
-
 /// Hops read from the right of a forwarding header at most: a real chain of
 /// proxies is a handful long, and the walk must not cost more than that
 /// whatever a client sends.
@@ -225,10 +223,14 @@ impl std::fmt::Display for ClientAddr {
     }
 }
 
-impl FromRequestParts<AppState> for ClientAddr {
+/// Any state that can lend the trusted proxies extracts a `ClientAddr`
+/// (the application's state does). Generic so that this module, on the
+/// ground floor, knows nothing of the state that holds it; `AsRef` rather
+/// than `FromRef` so no request clones the list.
+impl<S: AsRef<TrustedProxies> + Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr::of(&parts.extensions, &parts.headers, &state.config.trusted_proxies))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr::of(&parts.extensions, &parts.headers, state.as_ref()))
     }
 }

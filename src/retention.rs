@@ -10,12 +10,28 @@
 //! no-op), so two instances on one room cost a little duplicate effort and
 //! nothing else.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::config::RetentionConfig;
 use crate::db::{DbError, RetentionRoom, Store};
-use crate::state::AppState;
+use crate::metrics::Metrics;
+
+/// Message retention: the global limits (a room's owner may override them)
+/// and the pace of the background job that enforces them.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// `RETENTION_MAX_AGE_SECS`; `None` (0) keeps messages of any age.
+    pub max_age: Option<Duration>,
+    /// `RETENTION_MAX_MESSAGES`; `None` (0) keeps any number per room.
+    pub max_messages: Option<i64>,
+    /// `RETENTION_INTERVAL_SECS`: time between passes of the job.
+    pub interval: Duration,
+    /// `RETENTION_BATCH`: rows per delete statement (each its own short
+    /// transaction).
+    pub batch: i64,
+}
 
 /// Rooms read per page.
 const ROOM_PAGE: i64 = 500;
@@ -29,21 +45,22 @@ pub struct PassStats {
     pub deleted: u64,
 }
 
-/// Runs a pass every `RETENTION_INTERVAL_SECS` until `stop`.
-pub async fn run(state: AppState, stop: CancellationToken) {
-    let cfg = state.config.retention.clone();
+/// Runs a pass every `RETENTION_INTERVAL_SECS` until `stop`. It gets the
+/// store and its own settings, not the application state: a job sits below
+/// the HTTP edge and the composition root.
+pub async fn run(store: Store, cfg: RetentionSettings, metrics: Metrics, stop: CancellationToken) {
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match pass(&state.store, &cfg, &stop).await {
+                match pass(&store, &cfg, &stop).await {
                     Ok(s) if s.deleted > 0 || s.rooms > 0 => {
                         tracing::info!(rooms = s.rooms, deleted = s.deleted, "retention pass");
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        state.metrics.db_errors.inc("background");
+                        metrics.db_errors.inc("background");
                         tracing::warn!(error = %e, "retention pass failed");
                     }
                 }
@@ -57,7 +74,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 ///
 /// # Errors
 /// The database failed; what was done before stays done.
-pub async fn pass(store: &Store, cfg: &RetentionConfig, stop: &CancellationToken) -> Result<PassStats, DbError> {
+pub async fn pass(store: &Store, cfg: &RetentionSettings, stop: &CancellationToken) -> Result<PassStats, DbError> {
     let global_on = cfg.max_age.is_some() || cfg.max_messages.is_some();
     let mut stats = PassStats::default();
     let mut after = String::new();
@@ -107,7 +124,11 @@ pub async fn delete_unretained(store: &Store, room: &str, batch: i64) -> Result<
 /// The room's new lowest retained seq, when its limits call for one above
 /// the current one. A room's own setting wins over the global one; 0
 /// means no limit.
-async fn target_first_seq(store: &Store, cfg: &RetentionConfig, room: &RetentionRoom) -> Result<Option<i64>, DbError> {
+async fn target_first_seq(
+    store: &Store,
+    cfg: &RetentionSettings,
+    room: &RetentionRoom,
+) -> Result<Option<i64>, DbError> {
     let max_messages = match room.retention.max_messages {
         Some(n) => Some(n).filter(|n| *n > 0),
         None => cfg.max_messages,

@@ -24,7 +24,6 @@ use crate::db::{DbError, PURGE_BATCH, Store};
 use crate::hub::{Hub, HubSettings};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol;
 use crate::push::PushWorker;
 use crate::state::{AppState, Readiness};
 
@@ -69,7 +68,7 @@ impl Application {
         .await
         .context("connecting to DATABASE_URL")?;
         store.migrate().await.context("applying database migrations")?;
-        let keys = JwtKeys::from_config(&config).context("loading JWT keys")?;
+        let keys = JwtKeys::from_config(&config.jwt).context("loading JWT keys")?;
         let listener =
             listen(config.listen_addr).with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
         let metrics_listener = match config.metrics_addr {
@@ -105,43 +104,15 @@ impl Application {
             ),
             _ => None,
         };
-        let ws = &config.ws;
         let instance = instance_name(listener.local_addr().map(|a| a.port()).unwrap_or(0));
-        metrics.ws_max_connections.set(ws.max_connections as i64);
-        let settings = HubSettings {
-            instance: Arc::from(instance.as_str()),
-            limits: protocol::Limits {
-                max_frame_bytes: ws.max_frame_bytes,
-                max_body_bytes: ws.max_body_bytes,
-                send_per_sec: ws.send_per_sec,
-                send_burst: ws.send_burst,
-                events_per_sec: ws.events_per_sec,
-                events_burst: ws.events_burst,
-                max_rooms: ws.max_rooms_per_socket,
-                max_sync_rooms: ws.max_sync_rooms,
-                edit_window_ms: ws.edit_window_ms.max(0) as u64,
-            },
-            heartbeat: ws.heartbeat,
-            idle_timeout: ws.idle_timeout,
-            outbound_queue: ws.outbound_queue,
-            abuse_strikes: ws.abuse_strikes,
-            max_connections: ws.max_connections,
-            drain_reconnect_max_ms: ws.drain_reconnect_max_ms,
-            edit_window_ms: ws.edit_window_ms,
-            presence_heartbeat: config.presence_ttl / 3,
-            tail_check: config.bus_tail_check,
-            user_stream_interval: ws.user_stream_interval,
-            committers: if store.backend() == crate::db::Backend::Postgres { ws.commit_concurrency } else { 1 },
-            push_wake,
-        };
+        metrics.ws_max_connections.set(config.ws.max_connections as i64);
+        // The configured settings plus the two the running instance
+        // decides; nothing else is copied.
+        let settings = HubSettings { instance: Arc::from(instance.as_str()), push_wake, ..config.ws.clone() };
         let hub = Hub::start(store.clone(), bus, settings, metrics.clone(), stop.clone(), &tasks);
         let passwords = Passwords::new(config.password_hash_threads, config.password_hash_queue);
         let state = AppState {
-            limits: Arc::new(Limits::new(
-                config.login_attempts_per_minute,
-                config.ws.handshakes_per_ip_per_sec,
-                config.email_lookups_per_minute,
-            )),
+            limits: Arc::new(Limits::from_settings(&config.limits)),
             hub,
             config: Arc::new(config),
             store,
@@ -185,7 +156,12 @@ impl Application {
         if let Some(push) = push {
             tasks.spawn(push.run(stop.clone()));
         }
-        tasks.spawn(crate::retention::run(state.clone(), stop.clone()));
+        tasks.spawn(crate::retention::run(
+            state.store.clone(),
+            state.config.retention.clone(),
+            state.metrics.clone(),
+            stop.clone(),
+        ));
         if let Some(l) = metrics_listener {
             // Scrape-time gauges are read first (one database ping); the
             // rest are maintained as things happen.
@@ -193,7 +169,7 @@ impl Application {
                 .route(
                     "/metrics",
                     get(|State(state): State<AppState>| async move {
-                        crate::stats::InstanceStats::gather(&state).await;
+                        crate::api::stats::InstanceStats::gather(&state).await;
                         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
                     }),
                 )

@@ -9,6 +9,7 @@ use crate::db::Store;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::net::TrustedProxies;
 
 /// Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -36,5 +37,13 @@ impl Readiness {
     }
     pub fn is_draining(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Lends the trusted proxies to the [`crate::net::ClientAddr`] extractor,
+/// which is generic so that `net` need not know this state.
+impl AsRef<TrustedProxies> for AppState {
+    fn as_ref(&self) -> &TrustedProxies {
+        &self.config.trusted_proxies
     }
 }

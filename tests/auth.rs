@@ -193,7 +193,7 @@ async fn asymmetric_keys_and_rotation() {
     ] {
         vars.insert(k.into(), v.to_string());
     }
-    let old = chatgw::auth::JwtKeys::from_config(&chatgw::config::Config::from_vars(&vars).unwrap()).unwrap();
+    let old = chatgw::auth::JwtKeys::from_config(&chatgw::config::Config::from_vars(&vars).unwrap().jwt).unwrap();
     let token = old.issue("u", "s").unwrap();
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!((header.alg, header.kid.as_deref()), (jsonwebtoken::Algorithm::EdDSA, Some("k1")));
@@ -213,7 +213,7 @@ async fn asymmetric_keys_and_rotation() {
     ] {
         rotated.insert(k.into(), v.to_string());
     }
-    let new = chatgw::auth::JwtKeys::from_config(&chatgw::config::Config::from_vars(&rotated).unwrap()).unwrap();
+    let new = chatgw::auth::JwtKeys::from_config(&chatgw::config::Config::from_vars(&rotated).unwrap().jwt).unwrap();
     assert!(new.verify(&token).is_ok(), "a token of the previous key still verifies");
     let fresh = new.issue("u", "s").unwrap();
     assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some("k2"));

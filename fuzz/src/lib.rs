@@ -152,7 +152,7 @@ pub static KEYS: LazyLock<JwtKeys> = LazyLock::new(|| {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let config = chatgw::config::Config::from_vars(&vars).expect("the fuzz key configuration is valid");
-    JwtKeys::from_config(&config).expect("the fuzz keys load")
+    JwtKeys::from_config(&config.jwt).expect("the fuzz keys load")
 });
 
 static HS_KEY: LazyLock<EncodingKey> = LazyLock::new(|| EncodingKey::from_secret(HS_SECRET.as_bytes()));

@@ -16,13 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::audit;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
+use crate::api::stats::InstanceStats;
 use crate::db::{AppendOutcome, AuditAction, AuditEvent, AuditQuery, AuditRecord, Deleter, NewKind, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::hub::live::UserConnections;
 use crate::net::ClientAddr;
 use crate::protocol::close;
 use crate::state::AppState;
-use crate::stats::InstanceStats;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -80,7 +80,7 @@ impl FromRequestParts<AppState> for Admin {
         let Some(expected) = &state.config.admin_token else {
             return Err(ApiError::NotFound("admin endpoint"));
         };
-        let given = crate::auth::extractor::bearer(parts).ok_or(ApiError::Unauthorized("missing admin token"))?;
+        let given = crate::api::extract::bearer(parts).ok_or(ApiError::Unauthorized("missing admin token"))?;
         // Compare hashes: constant-time with respect to the secret.
         use sha2::{Digest, Sha256};
         if Sha256::digest(given.as_bytes()) == Sha256::digest(expected.expose_secret().as_bytes()) {

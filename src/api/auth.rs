@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::audit;
 use super::extract::ApiJson;
 use super::validate;
-use crate::auth::AuthUser;
+use crate::api::extract::AuthUser;
 use crate::auth::tokens::{REFRESH_PREFIX, TICKET_PREFIX, hash_token, looks_like, new_token};
 use crate::clock::now_ms;
 use crate::db::{AuditAction, AuditEvent, DbError, RefreshOutcome, User};

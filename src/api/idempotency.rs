@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::auth::AuthUser;
+use crate::api::extract::AuthUser;
 use crate::db::IdempotencyRecord;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -48,7 +48,7 @@ pub async fn layer(
     h.update(parts.uri.path());
     h.update(b"\n");
     h.update(&bytes);
-    let fingerprint = crate::config::hex_string(&h.finalize());
+    let fingerprint = hex::encode(h.finalize());
 
     match state.store.claim_idempotency_key(&user.user_id, &key, &fingerprint).await? {
         None => {}

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::audit;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
-use crate::auth::AuthUser;
+use crate::api::extract::AuthUser;
 use crate::db::{AuditAction, AuditEvent, Export, MessageKey, NewPassword, User};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::net::ClientAddr;

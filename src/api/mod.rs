@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod me;
 pub mod openapi;
 pub mod rooms;
+pub mod stats;
 pub mod validate;
 pub mod ws;
 

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate;
-use crate::auth::AuthUser;
+use crate::api::extract::AuthUser;
 use crate::db::{HistoryPage, Member, Retention, Role, RoomForUser};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::net::ClientAddr;

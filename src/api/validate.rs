@@ -10,10 +10,7 @@ pub const ROOM_NAME_MAX_CHARS: usize = 100;
 pub const EMAIL_MAX_BYTES: usize = 254;
 pub use crate::protocol::ID_MAX_BYTES;
 pub const MAX_INITIAL_MEMBERS: usize = 1000;
-/// Emails per room-creation request (`member_emails`): each is a look-up
-/// charged to the caller's budget (`EMAIL_LOOKUPS_PER_MINUTE`, never below
-/// this), so one request never asks about more than a minute's worth.
-pub const MAX_MEMBER_EMAILS: usize = 20;
+pub use crate::limits::MAX_MEMBER_EMAILS;
 
 /// A deliberately simple shape check (one `@`, a dotted domain, no spaces):
 /// the only real validation of an email is a message to it.

@@ -4,11 +4,42 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
-use crate::config::{Config, JwtKeyConfig};
+
+/// How access tokens are signed. Keys are read from files so they never sit in
+/// the environment of every child process.
+#[derive(Clone)]
+pub enum JwtKeyConfig {
+    /// HS256 with a shared secret (the default).
+    Hmac { secret: SecretString },
+    /// RS256, ES256 or EdDSA with PEM key files.
+    Asymmetric { algorithm: jsonwebtoken::Algorithm, private_pem: SecretString, public_pem: String },
+}
+
+/// A verify-only key kept during a key rotation so tokens signed before the
+/// rotation stay valid until they expire.
+#[derive(Clone)]
+pub struct PreviousKey {
+    pub kid: String,
+    pub key: JwtKeyConfig,
+}
+
+/// Everything [`JwtKeys`] is built from (`JWT_*`, `ACCESS_TOKEN_TTL_SECS`),
+/// read and checked by the configuration.
+#[derive(Clone)]
+pub struct JwtSettings {
+    /// The signing key.
+    pub key: JwtKeyConfig,
+    /// The `kid` header of tokens signed by `key`.
+    pub kid: String,
+    /// The key of before a rotation, still accepted for verification.
+    pub previous: Option<PreviousKey>,
+    /// Lifetime of the access tokens issued.
+    pub access_token_ttl: Duration,
+}
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,15 +125,15 @@ impl JwtKeys {
 
     /// # Errors
     /// Key material that does not parse (already checked by config).
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let (algorithm, encoding, decoding) = keys_of(&config.jwt_key, true).map_err(anyhow::Error::msg)?;
+    pub fn from_config(settings: &JwtSettings) -> anyhow::Result<Self> {
+        let (algorithm, encoding, decoding) = keys_of(&settings.key, true).map_err(anyhow::Error::msg)?;
         let encoding = encoding.ok_or_else(|| anyhow::anyhow!("no private key"))?;
-        let mut all = HashMap::from([(config.jwt_kid.clone(), (decoding, algorithm))]);
-        if let Some(prev) = &config.jwt_previous {
+        let mut all = HashMap::from([(settings.kid.clone(), (decoding, algorithm))]);
+        if let Some(prev) = &settings.previous {
             let (alg, _, dec) = keys_of(&prev.key, false).map_err(anyhow::Error::msg)?;
             all.insert(prev.kid.clone(), (dec, alg));
         }
-        Ok(JwtKeys { kid: config.jwt_kid.clone(), algorithm, encoding, decoding: all, ttl: config.access_token_ttl })
+        Ok(JwtKeys { kid: settings.kid.clone(), algorithm, encoding, decoding: all, ttl: settings.access_token_ttl })
     }
 
     /// Lifetime of the tokens this issues.

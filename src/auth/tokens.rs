@@ -16,7 +16,7 @@ pub fn new_token(prefix: &str) -> String {
 /// What the database stores instead of the token. A plain SHA-256 is enough:
 /// the tokens are 256 random bits, so there is nothing to brute-force.
 pub fn hash_token(token: &str) -> String {
-    crate::config::hex_string(&Sha256::digest(token.as_bytes()))
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Shape check before any database look-up, so junk never reaches SQL.

@@ -75,7 +75,7 @@ pub async fn run(config: &Config, args: &SeedArgs) -> anyhow::Result<SeedFile> {
     use secrecy::ExposeSecret;
     let store = Store::connect(config.database_url.expose_secret(), config.db_max_connections).await?;
     store.migrate().await?;
-    let keys = JwtKeys::from_config(config)?;
+    let keys = JwtKeys::from_config(&config.jwt)?;
     let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let hash = Passwords::new(1, 1).hash(crate::auth::tokens::new_token("")).await?;
     let users = store.seed_users(&prefix, args.users, &hash).await?;

@@ -1,7 +1,8 @@
 //! The offline-push outbox (migration 0005_push_outbox): one row per stored
 //! message, written in the message's own transaction, so a committed message
 //! always has its row and a rolled-back one never does. Each instance's push
-//! worker ([`crate::push`]) claims due rows in leased batches.
+//! worker (`push::PushWorker`, which imports this module, never the
+//! reverse) claims due rows in leased batches.
 
 use std::collections::HashMap;
 

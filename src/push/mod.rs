@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::SharedBus;
 use crate::clock::now_ms;
-use crate::config::WebhookConfig;
 use crate::db::{DbError, OutboxRow, Store};
 use crate::metrics::Metrics;
+pub use webhook::WebhookSettings;
 use webhook::{Event, PostResult, Sender};
 
 /// One instance's push worker: the outbox, presence, the webhook.
@@ -60,7 +60,7 @@ impl PushWorker {
     /// # Errors
     /// The HTTP client could not be built (TLS initialisation).
     pub fn new(
-        config: WebhookConfig,
+        config: WebhookSettings,
         store: Store,
         bus: SharedBus,
         metrics: Metrics,

@@ -7,12 +7,10 @@
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::WebhookConfig;
-use crate::config::hex_string;
 use crate::metrics::Metrics;
 
 /// Header carrying the signing time, Unix seconds.
@@ -73,7 +71,7 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1={}", hex_string(&mac.finalize().into_bytes()))
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The batch's `Idempotency-Key`: a digest of its event ids, so the same
@@ -85,20 +83,50 @@ pub fn batch_key(events: &[Event<'_>]) -> String {
         h.update(e.id.as_bytes());
         h.update(b",");
     }
-    hex_string(&h.finalize()[..16])
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Where and how offline-push events are delivered (README, "Offline push
+/// webhook").
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// `http://` or `https://` (rustls, Mozilla's roots).
+    pub url: reqwest::Url,
+    /// Key of the HMAC-SHA256 signature receivers verify.
+    pub secret: SecretString,
+    /// Whether events carry the message body (`WEBHOOK_INCLUDE_BODY=1`);
+    /// off by default, so message text does not leave the gateway.
+    pub include_body: bool,
+    /// Bound of one POST, connect to last byte.
+    pub timeout: Duration,
+    /// Deliveries tried per event before it is given up (counted, logged).
+    pub max_attempts: u32,
+    /// Most events per POST.
+    pub batch_size: usize,
+    /// How often the worker looks for due rows besides being woken by its
+    /// own commits: rows of other instances, retries coming due.
+    pub poll_interval: Duration,
+    /// First retry delay; doubles per attempt up to `backoff_max`, with
+    /// jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long a claimed batch is reserved for its instance; after it,
+    /// another instance may deliver the batch again. Longer than `timeout`
+    /// with room to spare.
+    pub lease: Duration,
 }
 
 /// The HTTP side of the push worker.
 pub struct Sender {
     client: reqwest::Client,
-    config: WebhookConfig,
+    config: WebhookSettings,
     metrics: Metrics,
 }
 
 impl Sender {
     /// # Errors
     /// The TLS backend could not be initialised.
-    pub fn new(config: WebhookConfig, metrics: Metrics) -> Result<Self, reqwest::Error> {
+    pub fn new(config: WebhookSettings, metrics: Metrics) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("chatgw/", env!("CARGO_PKG_VERSION")))
@@ -109,7 +137,7 @@ impl Sender {
         Ok(Sender { client, config, metrics })
     }
 
-    pub fn config(&self) -> &WebhookConfig {
+    pub fn config(&self) -> &WebhookSettings {
         &self.config
     }
 

@@ -11,11 +11,10 @@
 
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sentry::{ClientInitGuard, ClientOptions, MaxRequestBodySize};
 
 use super::scrub;
-use crate::config::SentryConfig;
 
 /// `chatgw@<version>`: how Sentry tells releases apart.
 pub const RELEASE: &str = concat!("chatgw@", env!("CARGO_PKG_VERSION"));
@@ -23,9 +22,21 @@ pub const RELEASE: &str = concat!("chatgw@", env!("CARGO_PKG_VERSION"));
 /// How long exit waits for queued events to be sent.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
+/// Where and how errors and panics are reported to Sentry.
+#[derive(Clone)]
+pub struct SentrySettings {
+    /// The project's DSN, already checked to parse. Its key only allows
+    /// sending events, but it still stays out of logs and errors.
+    pub dsn: SecretString,
+    /// `SENTRY_ENVIRONMENT`, defaulting to the `APP_ENV` name.
+    pub environment: String,
+    /// Share of error events sent, 0.0–1.0.
+    pub sample_rate: f32,
+}
+
 /// Starts the client and its panic hook. Call it before any thread that
 /// could log or panic exists, and keep the guard until exit.
-pub fn init(config: &SentryConfig) -> ClientInitGuard {
+pub fn init(config: &SentrySettings) -> ClientInitGuard {
     let instance = instance_name();
     let options = ClientOptions::new()
         .dsn(config.dsn.expose_secret())

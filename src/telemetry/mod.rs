@@ -11,6 +11,8 @@
 pub mod error_tracking;
 pub mod scrub;
 
+pub use error_tracking::SentrySettings;
+
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{LevelFilter, filter_fn};

@@ -202,7 +202,7 @@ impl Conn {
     async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
         let settings = self.hub.settings().clone();
         let now = now_ms();
-        let features = protocol::features(settings.push_enabled(), settings.edit_window_ms > 0);
+        let features = protocol::features(settings.push_enabled(), settings.limits.edit_window_ms > 0);
         let hello = ServerFrame::Hello {
             protocol: protocol::PROTOCOL,
             session_id: &self.shared.session(),
@@ -496,7 +496,7 @@ impl Conn {
                 return None;
             }
             ClientFrame::Edit { room, target_seq, body, client_msg_id } => {
-                let window_ms = self.hub.settings().edit_window_ms;
+                let window_ms = self.hub.settings().limits.edit_window_ms as i64;
                 self.submit(id, room, body, client_msg_id, NewKind::Edit { target_seq, window_ms }, acks).await;
                 return None;
             }

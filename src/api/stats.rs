@@ -1,6 +1,9 @@
 //! One instance's state in numbers, gathered when asked: by the admin view
 //! (`GET /api/v1/admin/stats`) and by every scrape of `/metrics`, which
 //! sets the gauges that nothing on the hot path maintains.
+//!
+//! Part of the HTTP edge: it reads the application state and the readiness
+//! check of [`super::health`].
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -49,7 +52,7 @@ impl InstanceStats {
     /// Reads everything (one database round trip for readiness) and sets
     /// the scrape-time gauges.
     pub async fn gather(state: &AppState) -> InstanceStats {
-        let ready = crate::api::health::check(state).await;
+        let ready = super::health::check(state).await;
         let m = &state.metrics;
         let hub = state.hub.stats();
         let pools = state.store.pool_stats();
