@@ -18,7 +18,6 @@ import {
   IndexedDBStore,
   LocalStorageStore,
   type ClientState,
-  type Room,
   type Store,
   type ServerDelete,
   type ServerEdit,
@@ -34,66 +33,10 @@ import {
 import { Api, type HistoryEntry, type RoomInfo } from "./api.ts";
 import { Emitter } from "./events.ts";
 import { HttpError } from "./http.ts";
+import { RoomModel, TYPING_SHOW_MS, type MessageView, type PendingChange, type SdkRoom } from "./room.ts";
 import type { Session } from "./session.ts";
 
-/** The SDK's room object (the same one for the same id while the client lives). */
-export type SdkRoom = Room;
-
-export interface MessageView {
-  seq: number;
-  sender: string;
-  body: string;
-  sentAt: number;
-  clientMsgId: string;
-  editedAt?: number;
-  deleted: boolean;
-}
-
-/** An edit or delete whose target is not on screen yet (history still loading). */
-interface PendingChange {
-  kind: "edit" | "delete";
-  body: string;
-  at: number;
-}
-
-/** How long a typing notice shows without a new one (the SDK throttles to one per 2 s). */
-const TYPING_SHOW_MS = 4000;
-
-export class RoomModel {
-  readonly messages = new Map<number, MessageView>();
-  readonly typing = new Map<string, number>();
-  readonly pendingChanges = new Map<number, PendingChange>();
-  name = "";
-  role: "owner" | "member" = "member";
-  /** From REST and room_seq, for a room the SDK has not joined (yet). */
-  lastSeq = 0;
-  readSeq = 0;
-  sdk: SdkRoom | undefined;
-  historyLoaded = false;
-  /** Highest seq shown while the room was on screen (what markRead may claim). */
-  seenSeq = 0;
-  unsubscribe: Array<() => void> = [];
-
-  constructor(readonly id: string) {}
-
-  get unread(): number {
-    if (this.sdk) return Math.max(0, this.sdk.unread);
-    return Math.max(0, this.lastSeq - this.readSeq);
-  }
-
-  get online(): ReadonlySet<string> {
-    return this.sdk?.online ?? new Set();
-  }
-
-  /** Messages in seq order. */
-  sorted(): MessageView[] {
-    return [...this.messages.values()].sort((a, b) => a.seq - b.seq);
-  }
-
-  typists(now = Date.now()): string[] {
-    return [...this.typing].filter(([, until]) => until > now).map(([u]) => u);
-  }
-}
+export { RoomModel, type MessageView, type SdkRoom } from "./room.ts";
 
 export type ConnView = "connecting" | "online" | "reconnecting" | "offline";
 
