@@ -1,30 +1,26 @@
 //! What crosses instances: the hub's side of the bus.
 //!
-//! Outbound, every event is applied here first and then published for the
-//! other instances (built only when some other instance may listen: this is
-//! on the delivery path of every message). Inbound, the listener applies
-//! what other instances published: messages go through the room's
-//! sequencer, control events close or unsubscribe local sockets, and a
-//! `Resync` or `Tail` catches rooms up from storage.
+//! Outbound, every cluster-wide event (a member removed, a session revoked,
+//! a user's sockets closed, a room added or renamed) is published for the
+//! other instances and applied here; publishing is built only when some
+//! other instance may listen. Inbound, the listener applies what other
+//! instances published: messages enter the delivery path at
+//! [`Hub::fan_out`] (see [`super::delivery`]), control events go to the
+//! subsystem they concern (the registry's sockets, the per-user stream),
+//! and a `Resync` or `Tail` catches rooms up from storage.
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Hub, Outbound};
+use super::Hub;
+use super::registry::Outbound;
+use super::user_stream::RoomAdded;
 use crate::bus::BusEvent;
 use crate::protocol::close;
 
 impl Hub {
-    /// Fans a stored message out here and publishes it to other instances.
-    pub fn deliver_local_commit(&self, room: &str, seq: i64, frame: Utf8Bytes) {
-        self.note_seq(room, seq);
-        self.publish(|| BusEvent::Message { room: Arc::from(room), seq, frame: frame.clone() });
-        self.deliver(room, seq, frame);
-    }
-
     /// A user lost a room: their sockets leave it and hear `room_removed`,
     /// here and everywhere. `reason`: `removed`, `left` or `room_deleted`.
     pub fn member_removed(&self, room: &str, user: &str, reason: &'static str) {
@@ -41,37 +37,55 @@ impl Hub {
         // The `left` frame keeps its 1.0 reasons: leaving over REST is
         // `removed` there; `room_removed` tells `left` apart.
         let left_reason = if reason == "left" { "removed" } else { reason };
-        for c in self.room_conns_of(room, user) {
+        let inner = &self.inner;
+        for c in inner.rooms.conns_of(room, user) {
             // Unsubscribe first: no message of the room reaches it after this.
             self.unsubscribe(&c, room);
-            c.offer(Outbound::Left(Arc::new((room_arc.clone(), left_reason))), &self.inner.metrics);
+            c.offer(Outbound::Left(Arc::new((room_arc.clone(), left_reason))), &inner.metrics);
         }
-        self.apply_room_removed(&room_arc, user, reason);
+        inner.user_stream.room_removed(&room_arc, user, reason, &inner.registry, &inner.metrics);
     }
 
     /// Closes the sockets of one session (logout) with 4001, everywhere.
     pub fn session_revoked(&self, user: &str, session: &str) {
         self.publish(|| BusEvent::SessionRevoked { user: user.to_owned(), session: session.to_owned() });
-        self.apply_session_revoked(user, session);
-    }
-
-    fn apply_session_revoked(&self, user: &str, session: &str) {
-        for c in self.user_conns(user) {
-            if &*c.session() == session {
-                c.close(close::AUTH, "session revoked");
-            }
-        }
+        self.inner.registry.close_session(user, session, close::AUTH, "session revoked");
     }
 
     /// Closes every socket of a user (ban: 4003, erasure: 4001, an
     /// operator's disconnect), everywhere; returns how many were here.
     pub fn close_user(&self, user: &str, code: u16, reason: &str) -> usize {
         self.publish(|| BusEvent::UserClosed { user: user.to_owned(), code, reason: reason.to_owned() });
-        let conns = self.user_conns(user);
-        for c in &conns {
-            c.close(code, reason);
-        }
-        conns.len()
+        self.inner.registry.close_user(user, code, reason)
+    }
+
+    /// A user gained a room: every socket of theirs hears `room_added`, here
+    /// and on every instance.
+    pub fn room_added(&self, room: &str, user: &str, name: &str, role: &str, last_seq: i64) {
+        self.publish(|| BusEvent::RoomAdded {
+            room: Arc::from(room),
+            user: user.to_owned(),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            last_seq,
+        });
+        let inner = &self.inner;
+        let ev = RoomAdded { room, user, name, role, last_seq };
+        inner.user_stream.room_added(ev, &inner.registry, &inner.metrics);
+    }
+
+    /// A room was renamed: its members' sockets hear `room_updated`, here and
+    /// on every instance.
+    pub fn room_renamed(&self, room: &str, name: &str) {
+        self.publish(|| BusEvent::RoomUpdated { room: Arc::from(room), name: name.to_owned() });
+        self.inner.user_stream.room_updated(room, name, &self.inner.registry, &self.inner.metrics);
+    }
+
+    /// Rooms moved (here or on another instance): members connected here
+    /// hear `room_seq` on the sockets that have not joined the room.
+    pub(super) fn apply_room_seqs(&self, seqs: &[(Arc<str>, i64)]) {
+        let inner = &self.inner;
+        inner.user_stream.room_seqs(seqs, &inner.registry, &inner.rooms, &inner.metrics);
     }
 
     /// Publishes to other instances; the event is only built when some
@@ -88,9 +102,14 @@ impl Hub {
                 e = events.recv() => match e { Some(e) => e, None => return },
                 () = stop.cancelled() => return,
             };
+            let inner = &self.inner;
             match event {
-                BusEvent::Message { room, seq, frame } => self.deliver(&room, seq, frame),
-                BusEvent::Ephemeral { room, frame } => self.fan_out_event(&room, &frame, None),
+                BusEvent::Message { room, seq, frame } => {
+                    self.fan_out(&room, seq, frame);
+                }
+                BusEvent::Ephemeral { room, frame } => {
+                    inner.rooms.offer_event(&room, &frame, &inner.metrics, |_| false)
+                }
                 BusEvent::Tail { room, seq } => {
                     let hub = self.clone();
                     self.spawn_task(async move {
@@ -105,16 +124,19 @@ impl Hub {
                     };
                     self.apply_member_removed(&room, &user, reason);
                 }
-                BusEvent::SessionRevoked { user, session } => self.apply_session_revoked(&user, &session),
+                BusEvent::SessionRevoked { user, session } => {
+                    inner.registry.close_session(&user, &session, close::AUTH, "session revoked");
+                }
                 BusEvent::UserClosed { user, code, reason } => {
-                    for c in self.user_conns(&user) {
-                        c.close(code, &reason);
-                    }
+                    inner.registry.close_user(&user, code, &reason);
                 }
                 BusEvent::RoomAdded { room, user, name, role, last_seq } => {
-                    self.apply_room_added(&room, &user, &name, &role, last_seq);
+                    let ev = RoomAdded { room: &room, user: &user, name: &name, role: &role, last_seq };
+                    inner.user_stream.room_added(ev, &inner.registry, &inner.metrics);
                 }
-                BusEvent::RoomUpdated { room, name } => self.apply_room_updated(&room, &name),
+                BusEvent::RoomUpdated { room, name } => {
+                    inner.user_stream.room_updated(&room, &name, &inner.registry, &inner.metrics);
+                }
                 BusEvent::RoomSeqs { seqs } => self.apply_room_seqs(&seqs),
                 BusEvent::ConnectionsQuery { id, user } => self.answer_connections_query(id, &user),
                 BusEvent::ConnectionsReply { id, instance, json } => self.take_connections_reply(id, instance, json),
@@ -127,7 +149,7 @@ impl Hub {
     /// room's last delivered seq.
     async fn resync(&self) {
         self.inner.metrics.hub_resyncs.inc();
-        for room in self.local_rooms() {
+        for room in self.inner.rooms.names() {
             if self.inner.stop.is_cancelled() {
                 return;
             }

@@ -2,8 +2,8 @@
 //! batch, so throughput does not collapse to one transaction per message.
 //!
 //! One committer per instance takes whatever queued up while the previous
-//! batch was being written (up to [`BATCH_MAX`]), stores it, fans the stored
-//! messages out in seq order and then answers each sender. Under light load
+//! batch was being written (up to [`BATCH_MAX`]), stores it, hands the stored
+//! messages to delivery ([`Hub::stored`]) and then answers each sender. Under light load
 //! a batch is a single message and nothing waits; under heavy load batches
 //! grow by themselves.
 
@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::db::{AppendOutcome, DbError, NewMessage};
-use crate::hub::wire::message_frame;
 
 /// Queue of sends waiting for the committer.
 pub const QUEUE: usize = 16_384;
@@ -34,7 +33,7 @@ pub struct Job {
 /// its commit, the next batch is already being written. Batches touching the
 /// same room serialise on its row lock, so seqs stay gap-free; their
 /// deliveries may reach the room out of order, which the room's sequencer
-/// puts back in order (see `Hub::deliver`).
+/// puts back in order (see `Hub::fan_out` in [`super::delivery`]).
 pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: CancellationToken) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
     loop {
@@ -57,7 +56,7 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
         let push = hub.settings().push_wake.as_ref();
         match hub.store().append_messages_with(&msgs, push.is_some()).await {
             Ok(outcomes) => {
-                hub.fan_out_stored(&outcomes);
+                hub.stored(&outcomes);
                 // Once per batch, after the fan-out: the push worker looks at
                 // the outbox rows this commit wrote.
                 if let Some(wake) = push
@@ -81,29 +80,6 @@ pub async fn run(hub: Hub, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stop: Cancella
                         _ => DbError::Unavailable(crate::db::Unavailable::CommitFailed),
                     }));
                 }
-            }
-        }
-    }
-}
-
-impl Hub {
-    /// Fans out what a batch stored, in seq order per room: outcomes of one
-    /// room are in ascending seq already (allocated in batch order).
-    pub(super) fn fan_out_stored(&self, outcomes: &[AppendOutcome]) {
-        for o in outcomes {
-            match o {
-                AppendOutcome::Stored(m) => {
-                    self.metrics().ws_messages_stored.inc();
-                    self.deliver_local_commit(&m.room, m.seq, message_frame(m));
-                }
-                // A re-send: the first attempt may have been stored by an
-                // instance that died before fanning it out. Delivering again
-                // is free of duplicates (rooms and sockets drop seqs they
-                // have) and closes that hole.
-                AppendOutcome::Duplicate(m) | AppendOutcome::Conflict(m) => {
-                    self.deliver_local_commit(&m.room, m.seq, message_frame(m))
-                }
-                _ => {}
             }
         }
     }

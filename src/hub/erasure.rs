@@ -76,7 +76,7 @@ impl Hub {
             match self.store().append_messages(&batch).await {
                 Ok(outcomes) => {
                     failures = 0;
-                    self.fan_out_stored(&outcomes);
+                    self.stored(&outcomes);
                     after = Some(last);
                 }
                 Err(e) => {

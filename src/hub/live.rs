@@ -88,7 +88,7 @@ impl Hub {
             max_connections: self.inner.settings.max_connections,
             users: reg.user_count(),
             rooms: self.inner.rooms.len(),
-            presence_entries: self.local_rooms().iter().map(|r| self.local_users(r).len()).sum(),
+            presence_entries: self.inner.rooms.names().iter().map(|r| self.inner.rooms.users_in(r).len()).sum(),
             outbound_queued,
             outbound_deepest,
             commit_queue: super::commit::QUEUE - self.inner.committer.capacity(),
@@ -97,13 +97,13 @@ impl Hub {
 
     /// The user's sockets on this instance.
     pub fn local_connections_of(&self, user: &str) -> Vec<ConnectionInfo> {
-        let conns = self.user_conns(user);
+        let conns = self.inner.registry.conns_of(user);
         if conns.is_empty() {
             return Vec::new();
         }
         let mut rooms: HashMap<u64, Vec<String>> = HashMap::new();
-        for room in self.local_rooms() {
-            for c in self.room_conns_of(&room, user) {
+        for room in self.inner.rooms.names() {
+            for c in self.inner.rooms.conns_of(&room, user) {
                 rooms.entry(c.id).or_default().push(room.to_string());
             }
         }

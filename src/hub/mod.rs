@@ -1,33 +1,42 @@
 //! The connection hub: live sockets, room subscriptions, ordered fan-out.
 //!
+//! [`Hub`] is a thin facade: a cheap handle on the subsystems below, with
+//! short methods that delegate to them (the surface `api/` and the
+//! connection task use) and the orchestration that spans several of them
+//! in the file of its concern. Each subsystem owns its data and its
+//! behaviour, and gets what else it needs (metrics, the bus, a registry)
+//! as arguments.
+//!
 //! - [`conn`]: one task per socket: reads requests, writes its queue.
-//! - [`registry`]: who is connected (by id and by user), the connection cap.
-//! - [`room`]: per-room subscribers and the sequencer that fans stored
-//!   messages out in seq order, filling gaps from storage.
+//! - [`registry`]: who is connected (by id and by user), the connection
+//!   cap, and what a socket's queue carries ([`Outbound`]).
+//! - [`room`]: per-room subscribers and each room's sequencer state.
 //! - [`sequencer`]: the seq filters themselves (the room's order, each
 //!   connection's cursor), pure and property-tested.
+//! - [`delivery`]: a stored message's way from storage to each subscribed
+//!   socket's queue, one name per step, and the gap fill.
+//! - [`commit`]: group commit of sends into storage.
 //! - [`bridge`]: what crosses instances through the bus, both ways.
 //! - [`tail`]: the periodic check that quiet rooms have delivered what
 //!   storage holds (a loss the bus never noticed).
 //! - [`presence`]: who is online, one truth for the cluster.
-//! - [`commit`]: group commit of sends into storage.
-//! - [`settings`]: the hub's settings, built by the configuration.
-//! - [`drain`]: closing every socket at shutdown.
 //! - [`user_stream`]: what every socket of a user hears without joining
 //!   (rooms added, removed, renamed; unjoined rooms' last seq).
 //! - [`erasure`]: erased accounts' `delete` events, in bounded batches.
 //! - [`wire`]: stored rows as wire frames (the adapter to `protocol`).
+//! - [`live`]: the operators' live view (counts, a user's connections).
+//! - [`drain`]: closing every socket at shutdown.
+//! - [`settings`]: the hub's settings, built by the configuration.
 //!
-//! Delivery path: a `send` goes to the committer, which stores a batch in one
-//! transaction, then hands each stored message to the room's sequencer,
-//! which fans the pre-serialised frame out to this instance's subscribers;
-//! the bridge publishes it on the bus for the others. Every connection has a
-//! bounded queue; one that is full is cut off (4009) instead of slowing the
-//! room.
+//! Dependencies run one way: `sequencer` and `registry` at the bottom,
+//! `room` on them, `user_stream` on both, and `delivery`, `bridge` and the
+//! other orchestration on all of them. Every connection has a bounded
+//! queue; one that is full is cut off (4009) instead of slowing the room.
 
 pub mod bridge;
 pub mod commit;
 pub mod conn;
+mod delivery;
 pub mod drain;
 pub mod erasure;
 pub mod live;
@@ -44,42 +53,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::SharedBus;
+use crate::bus::{BusEvent, BusFuture, SharedBus};
 use crate::db::{AppendOutcome, DbError, NewMessage, Store};
 use crate::metrics::Metrics;
-pub use registry::ConnShared;
+pub use registry::{ConnShared, Delivery, Outbound};
 pub use settings::HubSettings;
-
-/// A stored message on its way to sockets: one allocation shared by every
-/// recipient, so a queue slot is one pointer.
-#[derive(Debug)]
-pub struct Delivery {
-    pub room: Arc<str>,
-    pub seq: i64,
-    pub frame: Utf8Bytes,
-    /// When it was handed to the room here (committed, or received from
-    /// the bus), on the fan-out histogram's clock: the start of
-    /// `chatgw_message_fanout_seconds`.
-    pub ready_ns: u64,
-}
-
-/// What a connection's writer receives. Kept to two words: every
-/// connection's queue allocates its first block of slots up front.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A stored message of a room (filtered by seq on the connection).
-    Message(Arc<Delivery>),
-    /// An ephemeral frame (typing, read, presence).
-    Event(Arc<Utf8Bytes>),
-    /// The connection lost a room.
-    Left(Arc<(Arc<str>, &'static str)>),
-    /// A room's last seq moved: written unless the connection joined it.
-    RoomSeq(Arc<user_stream::RoomSeq>),
-}
 
 struct Inner {
     /// The rate limiters' clock, made once: making one calibrates it with
@@ -191,6 +173,80 @@ impl Hub {
             // resolves the receiver with an error the caller reports.
         }
         rx
+    }
+
+    /// Adds the connection to the room's subscribers; announces presence when
+    /// it is the user's first socket in the room here. The returned future
+    /// resolves once the bus confirmed the room's subscription: storage read
+    /// after it misses nothing that other instances publish.
+    pub fn subscribe(&self, conn: &Arc<ConnShared>, room: &Arc<str>) -> BusFuture {
+        let (first, watched) = self.inner.rooms.subscribe(conn, room, &*self.inner.bus);
+        if first {
+            self.presence_changed(room, &conn.user);
+        }
+        watched
+    }
+
+    /// Removes the connection from the room; announces the user's departure
+    /// when it was their last socket in the room here.
+    pub fn unsubscribe(&self, conn: &Arc<ConnShared>, room: &str) {
+        let room: Arc<str> = Arc::from(room);
+        if self.inner.rooms.unsubscribe(conn, &room, &*self.inner.bus) {
+            self.presence_changed(&room, &conn.user);
+        }
+    }
+
+    /// The seq a joining socket read from storage: the room's sequencer
+    /// starts there if it had nothing yet, so a later gap is noticed.
+    pub fn seed_room(&self, room: &str, last_seq: i64) {
+        self.inner.rooms.seed(room, last_seq);
+    }
+
+    /// Sends an ephemeral frame to the room's sockets here (except
+    /// `exclude`) and on other instances.
+    pub fn broadcast(&self, room: &str, frame: Utf8Bytes, exclude: Option<u64>) {
+        self.inner.rooms.offer_event(room, &frame, &self.inner.metrics, |c| Some(c.id) == exclude);
+        self.publish(|| BusEvent::Ephemeral { room: Arc::from(room), frame });
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// How many sockets the user has open on this instance.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        self.inner.registry.count_of(user)
+    }
+
+    /// A place for one more connection, held for the socket's life; `None`
+    /// at `MAX_CONNECTIONS`.
+    pub fn try_reserve_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.registry.try_reserve()
+    }
+
+    /// Registers a new connection and returns its handle and queue.
+    pub fn register(&self, user: &str, session: &str) -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
+        let (conn, rx) = self.inner.registry.add(user, session, self.inner.settings.outbound_queue);
+        self.inner.user_stream.attach(&conn.user);
+        self.inner.metrics.ws_connections.inc();
+        (conn, rx)
+    }
+
+    /// Forgets a connection and its subscriptions.
+    pub fn unregister(&self, conn: &Arc<ConnShared>, rooms: impl IntoIterator<Item = Arc<str>>) {
+        for room in rooms {
+            self.unsubscribe(conn, &room);
+        }
+        self.inner.registry.remove(conn);
+        self.inner.user_stream.detach(&conn.user);
+        self.inner.metrics.ws_connections.dec();
+    }
+
+    /// Loads the rooms of a user whose socket just connected, for the
+    /// per-user stream's `room_seq` (one query, only for the user's first
+    /// socket here).
+    async fn load_user_rooms(&self, user: &str) {
+        self.inner.user_stream.load_rooms(user, &self.inner.store).await;
     }
 
     /// Runs background work on the hub's tracker, so shutdown waits for it.

@@ -44,7 +44,7 @@ impl Hub {
     pub async fn presence_snapshot(&self, room: &str, me: &str) -> Vec<String> {
         let mut users: BTreeSet<String> = match self.inner.bus.presence_of(room).await {
             Ok(u) => u.into_iter().collect(),
-            Err(_) => self.local_users(room).into_iter().map(|u| u.to_string()).collect(),
+            Err(_) => self.inner.rooms.users_in(room).into_iter().map(|u| u.to_string()).collect(),
         };
         users.insert(me.to_owned());
         users.into_iter().collect()
@@ -60,7 +60,7 @@ impl Hub {
             .map(|(i, room)| {
                 let mut users: BTreeSet<String> = match &cluster {
                     Ok(all) => all.get(i).into_iter().flatten().cloned().collect(),
-                    Err(_) => self.local_users(room).into_iter().map(|u| u.to_string()).collect(),
+                    Err(_) => self.inner.rooms.users_in(room).into_iter().map(|u| u.to_string()).collect(),
                 };
                 users.insert(me.to_owned());
                 users.into_iter().collect()
@@ -72,7 +72,7 @@ impl Hub {
     /// the user's own sockets.
     fn announce(&self, room: &str, user: &str, status: &str) {
         let frame = ServerFrame::Presence { room, user, status }.encode();
-        self.fan_out_event_except(room, &frame, user);
+        self.inner.rooms.offer_event(room, &frame, &self.inner.metrics, |c| &*c.user == user);
         self.publish(|| crate::bus::BusEvent::Ephemeral { room: Arc::from(room), frame });
     }
 
@@ -88,7 +88,7 @@ impl Hub {
             tokio::select! {
                 c = changes.recv() => {
                     let Some(Changed { room, user }) = c else { return };
-                    let here = !self.room_conns_of(&room, &user).is_empty();
+                    let here = !self.inner.rooms.conns_of(&room, &user).is_empty();
                     let (before, after) = match self.inner.bus.presence_set(&room, &user, here).await {
                         Ok(c) => (c.before, c.after),
                         // The bus is down: this instance's view is all there is.
@@ -101,8 +101,8 @@ impl Hub {
                     }
                 }
                 _ = tick.tick() => {
-                    for room in self.local_rooms() {
-                        let users = self.local_users(&room).into_iter().map(|u| u.to_string()).collect();
+                    for room in self.inner.rooms.names() {
+                        let users = self.inner.rooms.users_in(&room).into_iter().map(|u| u.to_string()).collect();
                         if let Ok(gone) = self.inner.bus.presence_refresh(&room, users).await {
                             for user in gone {
                                 self.announce(&room, &user, "offline");

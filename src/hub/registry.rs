@@ -1,5 +1,10 @@
-//! Who is connected here: connections by id and by user, and the cap on
-//! how many there may be.
+//! Who is connected here: connections by id and by user, the cap on how
+//! many there may be, and what a connection's queue carries.
+//!
+//! The bottom of the hub: [`ConnShared::offer`] is where every frame,
+//! stored message or event, enters a socket's queue, so the queue's item
+//! types ([`Outbound`], [`Delivery`], [`RoomSeq`]) live here too and every
+//! other hub module depends on this one, never the other way.
 //!
 //! The cap is a semaphore: a handshake takes a permit before it upgrades
 //! and the connection task holds it until the socket is gone, so concurrent
@@ -8,13 +13,48 @@
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{Hub, Outbound};
 use crate::metrics::Metrics;
 use crate::protocol::close;
+
+/// A stored message on its way to sockets: one allocation shared by every
+/// recipient, so a queue slot is one pointer.
+#[derive(Debug)]
+pub struct Delivery {
+    pub room: Arc<str>,
+    pub seq: i64,
+    pub frame: Utf8Bytes,
+    /// When it was handed to the room here (committed, or received from
+    /// the bus), on the fan-out histogram's clock: the start of
+    /// `chatgw_message_fanout_seconds`.
+    pub ready_ns: u64,
+}
+
+/// What a connection's writer receives. Kept to two words: every
+/// connection's queue allocates its first block of slots up front.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A stored message of a room (filtered by seq on the connection).
+    Message(Arc<Delivery>),
+    /// An ephemeral frame (typing, read, presence).
+    Event(Arc<Utf8Bytes>),
+    /// The connection lost a room.
+    Left(Arc<(Arc<str>, &'static str)>),
+    /// A room's last seq moved: written unless the connection joined it.
+    RoomSeq(Arc<RoomSeq>),
+}
+
+/// A `room_seq` on its way to a user's sockets: each socket drops it when
+/// it has joined the room (see [`super::user_stream`]).
+#[derive(Debug)]
+pub struct RoomSeq {
+    pub room: Arc<str>,
+    pub frame: Utf8Bytes,
+}
 
 /// The part of a connection others touch: its queue and its kill switch.
 pub struct ConnShared {
@@ -129,36 +169,18 @@ impl Registry {
         }
     }
 
-    pub(super) fn all(&self) -> Vec<Arc<ConnShared>> {
-        self.conns.iter().map(|e| e.value().clone()).collect()
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub(super) fn user_count(&self) -> usize {
-        self.users.len()
-    }
-}
-
-impl Hub {
-    pub fn connection_count(&self) -> usize {
-        self.inner.registry.len()
-    }
-
     /// A place for one more connection, held for the socket's life; `None`
-    /// at `MAX_CONNECTIONS`.
-    pub fn try_reserve_connection(&self) -> Option<OwnedSemaphorePermit> {
-        self.inner.registry.permits.clone().try_acquire_owned().ok()
+    /// at the cap.
+    pub(super) fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// Registers a new connection and returns its handle and queue.
-    pub fn register(&self, user: &str, session: &str) -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
-        let reg = &self.inner.registry;
-        let (tx, rx) = mpsc::channel(self.inner.settings.outbound_queue);
+    /// Adds a new connection with a queue of `queue` slots; returns its
+    /// handle and the queue's receiving end.
+    pub(super) fn add(&self, user: &str, session: &str, queue: usize) -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
         let conn = Arc::new(ConnShared {
-            id: reg.next_id.fetch_add(1, Ordering::Relaxed),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: Arc::from(user),
             session: Mutex::new(Arc::from(session)),
             tx,
@@ -167,37 +189,76 @@ impl Hub {
             close_code: AtomicU16::new(0),
             close_reason: Mutex::new(String::new()),
         });
-        reg.conns.insert(conn.id, conn.clone());
-        reg.users.entry(conn.user.clone()).or_default().push(conn.clone());
-        self.inner.user_stream.attach(&conn.user);
-        self.inner.metrics.ws_connections.inc();
+        self.conns.insert(conn.id, conn.clone());
+        self.users.entry(conn.user.clone()).or_default().push(conn.clone());
         (conn, rx)
     }
 
-    /// Forgets a connection and its subscriptions.
-    pub fn unregister(&self, conn: &Arc<ConnShared>, rooms: impl IntoIterator<Item = Arc<str>>) {
-        for room in rooms {
-            self.unsubscribe(conn, &room);
-        }
-        let reg = &self.inner.registry;
-        reg.conns.remove(&conn.id);
-        if let dashmap::Entry::Occupied(mut e) = reg.users.entry(conn.user.clone()) {
+    /// Forgets a connection (its subscriptions are the rooms' business).
+    pub(super) fn remove(&self, conn: &ConnShared) {
+        self.conns.remove(&conn.id);
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(conn.user.clone()) {
             e.get_mut().retain(|c| c.id != conn.id);
             if e.get().is_empty() {
                 e.remove();
             }
         }
-        self.inner.user_stream.detach(&conn.user);
-        self.inner.metrics.ws_connections.dec();
     }
 
-    /// How many sockets the user has open on this instance.
-    pub fn user_connection_count(&self, user: &str) -> usize {
-        self.inner.registry.users.get(user).map_or(0, |v| v.len())
+    pub(super) fn all(&self) -> Vec<Arc<ConnShared>> {
+        self.conns.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Distinct users with a socket here.
+    pub(super) fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// How many sockets the user has open here.
+    pub(super) fn count_of(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |v| v.len())
     }
 
     /// This instance's sockets of a user.
-    pub(super) fn user_conns(&self, user: &str) -> Vec<Arc<ConnShared>> {
-        self.inner.registry.users.get(user).map(|v| v.clone()).unwrap_or_default()
+    pub(super) fn conns_of(&self, user: &str) -> Vec<Arc<ConnShared>> {
+        self.users.get(user).map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Offers an ephemeral frame to every socket of `user` here (the
+    /// per-user stream's frames: `room_added`, `room_removed`, ...).
+    pub(super) fn offer_to_user(&self, user: &str, frame: &Utf8Bytes, metrics: &Metrics) {
+        let conns = self.conns_of(user);
+        if conns.is_empty() {
+            return;
+        }
+        let shared = Arc::new(frame.clone());
+        let mut queued = 0;
+        for c in conns {
+            queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
+        }
+        metrics.frames_out.add(crate::protocol::kind_of(frame), queued);
+    }
+
+    /// Asks every socket of `user` here to close; returns how many there
+    /// were.
+    pub(super) fn close_user(&self, user: &str, code: u16, reason: &str) -> usize {
+        let conns = self.conns_of(user);
+        for c in &conns {
+            c.close(code, reason);
+        }
+        conns.len()
+    }
+
+    /// Asks the sockets of one session of `user` here to close.
+    pub(super) fn close_session(&self, user: &str, session: &str, code: u16, reason: &str) {
+        for c in self.conns_of(user) {
+            if &*c.session() == session {
+                c.close(code, reason);
+            }
+        }
     }
 }

@@ -48,7 +48,8 @@ impl Hub {
                 continue;
             }
             n += 1;
-            let due = self.quiet_rooms(quiet_ns, n, ROOMS_PER_TICK);
+            let now_ns = self.inner.metrics.fanout_seconds.now_ns();
+            let due = self.inner.rooms.quiet(now_ns, quiet_ns, n, ROOMS_PER_TICK);
             if !due.is_empty() {
                 self.check_tails(&due).await;
             }

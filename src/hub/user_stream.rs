@@ -22,24 +22,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{Hub, Outbound};
+use super::Hub;
+pub use super::registry::RoomSeq;
+use super::registry::{Outbound, Registry};
+use super::room::Rooms;
 use crate::bus::BusEvent;
+use crate::db::Store;
+use crate::metrics::Metrics;
 use crate::protocol::ServerFrame;
 
 /// Rooms per [`BusEvent::RoomSeqs`]: keeps one envelope well below what a
 /// bus publish should carry, however many rooms moved in an interval.
 const SEQS_PER_EVENT: usize = 1000;
-
-/// A `room_seq` on its way to a user's sockets: each socket drops it when
-/// it has joined the room.
-#[derive(Debug)]
-pub struct RoomSeq {
-    pub room: Arc<str>,
-    pub frame: Utf8Bytes,
-}
 
 /// The instance's side of the per-user stream.
 #[derive(Default)]
@@ -199,13 +195,11 @@ impl UserStream {
     fn members_here(&self, room: &str) -> Vec<Arc<str>> {
         self.index().rooms.get(room).map(|m| m.users.iter().cloned().collect()).unwrap_or_default()
     }
-}
 
-impl Hub {
     /// Per stored message: remember the room's newest seq for the next
     /// tick. One map insert; nothing per recipient.
     pub(super) fn note_seq(&self, room: &str, seq: i64) {
-        let mut moved = self.inner.user_stream.moved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut moved = self.moved.lock().unwrap_or_else(|p| p.into_inner());
         match moved.get_mut(room) {
             Some(s) => *s = (*s).max(seq),
             None => {
@@ -214,14 +208,19 @@ impl Hub {
         }
     }
 
+    /// The rooms that moved since the last tick, with their newest seq;
+    /// the map starts over empty.
+    fn take_moved(&self) -> HashMap<Arc<str>, i64> {
+        std::mem::take(&mut *self.moved.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Loads the rooms of a user whose socket just connected (one query,
     /// only for the user's first socket here).
-    pub(super) async fn load_user_rooms(&self, user: &str) {
-        let us = &self.inner.user_stream;
-        if !us.start_load(user) {
+    pub(super) async fn load_rooms(&self, user: &str, store: &Store) {
+        if !self.start_load(user) {
             return;
         }
-        let rooms = match self.inner.store.member_room_ids(user).await {
+        let rooms = match store.member_room_ids(user).await {
             Ok(r) => r,
             Err(e) => {
                 // The stream still carries membership events; only the
@@ -230,61 +229,50 @@ impl Hub {
                 Vec::new()
             }
         };
-        us.loaded(user, rooms);
+        self.loaded(user, rooms);
     }
 
-    /// A user gained a room: every socket of theirs hears `room_added`, here
-    /// and on every instance.
-    pub fn room_added(&self, room: &str, user: &str, name: &str, role: &str, last_seq: i64) {
-        self.publish(|| BusEvent::RoomAdded {
-            room: Arc::from(room),
-            user: user.to_owned(),
-            name: name.to_owned(),
-            role: role.to_owned(),
-            last_seq,
-        });
-        self.apply_room_added(room, user, name, role, last_seq);
-    }
-
-    pub(super) fn apply_room_added(&self, room: &str, user: &str, name: &str, role: &str, last_seq: i64) {
+    /// A user gained a room: their sockets here hear `room_added`.
+    pub(super) fn room_added(&self, ev: RoomAdded<'_>, registry: &Registry, metrics: &Metrics) {
+        let RoomAdded { room, user, name, role, last_seq } = ev;
         let room_arc: Arc<str> = Arc::from(room);
-        self.inner.user_stream.index().change(user, &room_arc, true);
+        self.index().change(user, &room_arc, true);
         let frame = ServerFrame::RoomAdded { room, name, role, last_seq }.encode();
-        self.to_user(user, &frame);
+        registry.offer_to_user(user, &frame, metrics);
     }
 
-    /// Every socket of the user hears `room_removed` (called with the
+    /// A user lost a room: their sockets here hear `room_removed` (with the
     /// member-removed event, which also makes joined sockets leave).
-    pub(super) fn apply_room_removed(&self, room: &Arc<str>, user: &str, reason: &str) {
-        self.inner.user_stream.index().change(user, room, false);
+    pub(super) fn room_removed(
+        &self,
+        room: &Arc<str>,
+        user: &str,
+        reason: &str,
+        registry: &Registry,
+        metrics: &Metrics,
+    ) {
+        self.index().change(user, room, false);
         let frame = ServerFrame::RoomRemoved { room, reason }.encode();
-        self.to_user(user, &frame);
+        registry.offer_to_user(user, &frame, metrics);
     }
 
-    /// A room was renamed: its members' sockets hear `room_updated`, here and
-    /// on every instance.
-    pub fn room_renamed(&self, room: &str, name: &str) {
-        self.publish(|| BusEvent::RoomUpdated { room: Arc::from(room), name: name.to_owned() });
-        self.apply_room_updated(room, name);
-    }
-
-    pub(super) fn apply_room_updated(&self, room: &str, name: &str) {
-        let users = self.inner.user_stream.members_here(room);
+    /// A room was renamed: its members' sockets here hear `room_updated`.
+    pub(super) fn room_updated(&self, room: &str, name: &str, registry: &Registry, metrics: &Metrics) {
+        let users = self.members_here(room);
         if users.is_empty() {
             return;
         }
         let frame = ServerFrame::RoomUpdated { room, name }.encode();
         for user in users {
-            self.to_user(&user, &frame);
+            registry.offer_to_user(&user, &frame, metrics);
         }
     }
 
     /// Rooms moved (here or on another instance): members connected here
     /// hear `room_seq` on the sockets that have not joined the room.
-    pub(super) fn apply_room_seqs(&self, seqs: &[(Arc<str>, i64)]) {
-        let metrics = &self.inner.metrics;
+    pub(super) fn room_seqs(&self, seqs: &[(Arc<str>, i64)], registry: &Registry, rooms: &Rooms, metrics: &Metrics) {
         for (room, seq) in seqs {
-            let users = self.inner.user_stream.seq_targets(room, *seq);
+            let users = self.seq_targets(room, *seq);
             if users.is_empty() {
                 continue;
             }
@@ -293,11 +281,11 @@ impl Hub {
             // spares a busy room's members a queue push and a wake-up per
             // interval each. The socket's own filter still catches a join
             // that races this.
-            let joined = self.subscriber_ids(room);
+            let joined = rooms.subscriber_ids(room);
             let item =
                 Arc::new(RoomSeq { room: room.clone(), frame: ServerFrame::RoomSeq { room, last_seq: *seq }.encode() });
             for user in users {
-                for c in self.user_conns(&user) {
+                for c in registry.conns_of(&user) {
                     if joined.binary_search(&c.id).is_err() {
                         c.offer(Outbound::RoomSeq(item.clone()), metrics);
                     }
@@ -305,21 +293,18 @@ impl Hub {
             }
         }
     }
+}
 
-    fn to_user(&self, user: &str, frame: &Utf8Bytes) {
-        let conns = self.user_conns(user);
-        if conns.is_empty() {
-            return;
-        }
-        let shared = Arc::new(frame.clone());
-        let metrics = &self.inner.metrics;
-        let mut queued = 0;
-        for c in conns {
-            queued += u64::from(c.offer(Outbound::Event(shared.clone()), metrics));
-        }
-        metrics.frames_out.add(crate::protocol::kind_of(frame), queued);
-    }
+/// A `room_added` event's fields (the bus's `RoomAdded`, borrowed).
+pub(super) struct RoomAdded<'a> {
+    pub room: &'a str,
+    pub user: &'a str,
+    pub name: &'a str,
+    pub role: &'a str,
+    pub last_seq: i64,
+}
 
+impl Hub {
     /// Every interval: publish the rooms that moved here, in batches, and
     /// pass them to this instance's sockets.
     pub(super) async fn run_user_stream(self, interval: Duration, stop: CancellationToken) {
@@ -330,7 +315,7 @@ impl Hub {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let moved = std::mem::take(&mut *self.inner.user_stream.moved.lock().unwrap_or_else(|p| p.into_inner()));
+            let moved = self.inner.user_stream.take_moved();
             if moved.is_empty() {
                 continue;
             }
