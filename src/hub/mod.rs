@@ -28,6 +28,47 @@
 //! - [`drain`]: closing every socket at shutdown.
 //! - [`settings`]: the hub's settings, built by the configuration.
 //!
+//! A message's path from socket read to socket write, one function per
+//! step (file under `src/` in brackets):
+//!
+//! 1. `Socket::recv` reads a text frame (`hub/conn/socket.rs`).
+//! 2. `Conn::on_text` parses it with `protocol::parse`
+//!    (`protocol/client.rs`) and applies the socket's policy: rate limits,
+//!    membership, the edit window (`hub/conn/mod.rs`).
+//! 3. `Conn::submit` hands a `NewMessage` to `Hub::submit`
+//!    (`hub/conn/mod.rs`, `hub/mod.rs`), which queues it for the committer;
+//!    the reply is parked in `Acks::push` (`hub/conn/acks.rs`).
+//! 4. `commit::run` takes a batch and calls
+//!    `Store::append_messages_with` (`hub/commit.rs`,
+//!    `db/messages/append.rs`): `read_facts`, then the pure
+//!    `plan::plan` (`db/messages/plan.rs`: dedup, permission, seqs), then
+//!    `write_plan`, in one transaction.
+//! 5. `commit::run` answers each job (the sender's ack goes out through
+//!    `Acks::next` and `ack_frame`, `hub/conn/acks.rs`) and calls
+//!    `Hub::stored` (`hub/delivery.rs`), which encodes each frame once
+//!    with `wire::message_frame` (`hub/wire.rs`).
+//! 6. `Hub::publish_stored` notes the room's seq for the per-user stream
+//!    and publishes the message on the bus through `Hub::publish`
+//!    (`hub/delivery.rs`, `hub/bridge.rs`); another instance's
+//!    `Hub::run_bus_listener` (`hub/bridge.rs`) enters at step 7.
+//! 7. `Hub::fan_out` puts it in seq order with `Rooms::sequence`
+//!    (`hub/delivery.rs`, `hub/room.rs`, the pure filter in
+//!    `hub/sequencer.rs`); a message held past a gap starts
+//!    `Hub::fill_gap`, which feeds this step again.
+//! 8. `offer_to_subscribers` makes one `Delivery` and offers its `Arc` to
+//!    each subscriber with `ConnShared::offer` (`hub/delivery.rs`,
+//!    `hub/registry.rs`); a full queue cuts that socket off (4009).
+//! 9. Each socket's `Conn::run` drains its queue with `Conn::write_queue`
+//!    and `Conn::feed_item`, which admits the seq against the socket's own
+//!    cursor (`sequencer::admit`) (`hub/conn/mod.rs`), then
+//!    `Socket::feed_quiet` and `Socket::flush` write it
+//!    (`hub/conn/socket.rs`).
+//!
+//! Kept on purpose, and better than the field's models: the seq filters
+//! are pure code with property tests (`sequencer`), mirrored by the SDK;
+//! the hub talks to other instances only through the narrow `Bus` trait,
+//! whose lossy contract and recovery (`Tail`, `Resync`) it documents.
+//!
 //! Dependencies run one way: `sequencer` and `registry` at the bottom,
 //! `room` on them, `user_stream` on both, and `delivery`, `bridge` and the
 //! other orchestration on all of them. Every connection has a bounded

@@ -1,5 +1,5 @@
 //! The hub's settings: what the configuration decides for sockets, rooms
-//! and the committer. Declared once, here; `config.rs` builds them from the
+//! and the committer. Declared once, here; `config` builds them from the
 //! environment (`WS_*`, `MAX_CONNECTIONS`, …) and nothing copies them.
 
 use std::sync::Arc;
