@@ -37,7 +37,8 @@
 //!
 //! The edge, and the entry points.
 //! - [`api`]: the REST layer under `/api/v1`, its middleware and extractors
-//!   (`AuthUser`), and the instance statistics.
+//!   (`AuthUser`), the `/ws` edge (admit, origin, upgrade; the socket is
+//!   then the hub's), and the instance statistics.
 //! - [`serve`]: the accept loop, with a deadline for request headers.
 //! - [`startup`]: [`startup::Application`] builds, binds and runs
 //!   everything; shared by `main` and the tests.
