@@ -56,9 +56,9 @@ use clap::Args;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::SeedFile;
 use crate::authstorm::read_mem;
 use crate::client::Target;
+use crate::population::{SeedFile, load_seed};
 use crate::procstat::{self, Source};
 use client::client_task;
 use report::Report;
@@ -180,7 +180,7 @@ fn spawn_sampler(pid: Option<u32>, stop: &Arc<AtomicBool>, peak: &Arc<AtomicU64>
 /// between the phases in a struct that serves nothing else.
 pub async fn run(a: RstormArgs) -> anyhow::Result<()> {
     let target = Target::parse(&a.url)?;
-    let seed = crate::load_seed(&a.seed)?;
+    let seed = load_seed(&a.seed)?;
     let n = if a.clients == 0 { seed.users.len() } else { a.clients };
     if n > seed.users.len() {
         bail!("--clients {n}: the seed file has {} users", seed.users.len());
@@ -204,7 +204,7 @@ pub async fn run(a: RstormArgs) -> anyhow::Result<()> {
     });
     let nonce: u32 = rand::random();
     let phase_timeout = Duration::from_secs_f64(a.phase_timeout);
-    let pb = crate::progress(a.quiet);
+    let pb = crate::runs::progress(a.quiet);
     let sources: Vec<Source> = a.gateway_pid.into_iter().map(Source::Pid).collect();
 
     // 1. Connect and sync every client.
