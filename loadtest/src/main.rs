@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
                 reports.push(serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))?);
             }
-            let report = Report::merge(reports)?;
+            let report = report::merge::merge(reports)?;
             return emit(&report, m.out.as_deref(), &m.output);
         }
     };
@@ -159,13 +159,13 @@ async fn main() -> anyhow::Result<()> {
 
 /// Prints the table, writes JSON and plot, and checks the assertions.
 fn emit(report: &Report, json: Option<&Path>, out: &Output) -> anyhow::Result<()> {
-    println!("{}", report.table());
+    println!("{}", report::render::table(report));
     if let Some(p) = json {
         std::fs::write(p, serde_json::to_vec_pretty(report)?)?;
         println!("report written to {}", p.display());
     }
     if let Some(p) = &out.plot {
-        report.plot(p)?;
+        report::render::plot(report, p)?;
         println!("plot written to {}", p.display());
     }
     if out.assert {
