@@ -54,9 +54,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
 
-use crate::authstorm::read_mem;
+use crate::authstorm::{read_mem, spawn_rss_sampler};
 use crate::client::Target;
 use crate::population::{SeedFile, load_seed};
 use crate::procstat::{self, Source};
@@ -156,23 +155,6 @@ fn plan(seed: &SeedFile, n: usize) -> anyhow::Result<Plan> {
     Ok(Plan { rooms_of, room_ids, writers, memberships })
 }
 
-/// Samples the gateway's VmRSS every 20 ms into `peak` until `stop` (no
-/// gateway pid: no sampler).
-fn spawn_sampler(pid: Option<u32>, stop: &Arc<AtomicBool>, peak: &Arc<AtomicU64>) -> Option<JoinHandle<()>> {
-    pid.map(|pid| {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                if let Some(m) = read_mem(pid) {
-                    peak.fetch_max(m.rss_kib, Ordering::Relaxed);
-                }
-            }
-        })
-    })
-}
-
 /// Runs the storm's four phases (see the module doc) and reports.
 ///
 /// One function because each phase takes readings (memory, CPU, acks,
@@ -239,7 +221,7 @@ pub async fn run(a: RstormArgs) -> anyhow::Result<()> {
     let hwm_reset = a.gateway_pid.is_some_and(|p| std::fs::write(format!("/proc/{p}/clear_refs"), "5").is_ok());
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(mem_before.map_or(0, |m| m.rss_kib)));
-    let sampler = spawn_sampler(a.gateway_pid, &stop, &peak);
+    let sampler = spawn_rss_sampler(a.gateway_pid, &stop, &peak);
     phase_tx.send_replace(Phase::Close);
     let live = n - tasks.iter().filter(|t| t.is_finished()).count();
     wait_for(&pb, phase_timeout, "closed", || shared.closed.load(Ordering::Relaxed), live).await;
