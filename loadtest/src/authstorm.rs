@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
 /// The password of every account the storm uses (valid: 8+ characters).
 const PASSWORD: &str = "storm-password-0123";
@@ -165,6 +166,8 @@ enum Kind {
     Login,
 }
 
+/// Runs the sign-in storm (or, with `--prepare`, registers its accounts)
+/// and reports answers by status, latency and the gateway's RSS.
 pub async fn run(args: AuthStormArgs) -> anyhow::Result<()> {
     let base = check_loopback(&args.url)?;
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -180,38 +183,7 @@ pub async fn run(args: AuthStormArgs) -> anyhow::Result<()> {
     let accounts = (args.requests / 2).max(1);
 
     if args.prepare {
-        let made = AtomicU64::new(0);
-        let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..accounts)
-            .map(|i| {
-                let client = &clients[i % clients.len()];
-                let (base, made) = (&base, &made);
-                async move {
-                    for _attempt in 0..100 {
-                        let body = serde_json::json!({
-                            "email": login_email(i), "password": PASSWORD, "display_name": format!("storm {i}"),
-                        });
-                        let r = client.post(format!("{base}/register")).json(&body).send().await?;
-                        match r.status().as_u16() {
-                            201 => {
-                                made.fetch_add(1, Ordering::Relaxed);
-                                return Ok(());
-                            }
-                            409 => return Ok(()),
-                            429 | 503 => tokio::time::sleep(Duration::from_millis(100)).await,
-                            s => {
-                                bail!("preparing {}: HTTP {s}: {}", login_email(i), r.text().await.unwrap_or_default())
-                            }
-                        }
-                    }
-                    bail!("preparing {}: still refused after 100 attempts", login_email(i))
-                }
-            })
-            .buffer_unordered(args.prepare_concurrency.max(1))
-            .collect()
-            .await;
-        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-        println!("prepared {accounts} accounts ({} new)", made.load(Ordering::Relaxed));
-        return Ok(());
+        return prepare(&args, &clients, &base, accounts).await;
     }
 
     let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
@@ -220,51 +192,10 @@ pub async fn run(args: AuthStormArgs) -> anyhow::Result<()> {
     // RSS sampler: the highest VmRSS seen while the storm runs.
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(before.map_or(0, |m| m.rss_kib)));
-    let sampler = args.gateway_pid.map(|pid| {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                if let Some(m) = read_mem(pid) {
-                    peak.fetch_max(m.rss_kib, Ordering::Relaxed);
-                }
-            }
-        })
-    });
+    let sampler = spawn_rss_sampler(args.gateway_pid, &stop, &peak);
 
     let started = Instant::now();
-    let answers: Vec<(Kind, Option<u16>, Duration)> = futures_util::stream::iter(0..args.requests)
-        .map(|i| {
-            let client = &clients[i % clients.len()];
-            let base = &base;
-            async move {
-                let (kind, url, body) = if i % 2 == 0 {
-                    let body = serde_json::json!({
-                        "email": format!("storm-reg-{nonce}-{i}@bench.test"), "password": PASSWORD,
-                        "display_name": format!("storm {i}"),
-                    });
-                    (Kind::Register, format!("{base}/register"), body)
-                } else {
-                    let body = serde_json::json!({ "email": login_email((i / 2) % accounts), "password": PASSWORD });
-                    (Kind::Login, format!("{base}/login"), body)
-                };
-                let t = Instant::now();
-                let status = match client.post(url).json(&body).send().await {
-                    // Read the body so the latency covers the whole answer.
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        Some(s)
-                    }
-                    Err(_) => None,
-                };
-                (kind, status, t.elapsed())
-            }
-        })
-        .buffer_unordered(args.concurrency.max(1))
-        .collect()
-        .await;
+    let answers = storm(&args, &clients, &base, nonce, accounts).await;
     let wall = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     if let Some(s) = sampler {
@@ -317,6 +248,103 @@ pub async fn run(args: AuthStormArgs) -> anyhow::Result<()> {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// `--prepare`: registers the accounts the logins of a storm use (409:
+/// already there), retrying refusals.
+async fn prepare(args: &AuthStormArgs, clients: &[reqwest::Client], base: &str, accounts: usize) -> anyhow::Result<()> {
+    let made = AtomicU64::new(0);
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..accounts)
+        .map(|i| {
+            let client = &clients[i % clients.len()];
+            let (base, made) = (&base, &made);
+            async move {
+                for _attempt in 0..100 {
+                    let body = serde_json::json!({
+                        "email": login_email(i), "password": PASSWORD, "display_name": format!("storm {i}"),
+                    });
+                    let r = client.post(format!("{base}/register")).json(&body).send().await?;
+                    match r.status().as_u16() {
+                        201 => {
+                            made.fetch_add(1, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                        409 => return Ok(()),
+                        429 | 503 => tokio::time::sleep(Duration::from_millis(100)).await,
+                        s => {
+                            bail!("preparing {}: HTTP {s}: {}", login_email(i), r.text().await.unwrap_or_default())
+                        }
+                    }
+                }
+                bail!("preparing {}: still refused after 100 attempts", login_email(i))
+            }
+        })
+        .buffer_unordered(args.prepare_concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    println!("prepared {accounts} accounts ({} new)", made.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// The storm itself: `--requests` calls, registrations and logins
+/// alternating, `--concurrency` in flight; each answer's kind, status
+/// (`None`: no answer) and latency.
+async fn storm(
+    args: &AuthStormArgs,
+    clients: &[reqwest::Client],
+    base: &str,
+    nonce: u128,
+    accounts: usize,
+) -> Vec<(Kind, Option<u16>, Duration)> {
+    futures_util::stream::iter(0..args.requests)
+        .map(|i| {
+            let client = &clients[i % clients.len()];
+            let base = &base;
+            async move {
+                let (kind, url, body) = if i % 2 == 0 {
+                    let body = serde_json::json!({
+                        "email": format!("storm-reg-{nonce}-{i}@bench.test"), "password": PASSWORD,
+                        "display_name": format!("storm {i}"),
+                    });
+                    (Kind::Register, format!("{base}/register"), body)
+                } else {
+                    let body = serde_json::json!({ "email": login_email((i / 2) % accounts), "password": PASSWORD });
+                    (Kind::Login, format!("{base}/login"), body)
+                };
+                let t = Instant::now();
+                let status = match client.post(url).json(&body).send().await {
+                    // Read the body so the latency covers the whole answer.
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        Some(s)
+                    }
+                    Err(_) => None,
+                };
+                (kind, status, t.elapsed())
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Samples the gateway's VmRSS every 20 ms into `peak` until `stop` (no
+/// gateway pid: no sampler). Shared with `reconnect-storm`.
+pub fn spawn_rss_sampler(pid: Option<u32>, stop: &Arc<AtomicBool>, peak: &Arc<AtomicU64>) -> Option<JoinHandle<()>> {
+    pid.map(|pid| {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if let Some(m) = read_mem(pid) {
+                    peak.fetch_max(m.rss_kib, Ordering::Relaxed);
+                }
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -204,22 +204,36 @@ pub async fn traffic_client(
             }
         }
     }
-    // Drain: read what is still in flight until the socket has been quiet
-    // for `b.drain` (a backlog is late, not lost), at most 60 s.
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let quiet = (tokio::time::Instant::now() + b.drain).min(end);
-        match tokio::time::timeout_at(quiet, ws.next()).await {
-            Ok(msg) => {
-                if !on_msg(&ctx, msg, &mut obs, &mut acked, &mut pending) {
-                    return (obs, acked);
-                }
-            }
-            Err(_) => break,
-        }
+    if !drain(&ctx, &mut ws, b.drain, &mut obs, &mut acked, &mut pending).await {
+        return (obs, acked);
     }
     let _ = ws.close(None).await;
     (obs, acked)
+}
+
+/// Drain: reads what is still in flight until the socket has been quiet
+/// for `quiet_for` (a backlog is late, not lost), at most 60 s. False when
+/// the socket ended on the way.
+async fn drain(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    quiet_for: Duration,
+    obs: &mut Observed,
+    acked: &mut HashMap<String, i64>,
+    pending: &mut HashMap<String, (String, String)>,
+) -> bool {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let quiet = (tokio::time::Instant::now() + quiet_for).min(end);
+        match tokio::time::timeout_at(quiet, ws.next()).await {
+            Ok(msg) => {
+                if !on_msg(ctx, msg, obs, acked, pending) {
+                    return false;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Reads until `left` for `room`, accounting everything on the way.

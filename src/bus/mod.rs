@@ -17,6 +17,13 @@
 //! from storage, a [`BusEvent::Tail`] tells peers a room moved past events
 //! they may have missed, and [`BusEvent::Resync`] tells the hub to catch up
 //! after the bus itself lost events (overflow, reconnect, outage).
+//!
+//! Worth keeping: this narrow trait is the whole seam between the hub and
+//! any broker. Its lossy contract is written down and recovery (Tail,
+//! Resync) is part of it, and [`local::LocalBus`] links hubs in one process
+//! for the tests, as Centrifuge's `Broker` and `PresenceManager`
+//! interfaces do. The hub never sees fred; a new backend only implements
+//! [`Bus`].
 
 pub mod local;
 pub mod redis;
