@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::shard::Shard;
-use crate::{authstorm, resume, rstorm};
+use crate::{authstorm, resume};
 
 #[derive(Parser)]
 #[command(version, about = "Load-test harness for the chatgw gateway (and the bare reference server)", long_about = None)]
@@ -67,7 +67,7 @@ pub(crate) enum Scenario {
     /// N clients in a few rooms each drop their sockets at once and all
     /// resume with one `sync`, while messages are sent into every room: lost,
     /// duplicated, time until all have resumed, the gateway's peak RSS.
-    ReconnectStorm(rstorm::RstormArgs),
+    ReconnectStorm(RstormArgs),
     /// Merge the JSON reports of the shards of one run (`--shard i/n`,
     /// every shard exactly once) into the report of the whole run.
     Merge(MergeArgs),
@@ -184,4 +184,57 @@ pub(crate) struct Output {
 /// A run id in hex, with or without `0x`.
 fn parse_hex_u32(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The reconnect storm's arguments (`loadtest reconnect-storm`), kept
+/// with the command line so that it names them without importing the storm.
+#[derive(Args, Clone)]
+pub struct RstormArgs {
+    /// Gateway WebSocket URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub(crate) url: String,
+    /// Seed file from `chatgw seed` (tokens, rooms and their members).
+    #[arg(long)]
+    pub(crate) seed: PathBuf,
+    /// Clients: the first N users of the seed file (0: all of them). Each
+    /// resumes every seed room it is a member of.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) clients: usize,
+    /// Handshakes (with their `sync`) in flight, when connecting and when
+    /// reconnecting.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) concurrency: usize,
+    /// Spread client sockets over the source addresses 127.0.0.1..=N.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) source_ips: u8,
+    /// Messages sent into every room before the storm (seen live).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) before_messages: usize,
+    /// Messages sent into every room while every client is down.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) storm_messages: usize,
+    /// Writer sockets (one per writer user) at work at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) writers_in_flight: usize,
+    /// Close with a bare TCP close (no WebSocket close frame) instead of a
+    /// close handshake.
+    #[arg(long)]
+    pub(crate) abrupt: bool,
+    /// Upper bound, in seconds, of each phase (connect, settle, write,
+    /// resume).
+    #[arg(long, default_value_t = 300.0)]
+    pub(crate) phase_timeout: f64,
+    /// Gateway pid: its RSS (VmRSS, VmHWM) and CPU time (Linux /proc).
+    #[arg(long)]
+    pub(crate) gateway_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Print only a one-line summary (no progress line).
+    #[arg(long)]
+    pub(crate) quiet: bool,
+    /// Exit non-zero on any loss, duplicate, reorder or client that did not
+    /// resume.
+    #[arg(long)]
+    pub(crate) assert: bool,
 }

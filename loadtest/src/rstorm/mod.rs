@@ -46,13 +46,11 @@ mod shared;
 mod writers;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::Args;
 use tokio::sync::{Semaphore, watch};
 
 use crate::authstorm::{read_mem, spawn_rss_sampler};
@@ -64,56 +62,7 @@ use report::Report;
 use shared::{Phase, Shared};
 use writers::{merge_writes, write_all};
 
-#[derive(Args, Clone)]
-pub struct RstormArgs {
-    /// Gateway WebSocket URL (loopback only).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
-    /// Seed file from `chatgw seed` (tokens, rooms and their members).
-    #[arg(long)]
-    seed: PathBuf,
-    /// Clients: the first N users of the seed file (0: all of them). Each
-    /// resumes every seed room it is a member of.
-    #[arg(long, default_value_t = 10_000)]
-    clients: usize,
-    /// Handshakes (with their `sync`) in flight, when connecting and when
-    /// reconnecting.
-    #[arg(long, default_value_t = 512)]
-    concurrency: usize,
-    /// Spread client sockets over the source addresses 127.0.0.1..=N.
-    #[arg(long, default_value_t = 8)]
-    source_ips: u8,
-    /// Messages sent into every room before the storm (seen live).
-    #[arg(long, default_value_t = 2)]
-    before_messages: usize,
-    /// Messages sent into every room while every client is down.
-    #[arg(long, default_value_t = 3)]
-    storm_messages: usize,
-    /// Writer sockets (one per writer user) at work at once.
-    #[arg(long, default_value_t = 64)]
-    writers_in_flight: usize,
-    /// Close with a bare TCP close (no WebSocket close frame) instead of a
-    /// close handshake.
-    #[arg(long)]
-    abrupt: bool,
-    /// Upper bound, in seconds, of each phase (connect, settle, write,
-    /// resume).
-    #[arg(long, default_value_t = 300.0)]
-    phase_timeout: f64,
-    /// Gateway pid: its RSS (VmRSS, VmHWM) and CPU time (Linux /proc).
-    #[arg(long)]
-    gateway_pid: Option<u32>,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Print only a one-line summary (no progress line).
-    #[arg(long)]
-    quiet: bool,
-    /// Exit non-zero on any loss, duplicate, reorder or client that did not
-    /// resume.
-    #[arg(long)]
-    assert: bool,
-}
+pub use crate::cli::RstormArgs;
 
 /// Who is in which room, from the seed file.
 struct Plan {
