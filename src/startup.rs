@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{JwtKeys, Passwords};
 use crate::bus::SharedBus;
 use crate::bus::local::LocalBus;
-use crate::bus::redis::{RedisBus, RedisSettings};
+use crate::bus::redis::RedisBus;
 use crate::config::Config;
 use crate::db::{DbError, PURGE_BATCH, Store};
 use crate::hub::{Hub, HubSettings};
@@ -78,22 +78,9 @@ impl Application {
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let bus: SharedBus = match (bus, &config.redis_url) {
+        let bus: SharedBus = match (bus, &config.redis) {
             (Some(bus), _) => bus,
-            (None, Some(url)) => Arc::new(
-                RedisBus::start(
-                    RedisSettings {
-                        url: url.expose_secret().to_owned(),
-                        prefix: config.redis_prefix.clone(),
-                        publish_queue: config.redis_publish_queue,
-                        timeout: config.redis_timeout,
-                        linger: config.redis_linger,
-                        presence_ttl: config.presence_ttl,
-                    },
-                    metrics.clone(),
-                )
-                .context("REDIS_URL")?,
-            ),
+            (None, Some(redis)) => Arc::new(RedisBus::start(redis.clone(), metrics.clone()).context("REDIS_URL")?),
             (None, None) => Arc::new(LocalBus::new()),
         };
         let push_wake = config.webhook.as_ref().map(|_| Arc::new(tokio::sync::Notify::new()));

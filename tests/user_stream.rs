@@ -28,7 +28,7 @@ pub(crate) async fn spawn_redis_cluster(db: Db) -> Vec<TestApp> {
         Arc::new(
             RedisBus::start(
                 RedisSettings {
-                    url: url.clone(),
+                    url: url.clone().into(),
                     prefix: prefix.clone(),
                     publish_queue: 1024,
                     timeout: Duration::from_secs(2),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{JwtSettings, PreviousKey};
+use crate::bus::redis::RedisSettings;
 use crate::hub::HubSettings;
 use crate::limits::LimitSettings;
 use crate::net::TrustedProxies;
@@ -66,18 +67,10 @@ pub struct Config {
     /// `SQLITE_SYNCHRONOUS`: what an SQLite commit waits for (see
     /// [`crate::db::SqliteSync`]).
     pub sqlite_synchronous: crate::db::SqliteSync,
+    /// The Redis bus (`REDIS_URL`, `REDIS_PREFIX`, `REDIS_PUBLISH_QUEUE`,
+    /// `REDIS_TIMEOUT_MS`, `REDIS_ROOM_LINGER_SECS`, `PRESENCE_TTL_SECS`);
     /// `None` means the in-process bus.
-    pub redis_url: Option<SecretString>,
-    /// Prefix of Redis channels and keys (`REDIS_PREFIX`).
-    pub redis_prefix: String,
-    /// Bus events queued for publishing before new ones are dropped.
-    pub redis_publish_queue: usize,
-    /// Redis health-check and command timeout.
-    pub redis_timeout: Duration,
-    /// How long an unwatched room stays subscribed.
-    pub redis_linger: Duration,
-    /// How long presence entries outlive their instance's last heartbeat.
-    pub presence_ttl: Duration,
+    pub redis: Option<RedisSettings>,
     /// Access tokens: signing key, `kid`, the previous key, lifetime
     /// (`JWT_*`, `ACCESS_TOKEN_TTL_SECS`).
     pub jwt: JwtSettings,
@@ -302,12 +295,14 @@ impl Config {
             database_url: SecretString::from(database_url),
             db_max_connections,
             sqlite_synchronous,
-            redis_url,
-            redis_prefix,
-            redis_publish_queue,
-            redis_timeout,
-            redis_linger,
-            presence_ttl,
+            redis: redis_url.map(|url| RedisSettings {
+                url,
+                prefix: redis_prefix,
+                publish_queue: redis_publish_queue,
+                timeout: redis_timeout,
+                linger: redis_linger,
+                presence_ttl,
+            }),
             jwt,
             allowed_origins,
             refresh_token_ttl,

@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, EventInterface, ReconnectPolicy};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,7 +55,7 @@ use shared::Inner;
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     /// `redis://…` (one server) or `redis-cluster://…?node=…` (sharded).
-    pub url: String,
+    pub url: SecretString,
     /// Prefix of every channel and key, so deployments (and tests) sharing
     /// a Redis never see each other.
     pub prefix: String,
@@ -88,7 +89,7 @@ impl RedisBus {
     /// The URL cannot be parsed.
     pub fn start(settings: RedisSettings, metrics: Metrics) -> Result<RedisBus, BusError> {
         let bad = |e: fred::error::Error| BusError::Unavailable(format!("REDIS_URL: {e}"));
-        let config = FredConfig::from_url(&settings.url).map_err(bad)?;
+        let config = FredConfig::from_url(settings.url.expose_secret()).map_err(bad)?;
         let sharded = config.server.is_clustered();
         let mut builder = Builder::from_config(FredConfig { fail_fast: false, ..config });
         builder
