@@ -396,3 +396,54 @@ fn figures() {
     println!("largest files: {:?}", &sizes[..3.min(sizes.len())]);
     println!("longest functions: {:?}", longest_functions(5));
 }
+
+/// The numbered path in `hub/mod.rs`'s doc names real things: every file
+/// in brackets exists under `src/`, and every `Type::function` or
+/// `module::function` it names is a function defined in `src/`.
+#[test]
+fn the_message_path_in_the_hub_doc_names_what_exists() {
+    let src = root().join("src");
+    let doc: Vec<String> = std::fs::read_to_string(src.join("hub/mod.rs"))
+        .expect("hub/mod.rs")
+        .lines()
+        .map_while(|l| l.strip_prefix("//!").map(str::trim).map(str::to_owned))
+        .collect();
+    let start = doc.iter().position(|l| l.starts_with("1. ")).expect("a numbered path in hub's module doc");
+    let mut steps = 0;
+    let mut text = String::new();
+    for line in &doc[start..] {
+        if line.is_empty() {
+            break;
+        }
+        if line.split_once(". ").is_some_and(|(n, _)| n.parse::<u32>().is_ok()) {
+            steps += 1;
+        }
+        text.push_str(line);
+        text.push(' ');
+    }
+    assert!(steps >= 5, "the path has {steps} numbered steps");
+    let mut paths = Vec::new();
+    files(&src, "rs", &mut paths);
+    let code: String = paths.iter().map(|p| std::fs::read_to_string(p).expect("readable source")).collect();
+    let mut missing = Vec::new();
+    for (i, quoted) in text.split('`').enumerate() {
+        if i % 2 == 0 {
+            continue;
+        }
+        if quoted.ends_with(".rs") {
+            if !src.join(quoted).is_file() {
+                missing.push(format!("file {quoted}"));
+            }
+        } else {
+            // `Type::function`, `module::function`, or a bare snake_case
+            // function name.
+            let name = quoted.rsplit_once("::").map_or(quoted, |(_, n)| n);
+            let is_fn = quoted.contains("::")
+                || (name.contains('_') && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            if is_fn && !code.contains(&format!("fn {name}(")) && !code.contains(&format!("fn {name}<")) {
+                missing.push(format!("function {quoted}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "the path names what does not exist: {missing:?}");
+}

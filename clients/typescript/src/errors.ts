@@ -1,3 +1,4 @@
+/** The SDK's error type and its codes: the protocol's plus the SDK's own. */
 import type { ProtocolErrorCode, ServerError } from "./generated/protocol.js";
 
 /**

@@ -1,3 +1,9 @@
+/**
+ * One joined room as the client exposes it: its stream of messages and
+ * change events in seq order (held while nobody listens), read position
+ * and unread count, who is online, and the calls that send, edit, delete,
+ * type, mark read and leave through the client.
+ */
 import { Emitter } from "./emitter.js";
 import type {
   ServerAck,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, TryFutureExt};
 
 use crate::db::DbError;
 use crate::hub::ConnShared;
@@ -153,9 +153,14 @@ impl Socket {
 
     /// Feeds one frame without flushing, counted in `frames_out` only
     /// (stored messages and events: the hot path skips the metric).
-    pub(super) async fn feed_quiet(&mut self, frame: Utf8Bytes) -> Result<(), SocketError> {
+    ///
+    /// Not an `async fn`, and inlined: it is called once per delivery, and
+    /// returning the sink's own future adds no state machine (and no copy
+    /// of the frame into one) on that path.
+    #[inline]
+    pub(super) fn feed_quiet(&mut self, frame: Utf8Bytes) -> impl Future<Output = Result<(), SocketError>> + '_ {
         self.frames_out += 1;
-        Ok(self.ws.feed(Message::Text(frame)).await?)
+        self.ws.feed(Message::Text(frame)).err_into()
     }
 
     /// Feeds one frame and counts nothing: a replay counts its page once
@@ -170,9 +175,11 @@ impl Socket {
         self.metrics.frames_out.add(label, n);
     }
 
-    /// Writes what was fed.
-    pub(super) async fn flush(&mut self) -> Result<(), SocketError> {
-        Ok(self.ws.flush().await?)
+    /// Writes what was fed. Inlined and not an `async fn`, like
+    /// [`Socket::feed_quiet`]: once per written batch.
+    #[inline]
+    pub(super) fn flush(&mut self) -> impl Future<Output = Result<(), SocketError>> + '_ {
+        self.ws.flush().err_into()
     }
 
     /// A WebSocket ping (the `ws` heartbeat).
