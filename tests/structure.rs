@@ -1,7 +1,8 @@
 //! The house's structure, read from the source (issue 22): the top-level
 //! modules of `src/` import each other without a circle, the protocol
 //! imports nothing of the crate, the lower floors never reach up to the
-//! composition root, and no source file outgrows 600 lines.
+//! composition root, no source file outgrows 600 lines, and a function
+//! over 120 lines says why in its doc.
 //!
 //! `cargo test --test gateway structure:: -- --nocapture` prints the figures
 //! (modules, layers, imports between modules, the largest files and
@@ -17,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 /// Most lines a source file may hold.
 const MAX_FILE_LINES: usize = 600;
+
+/// Longer than this, a function's doc says why it is one function.
+const MAX_FUNCTION_LINES: usize = 120;
 
 /// Imports that must never exist: (importer, imported). The hub and
 /// everything under it are given their handles; they never take the
@@ -255,6 +259,7 @@ fn floors(house: &House) -> BTreeMap<String, usize> {
 #[test]
 fn top_level_modules_import_each_other_without_a_circle() {
     let house = read_house();
+    print_figures(&house);
     let found = circles(&house);
     let mut why = String::new();
     for scc in &found {
@@ -306,14 +311,25 @@ fn no_source_file_is_over_600_lines() {
     assert!(over.is_empty(), "files over {MAX_FILE_LINES} lines: {over:?}");
 }
 
-/// The longest functions of `src/` (brace-matched; a rough measure).
-fn longest_functions(n: usize) -> Vec<(usize, String)> {
-    let src = root().join("src");
+/// A function's length, its place (`file: name`) and its doc comment.
+struct Function {
+    lines: usize,
+    place: String,
+    doc: String,
+}
+
+/// Every function of `src/` and `loadtest/src/`, longest first
+/// (brace-matched; a rough measure).
+fn functions() -> Vec<Function> {
+    let r = root();
     let mut paths = Vec::new();
-    files(&src, "rs", &mut paths);
+    files(&r.join("src"), "rs", &mut paths);
+    files(&r.join("loadtest/src"), "rs", &mut paths);
     let mut out = Vec::new();
     for p in &paths {
-        let code = code_of(&std::fs::read_to_string(p).expect("readable source"));
+        let raw = std::fs::read_to_string(p).expect("readable source");
+        let raw_lines: Vec<&str> = raw.lines().collect();
+        let code = code_of(&raw);
         let lines: Vec<&str> = code.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             let Some(at) = line.find("fn ") else { continue };
@@ -342,23 +358,47 @@ fn longest_functions(n: usize) -> Vec<(usize, String)> {
                     break;
                 }
                 if started && depth <= 0 {
-                    let rel = p.strip_prefix(root()).unwrap_or(p).display().to_string();
-                    out.push((j + 1, format!("{rel}: {name}")));
+                    let rel = p.strip_prefix(&r).unwrap_or(p).display().to_string();
+                    let doc: Vec<&str> = raw_lines[..i]
+                        .iter()
+                        .rev()
+                        .map(|l| l.trim())
+                        .take_while(|l| l.starts_with("///") || l.starts_with("#["))
+                        .collect();
+                    let doc = doc.into_iter().rev().collect::<Vec<_>>().join(" ");
+                    out.push(Function { lines: j + 1, place: format!("{rel}: {name}"), doc });
                     break;
                 }
             }
         }
     }
-    out.sort_by(|a, b| b.cmp(a));
-    out.truncate(n);
+    out.sort_by_key(|f| std::cmp::Reverse(f.lines));
     out
 }
 
+/// A function over 120 lines says why in its doc: it names its length
+/// ("Over 120 lines because …") or why it is one function.
 #[test]
-fn figures() {
-    let house = read_house();
-    let found = circles(&house);
-    let floors = floors(&house);
+fn a_function_over_120_lines_says_why() {
+    let unexplained: Vec<String> = functions()
+        .into_iter()
+        .filter(|f| f.lines > MAX_FUNCTION_LINES)
+        .filter(|f| {
+            let doc = f.doc.to_lowercase();
+            !(doc.contains("120") || doc.contains("one function"))
+        })
+        .map(|f| format!("{} ({} lines)", f.place, f.lines))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines without a why in their doc: {unexplained:?}"
+    );
+}
+
+/// Prints the figures the closing notes quote (seen with `--nocapture`).
+fn print_figures(house: &House) {
+    let found = circles(house);
+    let floors = floors(house);
     let imports: usize = house.edges.values().map(|t| t.len()).sum();
     let in_circles: usize = found
         .iter()
@@ -394,7 +434,8 @@ fn figures() {
         .collect();
     sizes.sort_by(|a, b| b.cmp(a));
     println!("largest files: {:?}", &sizes[..3.min(sizes.len())]);
-    println!("longest functions: {:?}", longest_functions(5));
+    let longest: Vec<String> = functions().into_iter().take(5).map(|f| format!("{} ({})", f.place, f.lines)).collect();
+    println!("longest functions: {longest:?}");
 }
 
 /// The numbered path in `hub/mod.rs`'s doc names real things: every file
